@@ -1,0 +1,5 @@
+import sys
+
+from lagoon.cli import main
+
+sys.exit(main())

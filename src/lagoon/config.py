@@ -1,0 +1,38 @@
+"""lagoon's run configuration: one TOML file with a section per stage, dotted overrides, load-time checks.
+
+    [model]            lagoon.model.config.ModelConfig
+
+Every command reads the sections it needs from the same file, so one pipeline config describes a whole
+run. Unknown keys, wrong types and out-of-range values fail at load time with the dotted field name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
+from lagoon.model.config import ModelConfig
+
+
+@dataclass
+class LagoonConfig:
+    """A whole lagoon run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The Laguna architecture."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> LagoonConfig:
+    """Read `path` (TOML; optional), apply ``a.b=value`` overrides, and validate everything."""
+    data = dict(base or {})
+    if path is not None:
+        data.update(read_toml(path))
+    data = apply_overrides(data, overrides or [])
+    return from_dict(LagoonConfig, data)
+
+
+def config_to_dict(config: LagoonConfig) -> dict[str, Any]:
+    return to_dict(config)

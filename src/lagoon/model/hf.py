@@ -1,0 +1,233 @@
+"""Hugging Face checkpoint format: ``config.json`` + ``model.safetensors`` that transformers, vLLM and SGLang load.
+
+On disk, Laguna checkpoints store each routed expert separately and name two tensors differently from the
+runtime modules (transformers' conversion mapping for ``laguna`` undoes exactly this when loading):
+
+    runtime (lagoon and transformers)                 on disk (Hugging Face hub format)
+    mlp.experts.gate_up_proj [E, 2F, D]         <->   mlp.experts.{j}.gate_proj.weight [F, D], .up_proj.weight [F, D]
+    mlp.experts.down_proj    [E, D, F]          <->   mlp.experts.{j}.down_proj.weight [D, F]
+    mlp.gate.e_score_correction_bias            <->   mlp.experts.e_score_correction_bias
+    mlp.shared_experts.*                        <->   mlp.shared_expert.*
+
+lagoon writes the on-disk form and reads either form. Writes go to a temporary directory that is renamed
+into place, so an interrupted export never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lagoon.errors import LagoonError
+from lagoon.model.config import ModelConfig
+from lagoon.model.transformer import LagunaForCausalLM
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+LAGOON_MODEL_FILE = "lagoon_model.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "token_bytes.json")
+
+_EXPERT_STACK = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
+_EXPERT_SPLIT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def to_hub_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Runtime names and fused expert stacks → the on-disk Hugging Face layout."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        match = _EXPERT_STACK.match(name)
+        if match:
+            prefix, kind = match.groups()
+            if kind == "gate_up_proj":
+                hidden = tensor.shape[1] // 2
+                for j in range(tensor.shape[0]):
+                    out[f"{prefix}.{j}.gate_proj.weight"] = tensor[j, :hidden].contiguous()
+                    out[f"{prefix}.{j}.up_proj.weight"] = tensor[j, hidden:].contiguous()
+            else:
+                for j in range(tensor.shape[0]):
+                    out[f"{prefix}.{j}.down_proj.weight"] = tensor[j].contiguous()
+            continue
+        name = name.replace(".mlp.gate.e_score_correction_bias", ".mlp.experts.e_score_correction_bias")
+        name = name.replace(".mlp.shared_experts.", ".mlp.shared_expert.")
+        out[name] = tensor.contiguous()
+    return out
+
+
+def from_hub_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The on-disk layout (or transformers' fused runtime layout) → lagoon's runtime names."""
+    out: dict[str, torch.Tensor] = {}
+    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    for name, tensor in state.items():
+        match = _EXPERT_SPLIT.match(name)
+        if match:
+            prefix, index, kind = match.groups()
+            experts.setdefault(prefix, {}).setdefault(int(index), {})[kind] = tensor
+            continue
+        name = name.replace(".mlp.experts.e_score_correction_bias", ".mlp.gate.e_score_correction_bias")
+        name = name.replace(".mlp.shared_expert.", ".mlp.shared_experts.")
+        out[name] = tensor
+    for prefix, by_index in experts.items():
+        count = max(by_index) + 1
+        missing = [j for j in range(count) if set(by_index.get(j, {})) != {"gate_proj", "up_proj", "down_proj"}]
+        if missing:
+            raise LagoonError(f"checkpoint is missing weights of expert {missing[0]} in {prefix}")
+        out[f"{prefix}.gate_up_proj"] = torch.stack(
+            [torch.cat([by_index[j]["gate_proj"], by_index[j]["up_proj"]], dim=0) for j in range(count)])
+        out[f"{prefix}.down_proj"] = torch.stack([by_index[j]["down_proj"] for j in range(count)])
+    return out
+
+
+def read_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise LagoonError(f"{directory} has no {CONFIG_FILE}; is it a checkpoint directory?")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise LagoonError(f"{path} is not valid JSON: {error}") from None
+    lagoon_fields = None
+    extra = directory / LAGOON_MODEL_FILE
+    if extra.is_file():
+        lagoon_fields = json.loads(extra.read_text())
+    return ModelConfig.from_hf_dict(data, lagoon_fields)
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a single-file or sharded safetensors checkpoint."""
+    single = directory / WEIGHTS_FILE
+    index = directory / WEIGHTS_INDEX_FILE
+    try:
+        if single.is_file():
+            return load_file(single)
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(load_file(directory / shard))
+            return state
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+        raise LagoonError(f"cannot read the weights in {directory}: {error}") from None
+    raise LagoonError(f"{directory} has neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}")
+
+
+def stored_dtype(directory: Path) -> torch.dtype:
+    """The weights' dtype recorded in config.json (``dtype`` or the older ``torch_dtype``), fp32 if absent."""
+    data = json.loads((directory / CONFIG_FILE).read_text())
+    name = data.get("dtype") or data.get("torch_dtype") or "float32"
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    return dtype if isinstance(dtype, torch.dtype) else torch.float32
+
+
+def from_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | str = "auto") -> LagunaForCausalLM:
+    """Load a lagoon checkpoint directory or a Hugging Face Laguna directory.
+
+    `dtype` "auto" keeps the dtype recorded in config.json; pass ``torch.float32`` for fp32 master weights.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise LagoonError(f"checkpoint directory {directory} does not exist")
+    config = read_config(directory)
+    if dtype == "auto":
+        dtype = stored_dtype(directory)
+    state = from_hub_state_dict(read_weights(directory))
+    with torch.device("meta"):
+        model = LagunaForCausalLM(config)
+    model.to_empty(device=device)
+    model.to(dtype)
+    model.tie_weights()
+    model.reset_rotary()
+    expected = set(model.state_dict())
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    missing = sorted(expected - set(state) - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise LagoonError(f"weights in {directory} do not match its config.json: {detail}")
+    for name, tensor in model.state_dict().items():
+        if name in state and tuple(state[name].shape) != tuple(tensor.shape):
+            raise LagoonError(f"{name} in {directory} has shape {tuple(state[name].shape)}, "
+                              f"config.json implies {tuple(tensor.shape)}")
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def save_pretrained(model: LagunaForCausalLM, path: str | os.PathLike, dtype: torch.dtype | None = None,
+                    tokenizer_dir: str | os.PathLike | None = None, extra_files: dict[str, Any] | None = None) -> Path:
+    """Write the Hugging Face form of `model` to `path` atomically (temporary directory, then rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write_checkpoint_files(model, staging, dtype=dtype, tokenizer_dir=tokenizer_dir)
+        for name, content in (extra_files or {}).items():
+            (staging / name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            target.rename(backup)
+            staging.rename(target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def write_checkpoint_files(model: LagunaForCausalLM, directory: Path, dtype: torch.dtype | None = None,
+                           tokenizer_dir: str | os.PathLike | None = None) -> None:
+    """Write config.json, model.safetensors, lagoon_model.json and tokenizer files into `directory`."""
+    config = model.config
+    state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    state = to_hub_state_dict(state)
+    weights_dtype = dtype or next(iter(state.values())).dtype
+    state = {name: tensor.to(device="cpu", dtype=weights_dtype if tensor.is_floating_point() else tensor.dtype)
+             for name, tensor in state.items()}
+    # vLLM reads the correction bias in fp32 whatever the weights' dtype.
+    for name in state:
+        if name.endswith("e_score_correction_bias"):
+            state[name] = state[name].float()
+    save_file(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    hf_config = config.to_hf_dict()
+    hf_config["dtype"] = str(weights_dtype).removeprefix("torch.")
+    (directory / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
+    (directory / LAGOON_MODEL_FILE).write_text(json.dumps(config.lagoon_fields(), indent=2) + "\n")
+    if tokenizer_dir is not None:
+        copy_tokenizer_files(Path(tokenizer_dir), directory)
+
+
+def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+            copied.append(name)
+    return copied
+
+
+def export_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """`lagoon export hf`: a lagoon checkpoint (or any Laguna directory) → a clean Hugging Face directory."""
+    source = Path(source)
+    model = from_pretrained(source, dtype="auto")
+    return save_pretrained(model, out, dtype=dtype, tokenizer_dir=source)
+
+
+def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """`lagoon import hf`: a Hugging Face Laguna directory → a lagoon checkpoint directory."""
+    return export_hf(source, out, dtype=dtype)
