@@ -1,0 +1,1 @@
+"""lagoon.train"""
