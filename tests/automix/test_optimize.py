@@ -1,0 +1,84 @@
+"""The optimizer stays on the capped simplex, finds known optima, and the KL pull keeps it near the prior."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lagoon.automix.optimize import Objective, interaction_matrix, optimize_mixture
+from lagoon.automix.sampling import sample_mixtures
+from lagoon.automix.space import MixtureSpace, kl_divergence
+from lagoon.automix.surrogate import LinearSurrogate, LogLinearSurrogate, make_surrogate
+
+LEAVES = ("code/high", "code/low", "web/high", "web/low", "math/high")
+TOKENS = (20_000, 30_000, 30_000, 15_000, 5_000)
+SPACE = MixtureSpace(LEAVES, TOKENS, target_tokens=100_000, max_epochs=3.0)  # caps: .6 .9 .9 .45 .15
+
+
+def linear_objective(coefficients, kl=0.0):
+    return Objective({"g": LinearSurrogate(coefficients=np.asarray(coefficients, dtype=float))}, {"g": 1.0},
+                     SPACE.prior, kl)
+
+
+def test_without_kl_a_linear_objective_fills_the_best_leaves_up_to_their_caps():
+    # Leaf order by benefit: math/high, code/high, web/high, ... ; caps 0.15 and 0.6 bind, web/high takes the rest.
+    objective = linear_objective([1.0, 3.0, 2.0, 4.0, 0.0])
+    result = optimize_mixture(objective, SPACE, "slsqp", np.random.default_rng(0), candidates=2000)
+    assert np.allclose(result.weights, [0.6, 0.0, 0.25, 0.0, 0.15], atol=1e-6)
+    assert SPACE.feasible(result.weights)
+    assert result.value == pytest.approx(0.6 * 1 + 0.25 * 2)
+
+
+def test_kl_pull_moves_the_answer_toward_the_prior_monotonically():
+    objective_coefficients = [1.0, 3.0, 2.0, 4.0, 0.0]
+    divergences, losses = [], []
+    for strength in (0.0, 0.1, 1.0, 100.0):
+        result = optimize_mixture(linear_objective(objective_coefficients, strength), SPACE, "slsqp",
+                                  np.random.default_rng(0), candidates=2000)
+        assert SPACE.feasible(result.weights)
+        divergences.append(result.kl)
+        losses.append(linear_objective(objective_coefficients).loss(result.weights)[0])
+    assert divergences == sorted(divergences, reverse=True) and divergences[-1] < 1e-3
+    assert losses == sorted(losses)  # giving up predicted loss is the price of staying near the prior
+
+
+def test_slsqp_matches_the_kl_regularised_closed_form():
+    # For a linear objective and no binding caps, argmin βᵀw + s·KL(w‖p) is p·exp(−β/s), normalised.
+    loose = MixtureSpace(LEAVES, TOKENS, target_tokens=10_000, max_epochs=100.0)
+    beta = np.array([1.0, 3.0, 2.0, 4.0, 0.0])
+    objective = Objective({"g": LinearSurrogate(coefficients=beta)}, {"g": 1.0}, loose.prior, 2.0)
+    result = optimize_mixture(objective, loose, "slsqp", np.random.default_rng(0), candidates=500)
+    expected = loose.prior * np.exp(-beta / 2.0)
+    assert np.allclose(result.weights, expected / expected.sum(), atol=1e-5)
+
+
+def test_topk_works_with_trees_and_respects_the_caps():
+    rng = np.random.default_rng(1)
+    train_NK = sample_mixtures(SPACE, 80, rng)
+    truth = LogLinearSurrogate(floor=np.log(0.5), slopes=np.array([-1.0, 0.5, 0.2, 1.0, -2.0]))
+    trees = make_surrogate("lightgbm").fit(train_NK, truth.predict(train_NK))
+    objective = Objective({"g": trees}, {"g": 1.0}, SPACE.prior, 0.01)
+    result = optimize_mixture(objective, SPACE, "topk", np.random.default_rng(2), candidates=5000, top_k=50)
+    assert SPACE.feasible(result.weights)
+    # The trees learnt that math/high and code/high help: the chosen mix beats the prior under the true law.
+    assert truth.predict(result.weights[None])[0] < truth.predict(SPACE.prior[None])[0] - 0.05
+    with pytest.raises(AssertionError, match="differentiable"):
+        optimize_mixture(objective, SPACE, "slsqp", np.random.default_rng(2), candidates=100)
+
+
+def test_weighted_groups_trade_off():
+    code = LinearSurrogate(coefficients=np.array([0.0, 1.0, 2.0, 2.0, 2.0]))  # code/high helps code
+    math = LinearSurrogate(coefficients=np.array([2.0, 2.0, 2.0, 2.0, 0.0]))  # math/high helps math
+    chosen = {}
+    for name, weights in {"code": {"code": 1.0, "math": 0.01}, "math": {"code": 0.01, "math": 1.0}}.items():
+        objective = Objective({"code": code, "math": math}, weights, SPACE.prior, 0.05)
+        chosen[name] = optimize_mixture(objective, SPACE, "slsqp", np.random.default_rng(0), candidates=500).weights
+    assert chosen["code"][0] > chosen["math"][0] and chosen["math"][4] > chosen["code"][4]
+
+
+def test_interaction_matrix_signs_follow_the_law():
+    helps_code = LogLinearSurrogate(floor=np.log(0.5), slopes=np.array([-2.0, -1.0, 1.0, 1.5, 0.0]))
+    matrix_GK = interaction_matrix({"code": helps_code}, SPACE.prior)
+    assert matrix_GK.shape == (1, 5)
+    assert matrix_GK[0, 0] < matrix_GK[0, 1] < 0 < matrix_GK[0, 2] < matrix_GK[0, 3]
+    assert kl_divergence(SPACE.prior[None], SPACE.prior)[0] == pytest.approx(0)
