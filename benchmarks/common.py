@@ -52,7 +52,9 @@ def machine() -> str:
 
 
 def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], Path(__file__).parents[1]), *sys.argv[1:]])
+    """The command line that reproduces this run, as run from the repository root."""
+    module = "benchmarks." + Path(sys.argv[0]).stem
+    return " ".join(["python -m", module, *sys.argv[1:]])
 
 
 def record(section: str, lines: list[str]) -> None:
