@@ -1,6 +1,7 @@
 """lagoon's run configuration: one TOML file with a section per stage, dotted overrides, load-time checks.
 
     [model]            lagoon.model.config.ModelConfig
+    [optim]            lagoon.optim.config.OptimConfig
 
 Every command reads the sections it needs from the same file, so one pipeline config describes a whole
 run. Unknown keys, wrong types and out-of-range values fail at load time with the dotted field name.
@@ -14,6 +15,7 @@ from typing import Any
 
 from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
 from lagoon.model.config import ModelConfig
+from lagoon.optim.config import OptimConfig
 
 
 @dataclass
@@ -22,6 +24,8 @@ class LagoonConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The Laguna architecture."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer: Muon / AdamW, learning rates, Newton–Schulz, distributed Muon."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
