@@ -16,6 +16,8 @@ from lagoon.errors import LagoonError
 COMMAND_MODULES = [
     "lagoon.demo",
     "lagoon.model.commands",
+    "lagoon.train.commands",
+    "lagoon.report.commands",
 ]
 
 

@@ -1,6 +1,7 @@
 """lagoon's run configuration: one TOML file with a section per stage, dotted overrides, load-time checks.
 
     [model]            lagoon.model.config.ModelConfig
+    [train]            lagoon.train.config.TrainConfig
     [optim]            lagoon.optim.config.OptimConfig
 
 Every command reads the sections it needs from the same file, so one pipeline config describes a whole
@@ -16,6 +17,7 @@ from typing import Any
 from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
+from lagoon.train.config import TrainConfig
 
 
 @dataclass
@@ -24,6 +26,8 @@ class LagoonConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The Laguna architecture."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Pretraining: steps, schedule, precision, evaluation, checkpoints."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer: Muon / AdamW, learning rates, Newton–Schulz, distributed Muon."""
 

@@ -1,0 +1,121 @@
+"""Report sections of a pretraining run (or several): summary, loss, learning rate, eval bits per byte,
+expert load, gradient norm and throughput, and the run's events (resumes, rollbacks, skipped checkpoints)."""
+
+from __future__ import annotations
+
+from lagoon.report.blocks import Section, Table, Text, new_figure, plot_metric, render
+from lagoon.report.runs import Run
+from lagoon.train.metrics import EVAL_PREFIX
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def summary_section(runs: list[Run]) -> Section | None:
+    groups = sorted({g for run in runs for g in run.eval_groups})
+    header = ["run", "steps", "tokens", "final loss", *[f"bpb {g}" for g in groups], "checkpoints"]
+    rows = []
+    for run in runs:
+        step = run.last("step")
+        tokens = run.last("tokens")
+        rows.append([run.name if run.name != "." else run.path.name, "–" if step is None else str(int(step)),
+                     "–" if tokens is None else f"{int(tokens):,}", _number(run.last("loss")),
+                     *[_number(run.last(EVAL_PREFIX + g)) for g in groups],
+                     ", ".join(run.checkpoints()[-3:]) or "none"])
+    return Section("Summary", [Table(header, rows)])
+
+
+def loss_section(runs: list[Run]) -> Section | None:
+    figure, (axis,) = new_figure()
+    if not plot_metric(axis, runs, "loss", smooth=len(runs) == 1 and len(runs[0].metrics) >= 20):
+        return None
+    if len(runs) == 1:
+        steps, values = runs[0].series("loss")
+        axis.plot(steps, values, color="C0", alpha=0.25, linewidth=0.8, label="raw")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss (nats/token)")
+    axis.legend(fontsize=8)
+    caption = "Training cross-entropy per step" + (" (smoothed; raw in light colour)." if len(runs) == 1 else
+                                                   "; bands span the runs (seeds) of a setting.")
+    return Section("Training loss", [render(figure, caption)])
+
+
+def learning_rate_section(runs: list[Run]) -> Section | None:
+    figure, (axis,) = new_figure(height=2.8)
+    if not plot_metric(axis, runs, "lr"):
+        return None
+    axis.set_xlabel("step")
+    axis.set_ylabel("learning rate")
+    axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if len(runs) > 1:
+        axis.legend(fontsize=8)
+    return Section("Learning rate", [render(figure, "Peak-scaled learning rate of each step's update.")])
+
+
+def eval_section(runs: list[Run]) -> Section | None:
+    groups = sorted({g for run in runs for g in run.eval_groups})
+    if not groups:
+        return None
+    single = len(runs) == 1
+    figure, axes = new_figure(1 if single else len(groups))
+    for index, group in enumerate(groups):
+        axis = axes[0 if single else index]
+        if single:
+            plot_metric(axis, runs, EVAL_PREFIX + group, label=group, color=f"C{index}", marker="o", markersize=3)
+        else:
+            plot_metric(axis, runs, EVAL_PREFIX + group, marker="o", markersize=3)
+            axis.set_title(group)
+        axis.set_xlabel("step")
+        axis.set_ylabel("held-out bits per byte")
+        axis.legend(fontsize=8)
+    return Section("Evaluation: bits per byte per capability group",
+                   [render(figure, "Document-masked held-out bits per byte (lower is better).")])
+
+
+def expert_load_section(runs: list[Run]) -> Section | None:
+    figure, (axis,) = new_figure(height=3.0)
+    drew_max = plot_metric(axis, runs, "max_load", label_suffix=" max", label="load")
+    drew_min = plot_metric(axis, runs, "min_load", label_suffix=" min", label="load", linestyle="--")
+    if not (drew_max or drew_min):
+        return None
+    axis.axhline(1.0, color="black", linewidth=0.8, alpha=0.5)
+    axis.set_xlabel("step")
+    axis.set_ylabel("expert load ÷ mean load")
+    axis.legend(fontsize=8)
+    return Section("Expert load", [render(figure, "Busiest (solid) and idlest (dashed) expert's share relative to a "
+                                                  "perfectly balanced router, averaged over MoE layers; 1.0 is balance.")])
+
+
+def optimization_section(runs: list[Run]) -> Section | None:
+    figure, axes = new_figure(2, height=3.0)
+    drew_norm = plot_metric(axes[0], runs, "grad_norm")
+    drew_speed = plot_metric(axes[1], runs, "tokens_per_s", smooth=True)
+    if not (drew_norm or drew_speed):
+        return None
+    axes[0].set_ylabel("gradient norm (before clipping)")
+    axes[1].set_ylabel("tokens / s")
+    for axis in axes:
+        axis.set_xlabel("step")
+        if len(runs) > 1:
+            axis.legend(fontsize=7)
+    return Section("Gradient norm and throughput", [render(figure)])
+
+
+def events_section(runs: list[Run]) -> Section | None:
+    rows = []
+    for run in runs:
+        for event in run.events:
+            detail = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step"))
+            rows.append([run.name, str(event.get("event", "")), str(event.get("step", "")), detail])
+    if not rows:
+        return None
+    shown = rows[-200:]
+    blocks = [Table(["run", "event", "step", "detail"], shown)]
+    if len(rows) > len(shown):
+        blocks.insert(0, Text(f"The last {len(shown)} of {len(rows)} events."))
+    return Section("Events", blocks)
+
+
+SECTIONS = [summary_section, loss_section, learning_rate_section, eval_section, expert_load_section,
+            optimization_section, events_section]

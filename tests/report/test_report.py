@@ -1,0 +1,68 @@
+"""`lagoon report`: a self-contained HTML page from run directories (one run, or a sweep with seeds)."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+
+from lagoon.report import build_report
+from lagoon.train.metrics import MetricsWriter
+from tests.conftest import assert_one_line_error, run_lagoon
+
+
+def _fake_run(directory, seed: int, speed: float, steps: int = 40) -> None:
+    """Write a run's metrics and events with lagoon's own writer (a decaying loss, periodic evaluations)."""
+    directory.mkdir(parents=True)
+    writer = MetricsWriter(directory, active=True)
+    for step in range(1, steps + 1):
+        row = {"step": step, "loss": 6 * math.exp(-speed * step) + 2 + 0.01 * seed, "lr": 1e-3 * min(1, step / 5),
+               "grad_norm": 1 / step, "tokens_per_s": 1000.0 + seed, "tokens": step * 512,
+               "max_load": 1.5 - step / 100, "min_load": 0.5 + step / 100}
+        if step % 10 == 0:
+            row.update({"eval_bpb/code": 3 - step / 40, "eval_bpb/math": 2.5 - step / 50})
+        writer.write(row)
+    writer.event("checkpoint_skipped", message="skipping checkpoint step_00000040: model.safetensors is missing")
+    writer.close()
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(data) for data in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def _assert_offline(page: str) -> None:
+    assert "<script" not in page.lower()
+    assert not re.search(r'(src|href)="(?!data:|#)', page), "the page must not reference anything outside itself"
+
+
+def test_single_run_report_has_every_figure_and_opens_offline(tmp_path):
+    run = tmp_path / "run"
+    _fake_run(run, seed=0, speed=0.1)
+    result = run_lagoon("report", str(run), check=True)
+    assert "report.html" in result.stdout
+    page = (run / "report.html").read_text()
+    _assert_offline(page)
+    for title in ("Summary", "Training loss", "Learning rate", "bits per byte per capability group", "Expert load",
+                  "Events"):
+        assert title in page, title
+    images = _images(page)
+    assert len(images) == 5 and all(image.startswith(b"\x89PNG") for image in images)
+    assert "model.safetensors is missing" in page
+
+
+def test_sweep_report_bands_seeds_of_each_setting(tmp_path):
+    for setting, speed in (("muon", 0.15), ("adamw", 0.1)):
+        for seed in range(2):
+            _fake_run(tmp_path / "sweep" / setting / f"seed{seed}", seed, speed)
+    out = build_report(tmp_path / "sweep", out=tmp_path / "cmp.html", title="Muon vs AdamW")
+    page = out.read_text()
+    _assert_offline(page)
+    assert "Muon vs AdamW" in page and "4 runs" in page
+    assert page.count("<tr>") >= 5   # the summary lists every run
+    assert "muon/seed1" in page and "adamw/seed0" in page
+    assert len(_images(page)) >= 4
+
+
+def test_report_of_a_directory_without_runs_is_a_one_line_error(tmp_path):
+    assert_one_line_error(run_lagoon("report", str(tmp_path)), "no metrics.jsonl")
+    assert not (tmp_path / "report.html").exists()
