@@ -1,0 +1,32 @@
+"""Small builders shared by the RL tests."""
+
+from __future__ import annotations
+
+import datetime
+
+from lagoon.rl.trajectory import Trajectory, Turn, group_id_of, make_trajectory_id
+
+
+def make_trajectory(run_id: str, epoch: int, task: int, attempt: int, reward: float = 1.0, version: int = 0,
+                    actor_id: str = "actor-0", prompt: list[int] | None = None) -> Trajectory:
+    """A two-turn token-in/token-out episode with made-up but consistent token ids and logprobs."""
+    prompt = prompt or [2, 5, 40 + task % 50, 41, 6, 23]
+    first = [60 + attempt, 61, 24]
+    second_prompt = prompt + first + [7, 70, 8, 23]
+    second = [62, 63 + attempt % 3, 24]
+    task_id = f"arith-code/{task}"
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return Trajectory(
+        trajectory_id=make_trajectory_id(run_id, epoch, task_id, attempt), run_id=run_id,
+        group_id=group_id_of(run_id, epoch, task_id), task_set="arith-code", task_id=task_id, epoch=epoch,
+        attempt=attempt, actor_id=actor_id,
+        turns=[Turn(prompt, first, [-0.5, -0.25, -0.1], version),
+               Turn(second_prompt, second, [-0.7, -0.2, -0.05], version)],
+        reward=reward, grader={"expected": "42", "got": "42" if reward else "41"}, exit_reason="answered",
+        timings={"generation": 0.5, "sandbox": 0.1}, started_at=now, finished_at=now)
+
+
+def make_group(run_id: str, epoch: int, task: int, size: int = 4, version: int = 0,
+               actor_id: str = "actor-0") -> list[Trajectory]:
+    return [make_trajectory(run_id, epoch, task, a, reward=float(a % 2), version=version, actor_id=actor_id)
+            for a in range(size)]
