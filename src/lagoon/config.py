@@ -3,6 +3,7 @@
     [model]            lagoon.model.config.ModelConfig
     [train]            lagoon.train.config.TrainConfig
     [optim]            lagoon.optim.config.OptimConfig
+    [agent]            lagoon.agent.config.AgentConfig
 
 Every command reads the sections it needs from the same file, so one pipeline config describes a whole
 run. Unknown keys, wrong types and out-of-range values fail at load time with the dotted field name.
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lagoon.agent.config import AgentConfig
 from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
@@ -30,6 +32,8 @@ class LagoonConfig:
     """Pretraining: steps, schedule, precision, evaluation, checkpoints."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer: Muon / AdamW, learning rates, Newton–Schulz, distributed Muon."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    """The code-as-action agent: sandbox, budgets, sampling."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

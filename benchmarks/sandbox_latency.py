@@ -1,0 +1,64 @@
+"""Sandbox start latency: a full `Sandbox.run(["true"])` against running `true` without any sandbox.
+
+Goal: p50 ≤ 20 ms (Docker `run` is ~200 ms, hosted sandboxes ~400 ms). Each round times, interleaved so
+machine noise hits them alike: the unsandboxed baseline, the complete lagoon sandbox (namespaces, mounts,
+rlimits, cgroups where available, output files, truncation), and the bare bubblewrap command line alone.
+
+    .venv/bin/python -m benchmarks.sandbox_latency [--rounds 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+
+from benchmarks.common import record
+from lagoon.agent.config import SandboxConfig
+from lagoon.agent.sandbox import Sandbox
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workspace:
+        sandbox = Sandbox(workspace, SandboxConfig())
+        bare = sandbox._bwrap_argv(["true"], sandbox._env(None))
+        cases = {
+            "no sandbox (subprocess `true`)": lambda: subprocess.run(["true"], check=True),
+            "bubblewrap command line only": lambda: subprocess.run(bare, check=True),
+            "lagoon Sandbox.run(['true'])": lambda: sandbox.run(["true"]),
+        }
+        for fn in cases.values():  # warm-up
+            for _ in range(5):
+                fn()
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.rounds):
+            for name, fn in cases.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000)
+        ok = sandbox.run(["true"]).ok
+        assert ok
+        cgroups = "pids+memory cgroups" if sandbox.cgroups.memory_parent else ("pids cgroup" if sandbox.cgroups.available else "no cgroups")
+    baseline = statistics.median(times["no sandbox (subprocess `true`)"])
+    lines = [f"{args.rounds} rounds, interleaved; sandbox with {cgroups}, prlimit launcher, output files.", "",
+             "| case | p50 ms | p99 ms | p50 / no-sandbox p50 |", "|---|---|---|---|"]
+    for name, values in times.items():
+        p50 = statistics.median(values)
+        lines.append(f"| {name} | {p50:.1f} | {percentile(values, 99):.1f} | {p50 / baseline:.1f}x |")
+    p50 = statistics.median(times["lagoon Sandbox.run(['true'])"])
+    lines += ["", f"Goal p50 ≤ 20 ms: {'met' if p50 <= 20 else 'missed'} ({p50:.1f} ms)."]
+    record("Sandbox start latency", lines)
+
+
+if __name__ == "__main__":
+    main()
