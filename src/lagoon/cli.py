@@ -16,6 +16,7 @@ from lagoon.errors import LagoonError
 COMMAND_MODULES = [
     "lagoon.demo",
     "lagoon.model.commands",
+    "lagoon.data.commands",
     "lagoon.train.commands",
     "lagoon.report.commands",
 ]

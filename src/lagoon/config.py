@@ -1,6 +1,7 @@
 """lagoon's run configuration: one TOML file with a section per stage, dotted overrides, load-time checks.
 
     [model]            lagoon.model.config.ModelConfig
+    [data]             lagoon.data.config.DataConfig
     [train]            lagoon.train.config.TrainConfig
     [optim]            lagoon.optim.config.OptimConfig
     [agent]            lagoon.agent.config.AgentConfig
@@ -17,6 +18,7 @@ from typing import Any
 
 from lagoon.agent.config import AgentConfig
 from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
+from lagoon.data.config import DataConfig
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
 from lagoon.train.config import TrainConfig
@@ -28,6 +30,8 @@ class LagoonConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     """The Laguna architecture."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data: building shard sets (sources, curation, tokenizer, synthetic) and reading them in training."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Pretraining: steps, schedule, precision, evaluation, checkpoints."""
     optim: OptimConfig = field(default_factory=OptimConfig)
