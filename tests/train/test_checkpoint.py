@@ -21,9 +21,9 @@ def _model() -> LagunaForCausalLM:
 def _save(run_dir, model, step, keep_last=5):
     state = ckpt.CheckpointState(step=step, tokens_seen=step * 100, world_size=2, sdc_digest=f"digest-{step}",
                                  last_metrics={"loss": 1.5, "eval_bpb/code": 2.0})
-    ranks = [ckpt.RankState(loader={"position": step, "rank": r}, rng=capture_rng()) for r in range(2)]
     optimizer_state = {"state": {0: {"momentum": torch.full((3,), float(step))}}, "param_groups": [{"lr": 0.1}]}
-    return ckpt.save_checkpoint(run_dir, model, state, optimizer_state, ranks, None, keep_last)
+    return ckpt.save_checkpoint(run_dir, model, state, optimizer_state, {"step": step}, [capture_rng()] * 2, None,
+                                keep_last)
 
 
 def test_checkpoint_round_trip_loads_as_hugging_face(tmp_path):
@@ -32,12 +32,12 @@ def test_checkpoint_round_trip_loads_as_hugging_face(tmp_path):
     assert path.name == "step_00000007" and ckpt.verify(path) is None
     manifest = json.loads((path / "manifest.json").read_text())
     assert {"config.json", "model.safetensors", "train_state/state.json", "train_state/optimizer.pt",
-            "train_state/loader_rank1.pt", "train_state/rng_rank0.json"} <= set(manifest["files"])
+            "train_state/loader.json", "train_state/rng_rank1.json"} <= set(manifest["files"])
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
     state = ckpt.read_state(path)
     assert (state.step, state.tokens_seen, state.sdc_digest) == (7, 700, "digest-7")
-    assert ckpt.read_rank_state(path, 1).loader == {"position": 7, "rank": 1}
-    assert ckpt.read_rank_state(path, 3).loader["rank"] == 0   # a bigger world falls back to rank 0's state
+    assert ckpt.read_loader_state(path) == {"step": 7}
+    assert ckpt.read_rng_state(path, 3) == ckpt.read_rng_state(path, 0)   # a bigger world falls back to rank 0
     assert torch.equal(ckpt.read_optimizer_state(path)["state"][0]["momentum"], torch.full((3,), 7.0))
     loaded = from_pretrained(path)
     for name, tensor in model.state_dict().items():

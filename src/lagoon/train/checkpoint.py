@@ -8,7 +8,7 @@ The contract (DESIGN.md, "Checkpoint directory"):
         train_state/
             state.json            step, tokens seen, world size, sdc_digest, last metrics, resolved config
             optimizer.pt          the optimizer's state_dict() (world-size independent form)
-            loader_rank{r}.pt     each rank's data-loader position
+            loader.json           the data loader's position in the global stream (world-size independent)
             rng_rank{r}.json      each rank's torch / CUDA / numpy / python RNG states
         manifest.json             SHA-256 and size of every other file; written last
 
@@ -39,6 +39,7 @@ MANIFEST = "manifest.json"
 TRAIN_STATE = "train_state"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+LOADER_FILE = "loader.json"
 FORMAT = "lagoon-checkpoint/1"
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
@@ -51,16 +52,6 @@ def checkpoints_root(run_dir: Path) -> Path:
 
 def step_dir_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-@dataclass
-class RankState:
-    """What each data-parallel rank contributes to a checkpoint."""
-
-    loader: Any
-    """The data loader's `state_dict()`."""
-    rng: dict[str, Any]
-    """RNG states from `capture_rng()`."""
 
 
 @dataclass
@@ -126,7 +117,8 @@ def verify(directory: Path) -> str | None:
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         return "manifest.json is not a valid lagoon manifest"
-    for required in ("config.json", "model.safetensors", f"{TRAIN_STATE}/{STATE_FILE}"):
+    for required in ("config.json", "model.safetensors", f"{TRAIN_STATE}/{STATE_FILE}", f"{TRAIN_STATE}/{OPTIMIZER_FILE}",
+                     f"{TRAIN_STATE}/{LOADER_FILE}", f"{TRAIN_STATE}/rng_rank0.json"):
         if required not in files:
             return f"manifest.json does not list {required}"
     for name, entry in sorted(files.items()):
@@ -169,8 +161,12 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, model: LagunaForCausalLM, state: CheckpointState, optimizer_state: dict[str, Any],
-                    rank_states: list[RankState], tokenizer_dir: Path | None, keep_last: int) -> Path:
-    """Write checkpoint `state.step` atomically (rank 0 only), then delete all but the newest `keep_last`."""
+                    loader_state: dict[str, Any], rank_rngs: list[dict[str, Any]], tokenizer_dir: Path | None,
+                    keep_last: int) -> Path:
+    """Write checkpoint `state.step` atomically (rank 0 only), then delete all but the newest `keep_last`.
+
+    `loader_state` is the loader's `state_dict()` (global, JSON); `rank_rngs` holds every rank's
+    `capture_rng()`, in rank order."""
     root = checkpoints_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(state.step)
@@ -182,9 +178,9 @@ def save_checkpoint(run_dir: Path, model: LagunaForCausalLM, state: CheckpointSt
         train_state = staging / TRAIN_STATE
         train_state.mkdir()
         torch.save(optimizer_state, train_state / OPTIMIZER_FILE)
-        for rank, rank_state in enumerate(rank_states):
-            torch.save(rank_state.loader, train_state / f"loader_rank{rank}.pt")
-            (train_state / f"rng_rank{rank}.json").write_text(json.dumps(rank_state.rng))
+        (train_state / LOADER_FILE).write_text(json.dumps(loader_state, default=_json_default))
+        for rank, rng in enumerate(rank_rngs):
+            (train_state / f"rng_rank{rank}.json").write_text(json.dumps(rng))
         (train_state / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2, default=_json_default) + "\n")
         _fsync_tree(staging)
         write_manifest(staging, state.step)
@@ -262,12 +258,12 @@ def read_optimizer_state(path: Path) -> dict[str, Any]:
     return torch.load(path / TRAIN_STATE / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
 
 
-def read_rank_state(path: Path, rank: int) -> RankState:
-    """Rank `rank`'s loader and RNG states; rank 0's when the checkpoint came from a smaller world."""
+def read_loader_state(path: Path) -> dict[str, Any]:
+    return json.loads((path / TRAIN_STATE / LOADER_FILE).read_text())
+
+
+def read_rng_state(path: Path, rank: int) -> dict[str, Any]:
+    """Rank `rank`'s RNG states; rank 0's when the checkpoint came from a smaller world."""
     train_state = path / TRAIN_STATE
     source = rank if (train_state / f"rng_rank{rank}.json").is_file() else 0
-    # Loader states hold only plain data (ints, lists, tensors, numpy RNG states), written by lagoon itself
-    # into a checkpoint whose SHA-256 manifest has just been verified.
-    loader = torch.load(train_state / f"loader_rank{source}.pt", map_location="cpu", weights_only=False)
-    rng = json.loads((train_state / f"rng_rank{source}.json").read_text())
-    return RankState(loader=loader, rng=rng)
+    return json.loads((train_state / f"rng_rank{source}.json").read_text())

@@ -1,24 +1,24 @@
 """Held-out bits per byte for each capability group: document-masked, deterministic, tokenizer-independent.
 
-bits per byte = Σ cross-entropy (nats) of predicted tokens ÷ (ln 2 · Σ UTF-8 bytes of those tokens).
+bits per byte = Σ_t −log2 p(x_t | x_<t) ÷ Σ_t token_bytes[x_t] over every predicted token of the group's
+held-out stream (the definition in `lagoon.data.evalset`; Gao et al. 2020, "The Pile", §5, for why bytes:
+models with different tokenizers stay comparable). The 〈|EOS|〉 that opens each document is predicted
+too (the model must say where a document ends) but carries no bytes.
 
-Dividing by bytes rather than tokens makes models with different tokenizers comparable (Gao et al. 2020,
-"The Pile", §5; nanochat's evaluate_bpb). Targets that carry no bytes (special tokens: the 〈|EOS|〉 that
-opens every document) are left out of both sums, so predicting a document boundary never counts.
+The stream is cut by `EvalSet.batches` into rows that predict each token exactly once, with document ids,
+so no token attends across a document boundary and positions restart at each document (the same
+masking as training). Only the first ``max_tokens`` tokens are used, so the same call always scores
+the same tokens. With several data-parallel ranks, batches are dealt round-robin and the sums are
+all-reduced in float64.
 
-Each group's held-out documents are concatenated in order, cut into rows of ``seq_len`` positions, and
-fed with their document ids, so no token attends across a document boundary and positions restart at
-every document (the same masking as training). Only the first ``max_tokens`` tokens are used, so the
-same call always scores the same tokens. With several data-parallel ranks, rows are dealt round-robin
-and the sums are all-reduced in float64.
-
-Shape legend: B rows, T positions.
+Shape legend: B rows, T positions, V vocabulary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -27,41 +27,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from lagoon.errors import LagoonError
-from lagoon.model import LagunaForCausalLM
-from lagoon.tokens import EOS_ID
-
-
-def eval_stream(shards: Any, group: str, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first `max_tokens` + 1 held-out token ids of `group` and their document ids (both [N])."""
-    held_out = shards.eval_set(group)
-    ids = np.asarray(held_out.token_ids, dtype=np.int64)[: max_tokens + 1]
-    starts = np.zeros(len(ids), dtype=np.int64)
-    boundaries = np.asarray(getattr(held_out, "doc_starts", np.flatnonzero(ids == EOS_ID)), dtype=np.int64)
-    boundaries = boundaries[boundaries < len(ids)]
-    starts[boundaries] = 1
-    document_ids = np.cumsum(starts)
-    return ids, document_ids
+from lagoon.model import IGNORE_INDEX, LagunaForCausalLM
 
 
 @torch.no_grad()
-def bits_per_byte(model: LagunaForCausalLM, ids: np.ndarray, document_ids: np.ndarray, token_bytes: np.ndarray,
-                  seq_len: int, batch_size: int, device: torch.device | str = "cpu",
-                  autocast_dtype: torch.dtype | None = None, group: dist.ProcessGroup | None = None) -> float:
-    """Bits per byte of `model` on one token stream (see the module docstring)."""
-    rows = (len(ids) - 1) // seq_len
-    if rows == 0:
-        raise LagoonError(f"an evaluation set of {len(ids)} tokens is shorter than one sequence of {seq_len}")
-    usable = rows * seq_len
-    inputs_RT = torch.from_numpy(ids[:usable].reshape(rows, seq_len))
-    targets_RT = torch.from_numpy(ids[1 : usable + 1].reshape(rows, seq_len))
-    documents_RT = torch.from_numpy(document_ids[:usable].reshape(rows, seq_len))
-    bytes_RT = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))[targets_RT]
-    # A target that starts a new document is a boundary prediction; its special token has no bytes anyway,
-    # but masking by document as well keeps the rule independent of the tokenizer.
-    next_documents_RT = torch.from_numpy(document_ids[1 : usable + 1].reshape(rows, seq_len))
-    counted_RT = (bytes_RT > 0) & (next_documents_RT == documents_RT)
-
+def bits_per_byte(model: LagunaForCausalLM, batches: Iterable[Any], token_bytes: np.ndarray,
+                  device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+                  group: dist.ProcessGroup | None = None) -> float:
+    """Bits per byte of `model` over `batches` (each with input_ids, targets, document_ids [B, T])."""
     rank, world = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
+    bytes_V = torch.from_numpy(np.asarray(token_bytes, dtype=np.int64))
     was_training = model.training
     model.eval()
     nats = torch.zeros((), dtype=torch.float64)
@@ -69,17 +44,17 @@ def bits_per_byte(model: LagunaForCausalLM, ids: np.ndarray, document_ids: np.nd
     autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     try:
-        my_rows = list(range(rank, rows, world))
-        for start in range(0, len(my_rows), batch_size):
-            index = torch.tensor(my_rows[start : start + batch_size])
-            input_BT = inputs_RT[index].to(device)
+        for index, batch in enumerate(batches):
+            if index % world != rank:
+                continue
+            targets_BT = batch.targets
+            counted_BT = targets_BT != IGNORE_INDEX
             with autocast:
-                logits_BTV = model(input_BT, document_ids=documents_RT[index].to(device)).logits
-            losses_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), targets_RT[index].to(device),
-                                        reduction="none")
-            mask_BT = counted_RT[index].to(device)
-            nats += (losses_BT * mask_BT).sum().double().cpu()
-            total_bytes += (bytes_RT[index] * counted_RT[index]).sum().double()
+                logits_BTV = model(batch.input_ids.to(device), document_ids=batch.document_ids.to(device)).logits
+            losses_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), targets_BT.to(device),
+                                        ignore_index=IGNORE_INDEX, reduction="none")
+            nats += losses_BT.sum().double().cpu()
+            total_bytes += bytes_V[targets_BT.clamp(min=0)][counted_BT].sum().double()
     finally:
         model.train(was_training)
     if group is not None:
@@ -95,15 +70,16 @@ def evaluate_bpb(model: LagunaForCausalLM, shards: Any, groups: list[str] | None
                  seq_len: int = 256, batch_size: int = 8, device: torch.device | str | None = None,
                  autocast_dtype: torch.dtype | None = None,
                  group: dist.ProcessGroup | None = None) -> dict[str, float]:
-    """Held-out bits per byte of each capability group (all of the shard set's groups by default)."""
-    names = list(shards.groups) if groups is None else list(groups)
-    unknown = [name for name in names if name not in shards.groups]
+    """Held-out bits per byte of each capability group (every group with an eval set by default).
+
+    Deterministic: the same model and arguments give the same figures (for a given world size).
+    """
+    names = list(shards.eval_groups) if groups is None else list(groups)
+    unknown = [name for name in names if name not in shards.eval_groups]
     if unknown:
-        raise LagoonError(f"no capability group {unknown[0]!r} in the shard set; it has {', '.join(shards.groups)}")
+        raise LagoonError(f"no held-out set for capability group {unknown[0]!r}; the shard set has "
+                          f"{', '.join(shards.eval_groups)}")
     device = device if device is not None else next(model.parameters()).device
-    results = {}
-    for name in names:
-        ids, document_ids = eval_stream(shards, name, max_tokens)
-        results[name] = bits_per_byte(model, ids, document_ids, shards.token_bytes, seq_len, batch_size, device,
-                                      autocast_dtype, group)
-    return results
+    return {name: bits_per_byte(model, shards.eval_set(name).batches(seq_len, batch_size, max_tokens),
+                                shards.token_bytes, device, autocast_dtype, group)
+            for name in names}

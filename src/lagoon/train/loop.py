@@ -76,7 +76,8 @@ def _say(dist_info: Distributed | None, message: str) -> None:
 
 
 def _open_data(config: Any, shards: Any | None) -> tuple[Any, Any]:
-    from lagoon.data import Mixture, ShardSet
+    from lagoon.data.mixture import resolve_mixture
+    from lagoon.data.shards import ShardSet
 
     data = config.data
     if shards is None:
@@ -87,13 +88,9 @@ def _open_data(config: Any, shards: Any | None) -> tuple[Any, Any]:
             raise ConfigError("data.shards", f"shard directory {data.shards} does not exist; build it with "
                                              f"`lagoon data build CONFIG --out {data.shards}`")
         shards = ShardSet.open(data.shards)
-    if data.mixture:
-        mixture = Mixture.load(data.mixture)
-    elif data.weights:
-        mixture = Mixture(dict(data.weights))
-    else:
-        mixture = shards.natural_mixture()
-    mixture.validate(shards)
+    mixture = resolve_mixture(data, shards)
+    budget = config.train.steps * data.global_batch_size * data.seq_len
+    mixture.check_repetition(shards, budget, data.repetition_cap)
     return shards, mixture
 
 
@@ -149,8 +146,8 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
     `shards` may be an already-open `ShardSet` (AutoMixer reuses one across many proxies).
     Under torchrun every rank calls this; rank 0 alone writes metrics and checkpoints.
     """
-    from lagoon.data import MixtureLoader
-    from lagoon.optim import build_optimizer
+    from lagoon.data.loader import MixtureLoader
+    from lagoon.optim import DataParallel, build_optimizer
 
     hooks = list(hooks or [])
     run_dir = Path(run_dir)
@@ -162,9 +159,9 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
     shards, mixture = _open_data(config, shards)
     if train.eval_groups:
         for name in train.eval_groups:
-            if name not in shards.groups:
-                raise ConfigError("train.eval_groups", f"no capability group {name!r} in the shard set "
-                                                       f"(it has {', '.join(shards.groups)})")
+            if name not in shards.eval_groups:
+                raise ConfigError("train.eval_groups", f"no held-out set for group {name!r} in the shard set "
+                                                       f"(it has {', '.join(shards.eval_groups)})")
     model, config = _build_model(config, shards)
 
     dist_info = setup(train.device)
@@ -175,8 +172,8 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
         loader = MixtureLoader(shards, mixture, seq_len=data.seq_len, global_batch_size=data.global_batch_size,
                                seed=data.seed, rank=dist_info.rank, world_size=dist_info.world_size,
                                repetition_cap=data.repetition_cap)
-        optimizer = build_optimizer(model, config.optim,
-                                    data_parallel=dist_info.group if dist_info.world_size > 1 else None)
+        data_parallel = DataParallel.from_group(dist_info.group) if dist_info.world_size > 1 else None
+        optimizer = build_optimizer(model, config.optim, data_parallel=data_parallel)
         _seed_everything(train.seed)
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,8 +198,8 @@ def _run(trainer: Trainer) -> TrainResult:
     if path is not None:
         trainer.restore(path)
         resumed_from = trainer.step
-        trainer.metrics.event("resume", step=trainer.step, path=str(path.relative_to(run_dir)))
         if trainer.step < train.steps:
+            trainer.metrics.event("resume", step=trainer.step, path=str(path.relative_to(run_dir)))
             trainer.say(f"resuming from {path.name} (step {trainer.step} of {train.steps})")
     else:
         trainer.metrics.resume_at(0)

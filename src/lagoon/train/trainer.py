@@ -67,7 +67,7 @@ class Trainer:
             # Distributed Muon reduces gradients itself; otherwise DDP averages them across ranks.
             self.wrapped = DistributedDataParallel(
                 model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None,
-                process_group=dist_info.group, broadcast_buffers=False)
+                process_group=dist_info.group, forward_sync_buffers=False)
 
     # ----------------------------------------------------------------------------------------------
     def context(self, metrics: dict[str, Any] | None = None) -> HookContext:
@@ -135,7 +135,7 @@ class Trainer:
         if aux_total:
             row["aux_loss"] = aux_total / self.dist.world_size
         row.update(lr=self.base_lr() * scale, lr_scale=scale)
-        row.update({key: float(value) for key, value in (stats or {}).items()})
+        row.update({key: float(value) for key, value in (stats or {}).items()})   # the optimizer's lr wins
         row.update(tokens=self.tokens_seen, tokens_per_s=step_tokens / elapsed, **load)
         if not math.isfinite(loss):
             self.metrics.write(row)
@@ -163,8 +163,8 @@ class Trainer:
         ctx = self.context()
         call_hooks(self.hooks, "before_checkpoint_save", ctx)
         self.sdc_digest = ctx.sdc_digest
-        optimizer_state = self.optimizer.state_dict()
-        rank_states = gather_objects(ckpt.RankState(loader=self.loader.state_dict(), rng=capture_rng()), self.dist)
+        optimizer_state = self.optimizer.state_dict()   # a collective for distributed Muon
+        rank_rngs = gather_objects(capture_rng(), self.dist)
         path = None
         if self.dist.is_main:
             from lagoon.configio import to_dict
@@ -172,8 +172,8 @@ class Trainer:
             state = ckpt.CheckpointState(step=self.step, tokens_seen=self.tokens_seen, world_size=self.dist.world_size,
                                          sdc_digest=self.sdc_digest, last_metrics=self.summary(),
                                          config=to_dict(self.config))
-            path = ckpt.save_checkpoint(self.run_dir, self.model, state, optimizer_state, rank_states,
-                                        self.shards.tokenizer_dir, self.train.keep_last)
+            path = ckpt.save_checkpoint(self.run_dir, self.model, state, optimizer_state, self.loader.state_dict(),
+                                        rank_rngs, self.shards.tokenizer_dir, self.train.keep_last)
             self.metrics.event("checkpoint", step=self.step, path=str(path.relative_to(self.run_dir)))
         self.dist.barrier()
         return path
@@ -202,9 +202,8 @@ class Trainer:
                 if name in weights:
                     tensor.copy_(weights[name])
         self.optimizer.load_state_dict(ckpt.read_optimizer_state(path))
-        rank_state = ckpt.read_rank_state(path, self.dist.rank)
-        self.loader.load_state_dict(rank_state.loader)
-        restore_rng(rank_state.rng)
+        self.loader.load_state_dict(ckpt.read_loader_state(path))
+        restore_rng(ckpt.read_rng_state(path, self.dist.rank))
         self.step, self.tokens_seen, self.sdc_digest = state.step, state.tokens_seen, state.sdc_digest
         self.last_row = {k: v for k, v in state.last_metrics.items() if not k.startswith(EVAL_PREFIX)}
         self.last_eval = {k[len(EVAL_PREFIX):]: v for k, v in state.last_metrics.items() if k.startswith(EVAL_PREFIX)}
