@@ -5,6 +5,7 @@
     [train]            lagoon.train.config.TrainConfig
     [optim]            lagoon.optim.config.OptimConfig
     [agent]            lagoon.agent.config.AgentConfig
+    [rl]               lagoon.rl.config.RLConfig
 
 Every command reads the sections it needs from the same file, so one pipeline config describes a whole
 run. Unknown keys, wrong types and out-of-range values fail at load time with the dotted field name.
@@ -21,6 +22,7 @@ from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
 from lagoon.data.config import DataConfig
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
+from lagoon.rl.config import RLConfig
 from lagoon.train.config import TrainConfig
 
 
@@ -38,6 +40,8 @@ class LagoonConfig:
     """Optimizer: Muon / AdamW, learning rates, Newton–Schulz, distributed Muon."""
     agent: AgentConfig = field(default_factory=AgentConfig)
     """The code-as-action agent: sandbox, budgets, sampling."""
+    rl: RLConfig = field(default_factory=RLConfig)
+    """Asynchronous agent RL: trainer, actors, inference servers, trajectory table."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

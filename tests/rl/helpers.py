@@ -30,3 +30,27 @@ def make_group(run_id: str, epoch: int, task: int, size: int = 4, version: int =
                actor_id: str = "actor-0") -> list[Trajectory]:
     return [make_trajectory(run_id, epoch, task, a, reward=float(a % 2), version=version, actor_id=actor_id)
             for a in range(size)]
+
+
+def tiny_checkpoint(path, vocab_size: int = 128, seed: int = 0):
+    """A small random Laguna checkpoint (two layers) in the Hugging Face layout."""
+    import torch
+
+    from lagoon.model import LagunaForCausalLM, preset_config, save_pretrained
+
+    torch.manual_seed(seed)
+    model = LagunaForCausalLM(preset_config("tiny", num_hidden_layers=2, vocab_size=vocab_size))
+    return save_pretrained(model, path)
+
+
+def rl_config(init_checkpoint, **overrides):
+    """A validated config for trainer tests: small batches, no servers, weights written to files."""
+    from lagoon.config import load_config
+
+    base = {"rl": {"init_checkpoint": str(init_checkpoint), "total_steps": 3,
+                   "tasks": {"group_size": 4},
+                   "trainer": {"groups_per_step": 2, "max_staleness": 100, "checkpoint_every": 2,
+                               "learning_rate": 1e-3, "poll_interval_s": 0.05, "device": "cpu"},
+                   "weights": {"transfer": "files"}}}
+    return load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                              for k, v in overrides.items()], base=base)

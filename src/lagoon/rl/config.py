@@ -127,13 +127,17 @@ class TrainerConfig:
     """η: the most policy versions a trajectory may lag the trainer. Actors hold back new episodes so
     that at most (η + 1)·B groups are outstanding (AReaL, Fu et al. 2025, §5.1); older data is dropped."""
     learning_rate: float = 1e-4
-    """Base learning rate of the optimizer."""
+    """Learning rate (constant after `warmup_steps`)."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up over the first steps."""
     optimizer: Literal["adamw", "muon"] = "adamw"
-    """``adamw`` (torch.optim.AdamW) or ``muon`` (lagoon.optim, AdamW for non-matrix parameters)."""
+    """``adamw`` for every parameter, or ``muon`` for hidden matrices and AdamW for the rest (lagoon.optim)."""
     weight_decay: float = 0.0
     """Decoupled weight decay."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     """AdamW betas."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the trainer computes (auto: CUDA when available)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0: no clipping)."""
     epsilon_high: float = 2.0
@@ -159,6 +163,8 @@ class TrainerConfig:
         check(self.groups_per_step >= 1, "groups_per_step", "must be >= 1")
         check(self.max_staleness >= 0, "max_staleness", "must be >= 0")
         check(self.learning_rate > 0, "learning_rate", "must be positive")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
         check(self.epsilon_high > 0, "epsilon_high", "must be positive")
@@ -168,6 +174,13 @@ class TrainerConfig:
         check(self.keep_last >= 1, "keep_last", "must be >= 1")
         check(self.publish_every >= 1, "publish_every", "must be >= 1")
         check(self.poll_interval_s > 0, "poll_interval_s", "must be positive")
+
+    def optim_config(self):
+        """The `lagoon.optim.OptimConfig` these settings describe."""
+        from lagoon.optim import OptimConfig
+
+        return OptimConfig(name=self.optimizer, lr=self.learning_rate, adamw_lr=self.learning_rate,
+                           weight_decay=self.weight_decay, adamw_betas=list(self.betas))
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""From groups of trajectories to packed training micro-batches.
+
+Each trajectory becomes one (or, if its harness rewrote the context, several) token sequences
+(`Trajectory.sequences`); every sampled token carries the trajectory's group-normalized advantage,
+the sampler's logprob and the policy version that drew it. Sequences are packed into rows of at most
+`micro_batch_tokens` tokens with per-sequence document ids, so attention never crosses sequences and
+positions restart — every token is scored in exactly the context it was sampled in.
+
+Alignment: position t of a row predicts token t+1, so the loss mask, sampler logprobs and advantages
+of token t+1 sit at position t (the shifted layout `LagunaForCausalLM` uses for targets).
+
+Shape legend: B rows (1 per micro-batch here), T positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lagoon.rl.advantages import group_advantages
+from lagoon.rl.trajectory import Sequence, Trajectory
+
+
+@dataclass
+class Sample:
+    """One training sequence with its advantage."""
+
+    sequence: Sequence
+    advantage: float
+    trajectory_id: str
+
+    @property
+    def tokens(self) -> int:
+        return len(self.sequence.token_ids)
+
+
+@dataclass
+class MicroBatch:
+    """Packed rows; every tensor is [B, T]."""
+
+    input_ids: torch.Tensor
+    document_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    """True where the *next* token is a sampled token to train on."""
+    sampler_logprobs: torch.Tensor
+    """μ of the next token (0 where masked)."""
+    advantages: torch.Tensor
+    """Â of the next token's trajectory (0 where masked)."""
+    policy_versions: torch.Tensor
+    """Policy version that sampled the next token (-1 where masked)."""
+
+    @property
+    def loss_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+
+def samples_from_groups(groups: list[list[Trajectory]], std_normalize: bool = True) -> list[Sample]:
+    """Group-normalized advantages, then one `Sample` per training sequence."""
+    samples = []
+    for group in groups:
+        advantages = group_advantages([t.reward for t in group], std_normalize)
+        for trajectory, advantage in zip(group, advantages):
+            for sequence in trajectory.sequences():
+                samples.append(Sample(sequence, advantage, trajectory.trajectory_id))
+    return samples
+
+
+def pack(samples: list[Sample], micro_batch_tokens: int) -> list[MicroBatch]:
+    """First-fit-decreasing packing of samples into single-row micro-batches of ≤ `micro_batch_tokens`
+    (a longer sequence gets a row of its own)."""
+    rows: list[list[Sample]] = []
+    lengths: list[int] = []
+    for sample in sorted(samples, key=lambda s: -s.tokens):
+        for index, length in enumerate(lengths):
+            if length + sample.tokens <= micro_batch_tokens:
+                rows[index].append(sample)
+                lengths[index] += sample.tokens
+                break
+        else:
+            rows.append([sample])
+            lengths.append(sample.tokens)
+    return [_row(row) for row in rows]
+
+
+def _row(samples: list[Sample]) -> MicroBatch:
+    ids, docs, mask, logprobs, advantages, versions = [], [], [], [], [], []
+    for doc, sample in enumerate(samples):
+        s = sample.sequence
+        n = len(s.token_ids)
+        ids += s.token_ids
+        docs += [doc] * n
+        # Shift by one: position t carries what is known about token t+1 of the same sequence.
+        mask += s.loss_mask[1:] + [False]
+        logprobs += s.logprobs[1:] + [0.0]
+        advantages += [sample.advantage if m else 0.0 for m in s.loss_mask[1:]] + [0.0]
+        versions += s.policy_versions[1:] + [-1]
+    assert not any(s.sequence.loss_mask[0] for s in samples), "a sequence starts with a prompt, not a sampled token"
+
+    def row(values, dtype):
+        return torch.tensor([values], dtype=dtype)
+
+    return MicroBatch(row(ids, torch.long), row(docs, torch.long), row(mask, torch.bool),
+                      row(logprobs, torch.float32), row(advantages, torch.float32), row(versions, torch.long))

@@ -1,0 +1,317 @@
+"""The RL trainer process: consume trajectories from the table, take CISPO steps, publish new weights.
+
+    lagoon rl trainer CONFIG --run-dir DIR [--server URL ...]        # one process
+    torchrun --nproc-per-node 2 -m lagoon rl trainer CONFIG --run-dir DIR ...   # data-parallel
+
+Each step: read the new append snapshots (`ConsumerState.poll`), drop groups staler than η, take the
+oldest B groups, compute group-normalized advantages, pack the sequences, and run CISPO with the LM head
+in fp32 (`lagoon.rl.loss`), accumulating gradients over micro-batches; then one optimizer step
+(`lagoon.optim`), publish the weights as the next policy version (`lagoon.rl.weights`), publish progress
+to the table's properties (for the actors' admission control), and every few steps a checkpoint.
+
+Run directory (shared with the orchestrator):
+
+    metrics.jsonl             one line per step (keys below)
+    events.jsonl              resumes, publications that failed on some server, expiries
+    checkpoints/step_N/       the checkpoint contract (lagoon.train.checkpoint); its loader state is the
+                              table read position (`ConsumerState`), so a restart neither skips nor repeats
+    trainer/consumed.jsonl    per step: the groups trained on and dropped (an audit trail of what went
+                              into which version; lines past a resumed checkpoint are dropped)
+
+Metrics keys: step (= the new policy version), reward_mean, reward_std, groups, trajectories,
+loss_tokens, loss, grad_norm, lr, clip_high_frac, clip_low_frac, mismatch_kl (k3 estimate of
+KL(μ‖π) over all trained tokens), mismatch_kl_fresh (over tokens sampled by the trainer's current
+version only: the pure train–inference numerical mismatch), ratio_max, staleness_mean, staleness_max,
+staleness_hist ({versions behind: trajectories}), dropped_stale, wait_s, train_s, weight_sync_s,
+weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lagoon.errors import LagoonError
+from lagoon.rl.batching import MicroBatch, pack, samples_from_groups
+from lagoon.rl.consumer import Batch, ConsumerState
+from lagoon.rl.loss import CispoStats, cispo_loss, sequence_logprobs
+from lagoon.rl.staleness import StalenessFilter, histogram
+from lagoon.rl.store import TrajectoryStore
+from lagoon.rl.weights import WeightPublisher
+
+CONSUMED_LOG = Path("trainer") / "consumed.jsonl"
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT arrived; the trainer stops at the next quiet point."""
+
+
+class Trainer:
+    """One trainer process (rank `dist_info.rank` of a data-parallel group, or alone)."""
+
+    def __init__(self, config, run_dir: str | Path, servers: list[str] | None = None, say=print):
+        from lagoon.model import from_pretrained
+        from lagoon.optim import build_optimizer
+        from lagoon.train import checkpoint as ckpt
+        from lagoon.train.distributed import setup
+        from lagoon.train.metrics import MetricsWriter
+        from lagoon.train.rng import restore_rng
+
+        self.config = config
+        self.rl = config.rl
+        self.run_dir = Path(run_dir)
+        self.say = say
+        self.dist = setup(self.rl.trainer.device)
+        self.device = self.dist.device
+        self.is_main = self.dist.is_main
+        self.bound = StalenessFilter(self.rl.trainer.max_staleness)
+        self.metrics = MetricsWriter(self.run_dir, active=self.is_main)
+        self._stop = False
+
+        ckpt.remove_staging(ckpt.checkpoints_root(self.run_dir), say) if self.is_main else None
+        resume = ckpt.newest_verified(self.run_dir, say)
+        source = resume or self._init_checkpoint()
+        torch.manual_seed(self.rl.trainer.seed)
+        self.model = from_pretrained(source, device=self.device, dtype=torch.float32).train()
+        self.tokenizer_dir = Path(self.rl.init_checkpoint) if self.rl.init_checkpoint else source
+        self.optimizer = build_optimizer(self.model, self.rl.trainer.optim_config())
+        self.consumer = ConsumerState()
+        self.version = 0
+        self.tokens_seen = 0
+        if resume is not None:
+            state = ckpt.read_state(resume)
+            self.version = state.step
+            self.tokens_seen = state.tokens_seen
+            self.optimizer.load_state_dict(ckpt.read_optimizer_state(resume))
+            self.consumer = ConsumerState.from_state_dict(ckpt.read_loader_state(resume))
+            restore_rng(ckpt.read_rng_state(resume, self.dist.rank))
+            self.metrics.resume_at(self.version)
+            if self.is_main:
+                _truncate_jsonl(self.run_dir / CONSUMED_LOG, self.version)
+                self.metrics.event("resume", step=self.version, checkpoint=resume.name,
+                                   pending_groups=len(self.consumer.pending))
+            say(f"trainer: resumed from {resume.name} at version {self.version}, "
+                f"{len(self.consumer.pending)} groups pending")
+        self.last_checkpoint = self.version
+        self._last_expiry = self.version
+        self.store = TrajectoryStore(self.rl.table, self.run_dir) if self.is_main else None
+        self.publisher = WeightPublisher(self.rl.weights, self.run_dir, servers or []) if self.is_main else None
+        if self.is_main:
+            (self.run_dir / CONSUMED_LOG).parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+
+    def _init_checkpoint(self) -> Path:
+        if not self.rl.init_checkpoint:
+            raise LagoonError("rl.init_checkpoint is empty and the run has no trainer checkpoint to resume from")
+        path = Path(self.rl.init_checkpoint)
+        if not path.is_dir():
+            raise LagoonError(f"rl.init_checkpoint {path} is not a directory")
+        return path
+
+    # ----------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Train until `rl.total_steps`; returns the final version. Stops cleanly on SIGTERM/SIGINT."""
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if self.is_main:
+                self._sync_servers()
+            while self.version < self.rl.total_steps:
+                try:
+                    batch, waited = self._next_batch()
+                except StopRequested:
+                    break
+                record = self.step(batch)
+                record["wait_s"] = waited
+                self._after_step(batch, record)
+                if self._stop:
+                    break
+            if self.version > self.last_checkpoint:
+                self.save_checkpoint()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.metrics.close()
+        return self.version
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop = True
+
+    def _sync_servers(self) -> None:
+        """Make sure every server serves this trainer's current version (after a resume it may not)."""
+        from lagoon.infer.weight_sync import weights_digest
+
+        if not self.publisher.servers:
+            return
+        digest = weights_digest(self.model)
+        replies = self.publisher.server_weights()
+        if all(r is not None and r.get("version") == self.version and r.get("digest") == digest for r in replies):
+            self._publish_progress()
+            return
+        record = self.publisher.publish(self.model, self.version, self.tokenizer_dir)
+        self.metrics.event("publish", step=self.version, reason="servers behind the trainer",
+                           sync_s=record["sync_s"], failed=record["failed_servers"])
+        self._publish_progress()
+
+    # ----------------------------------------------------------------------------------------------
+    def _next_batch(self) -> tuple[Batch, float]:
+        """Block until B admissible groups are queued (rank 0 reads; other ranks receive the batch)."""
+        from lagoon.train.distributed import broadcast_object
+
+        started = time.perf_counter()
+        batch = None
+        if self.is_main:
+            B = self.rl.trainer.groups_per_step
+            while True:
+                batch = self.consumer.take(self.version, B, self.bound)
+                if batch is not None:
+                    break
+                if self._stop:
+                    batch = "stop"
+                    break
+                if self.consumer.poll(self.store) == 0:
+                    time.sleep(self.rl.trainer.poll_interval_s)
+        batch = broadcast_object(batch, self.dist)
+        if batch == "stop":
+            raise StopRequested
+        return batch, time.perf_counter() - started
+
+    def step(self, batch: Batch) -> dict[str, Any]:
+        """One CISPO update on `batch`; returns the step's measurements."""
+        from lagoon.train.distributed import all_sum
+
+        t = self.rl.trainer
+        started = time.perf_counter()
+        samples = samples_from_groups([g.trajectories for g in batch.groups], t.advantage_std_normalize)
+        micro_batches = pack(samples, t.micro_batch_tokens)
+        loss_tokens = sum(mb.loss_tokens for mb in micro_batches)
+        if t.warmup_steps:
+            self.optimizer.set_lr_scale(min(1.0, (self.version + 1) / t.warmup_steps))
+        self.optimizer.zero_grad()
+        total = CispoStats(0, 0, 0, 0, 0, 0)
+        fresh = [0.0, 0.0]
+        loss_sum, tokens = 0.0, 0
+        mine = micro_batches[self.dist.rank::self.dist.world_size]
+        for mb in mine:
+            loss, stats, fresh_kl, fresh_tokens = self._micro_step(mb, max(loss_tokens, 1))
+            total = total.add(stats)
+            fresh[0] += fresh_kl
+            fresh[1] += fresh_tokens
+            loss_sum += loss
+            tokens += mb.input_ids.numel()
+        if self.dist.world_size > 1:
+            for param in self.model.parameters():
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad, group=self.dist.group)
+            sums = all_sum([loss_sum, total.tokens, total.clipped_high, total.clipped_low, total.mismatch_kl,
+                            fresh[0], fresh[1], tokens], self.dist, self.device)
+            loss_sum, total.tokens, total.clipped_high, total.clipped_low, total.mismatch_kl, fresh[0], fresh[1], tokens = sums
+        opt = self.optimizer.step(max_grad_norm=t.max_grad_norm or None)
+        load = self.model.update_router_biases(self.dist.group)
+        elapsed = time.perf_counter() - started
+        self.tokens_seen += int(tokens)
+        rewards = [tr.reward for g in batch.groups for tr in g.trajectories]
+        mean = sum(rewards) / len(rewards)
+        n = max(total.tokens, 1)
+        return {
+            "reward_mean": mean, "reward_std": (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5,
+            "groups": len(batch.groups), "trajectories": len(rewards), "loss_tokens": int(total.tokens),
+            "loss": loss_sum, "grad_norm": opt.get("grad_norm"), "lr": opt.get("lr"),
+            "clip_high_frac": total.clipped_high / n, "clip_low_frac": total.clipped_low / n,
+            "mismatch_kl": total.mismatch_kl / n,
+            "mismatch_kl_fresh": fresh[0] / fresh[1] if fresh[1] else None,
+            "ratio_max": total.ratio_max, "train_s": elapsed, "tokens_per_s": tokens / max(elapsed, 1e-9),
+            **load,
+        }
+
+    def _micro_step(self, mb: MicroBatch, num_tokens: int) -> tuple[float, CispoStats, float, float]:
+        t = self.rl.trainer
+        device = self.device
+        logprobs_BT = sequence_logprobs(self.model, mb.input_ids.to(device), mb.document_ids.to(device))
+        mask_BT = mb.loss_mask.to(device)
+        sampler_BT = mb.sampler_logprobs.to(device)
+        loss, stats = cispo_loss(logprobs_BT, sampler_BT, mb.advantages.to(device), mask_BT,
+                                 num_tokens, t.epsilon_high, t.epsilon_low)
+        aux = self.model.router_losses()
+        if aux:
+            loss = loss + sum(aux.values()) * (mb.loss_tokens / num_tokens)
+        loss.backward()
+        with torch.no_grad():
+            fresh_BT = mask_BT & (mb.policy_versions.to(device) == self.version)
+            log_ratio = (logprobs_BT.detach() - sampler_BT)[fresh_BT]
+            fresh_kl = float((torch.exp(log_ratio) - 1 - log_ratio).sum())
+        return float(loss.detach()), stats, fresh_kl, float(fresh_BT.sum())
+
+    # ----------------------------------------------------------------------------------------------
+    def _after_step(self, batch: Batch, record: dict[str, Any]) -> None:
+        self.version += 1
+        if not self.is_main:
+            if self.version % self.rl.trainer.checkpoint_every == 0:
+                self.save_checkpoint()
+            return
+        t = self.rl.trainer
+        if self.version % t.publish_every == 0 or self.version == self.rl.total_steps:
+            sync = self.publisher.publish(self.model, self.version, self.tokenizer_dir)
+            record.update(weight_sync_s=sync["sync_s"], weight_sync_gbps=sync["gb_per_s"], weight_bytes=sync["bytes"])
+            if sync["failed_servers"]:
+                self.metrics.event("publish_failed", step=self.version, servers=sync["failed_servers"])
+        self._publish_progress()
+        record.update(
+            step=self.version, staleness_hist=histogram(batch.staleness),
+            staleness_mean=sum(batch.staleness) / len(batch.staleness), staleness_max=max(batch.staleness),
+            dropped_stale=sum(len(g.trajectories) for g in batch.dropped), queued_groups=len(self.consumer.pending),
+            elapsed_s=time.perf_counter() - self.started,
+        )
+        if self.version % t.checkpoint_every == 0:
+            self.save_checkpoint()
+        self.metrics.write(record)
+        with (self.run_dir / CONSUMED_LOG).open("a") as handle:
+            handle.write(json.dumps({"step": self.version, "groups": [g.group_id for g in batch.groups],
+                                     "dropped": [g.group_id for g in batch.dropped]}) + "\n")
+        self.say(f"trainer: version {self.version}  reward {record['reward_mean']:.3f}  loss {record['loss']:+.4f}  "
+                 f"staleness {record['staleness_mean']:.2f}  kl {record['mismatch_kl']:.2e}  "
+                 f"sync {record.get('weight_sync_s', 0):.2f}s")
+
+    def _publish_progress(self) -> None:
+        self.store.publish_progress({
+            "version": self.version, "consumed_groups": self.consumer.consumed_groups,
+            "read_snapshot": self.consumer.last_snapshot, "checkpoint_version": self.last_checkpoint,
+            "total_steps": self.rl.total_steps, "time": time.time(),
+        })
+
+    def save_checkpoint(self) -> None:
+        from lagoon.configio import to_dict
+        from lagoon.train import checkpoint as ckpt
+        from lagoon.train.distributed import gather_objects
+        from lagoon.train.rng import capture_rng
+
+        state = ckpt.CheckpointState(step=self.version, tokens_seen=self.tokens_seen,
+                                     world_size=self.dist.world_size, config=to_dict(self.config))
+        rngs = gather_objects(capture_rng(), self.dist)
+        if self.is_main:
+            ckpt.save_checkpoint(self.run_dir, self.model, state, self.optimizer.state_dict(),
+                                 self.consumer.state_dict(), rngs, self.tokenizer_dir, self.rl.trainer.keep_last)
+            # Snapshots before the checkpoint's read position will never be read again by this run.
+            every = self.rl.table.expire_every_steps
+            if every and self.version - self._last_expiry >= every:
+                self._last_expiry = self.version
+                expired = self.store.expire(self.consumer.last_snapshot, self.rl.table.retain_snapshots)
+                if expired:
+                    self.metrics.event("expire_snapshots", step=self.version, expired=expired)
+        self.last_checkpoint = self.version
+        self.dist.barrier()
+
+    def close(self) -> None:
+        self.dist.close()
+
+
+def _truncate_jsonl(path: Path, step: int) -> None:
+    from lagoon.train.metrics import truncate_after
+
+    truncate_after(path, step)

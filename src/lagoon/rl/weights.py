@@ -1,0 +1,172 @@
+"""Publishing the trainer's weights to the inference servers: versioned, atomic, timed.
+
+Every published version is a Hugging Face Laguna directory ``v_NNNNNNNN/`` in the weight store, written
+to a staging directory and renamed into place (`lagoon.model.save_pretrained`), plus ``LATEST.json``
+(replaced atomically) naming the newest version, its path and the SHA-256 digest of its weights
+(`lagoon.infer.weight_sync.weights_digest`). Then the servers switch to it:
+
+- ``files``: the store is ``RUN_DIR/weights``; each server is told ``POST /v1/weights/load {path, version}``
+  and reads the safetensors itself (servers on this machine or on a shared file system);
+- ``shm``: the same with the store in ``/dev/shm`` (RAM-backed), for servers on this machine;
+- ``broadcast``: the trainer and the servers form a private torch.distributed group (gloo on CPU, NCCL on
+  GPU) and the trainer broadcasts the tensors in buckets (`lagoon.infer.weight_sync.push_weights`); the
+  servers pause (keeping their requests), receive, verify and resume. The version directory is still
+  written (it is the checkpoint store), but off the critical path, after the servers have the weights.
+
+Each update's wall time and GB/s are returned, appended to ``RUN_DIR/weights/updates.jsonl`` and put in
+the trainer's metrics. A server that is down is reported, not fatal: actors keep using the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lagoon.errors import LagoonError
+from lagoon.model import LagunaForCausalLM, save_pretrained
+from lagoon.rl.config import WeightsConfig
+
+LATEST = "LATEST.json"
+UPDATES = "updates.jsonl"
+
+
+def version_dir_name(version: int) -> str:
+    return f"v_{version:08d}"
+
+
+def store_root(config: WeightsConfig, run_dir: Path) -> Path:
+    """Where versions are written: RUN_DIR/weights, or a per-run directory in /dev/shm for ``shm``."""
+    if config.transfer == "shm" and Path("/dev/shm").is_dir():
+        tag = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+        return Path("/dev/shm") / f"lagoon-weights-{tag}"
+    return Path(run_dir) / "weights"
+
+
+def read_latest(root: Path) -> dict[str, Any] | None:
+    path = Path(root) / LATEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+@dataclass
+class ServerReply:
+    url: str
+    ok: bool
+    detail: str = ""
+
+
+class WeightPublisher:
+    """Publishes versions of one model to a list of servers (possibly none: the store alone)."""
+
+    def __init__(self, config: WeightsConfig, run_dir: str | Path, servers: list[str], timeout_s: float = 600.0):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.root = store_root(config, self.run_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.run_dir / "weights" / UPDATES
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.servers = [url.rstrip("/") for url in servers]
+        self.timeout_s = timeout_s
+
+    # ----------------------------------------------------------------------------------------------
+    def write_version(self, model: LagunaForCausalLM, version: int, tokenizer_dir: Path | None) -> tuple[Path, str]:
+        """Write version `version` atomically; returns its path and weights digest."""
+        from lagoon.infer.weight_sync import weights_digest
+
+        path = save_pretrained(model, self.root / version_dir_name(version), tokenizer_dir=tokenizer_dir)
+        digest = weights_digest(model)
+        latest = {"version": version, "path": str(path), "digest": digest, "time": time.time()}
+        staging = self.root / f".{LATEST}.tmp-{os.getpid()}"
+        staging.write_text(json.dumps(latest) + "\n")
+        staging.replace(self.root / LATEST)
+        self._prune(version)
+        return path, digest
+
+    def _prune(self, newest: int) -> None:
+        keep = {version_dir_name(v) for v in range(newest - self.config.keep_versions + 1, newest + 1)}
+        for path in self.root.iterdir():
+            if path.is_dir() and path.name.startswith("v_") and path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, model: LagunaForCausalLM, version: int, tokenizer_dir: Path | None = None) -> dict[str, Any]:
+        """Make `version` the weights every server samples from; returns the update's measurements."""
+        num_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        started = time.perf_counter()
+        replies: list[ServerReply] = []
+        record: dict[str, Any] = {"version": version, "transfer": self.config.transfer, "bytes": num_bytes,
+                                  "servers": len(self.servers)}
+        if self.config.transfer == "broadcast" and self.servers:
+            transfer = self._broadcast(model, version)
+            record["sync_s"] = time.perf_counter() - started
+            record["broadcast_s"] = transfer.seconds
+            write_started = time.perf_counter()
+            path, digest = self.write_version(model, version, tokenizer_dir)
+            record["write_s"] = time.perf_counter() - write_started
+            replies = [ServerReply(url, True) for url in self.servers]
+        else:
+            path, digest = self.write_version(model, version, tokenizer_dir)
+            record["write_s"] = time.perf_counter() - started
+            load_started = time.perf_counter()
+            replies = [self._load(url, path, version) for url in self.servers]
+            record["load_s"] = time.perf_counter() - load_started
+            record["sync_s"] = time.perf_counter() - started
+        record["gb_per_s"] = num_bytes / max(record["sync_s"], 1e-9) / 1e9
+        record["digest"] = digest
+        record["path"] = str(path)
+        record["failed_servers"] = [f"{r.url}: {r.detail}" for r in replies if not r.ok]
+        with self.log_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        return record
+
+    # ----------------------------------------------------------------------------------------------
+    def _load(self, url: str, path: Path, version: int) -> ServerReply:
+        import httpx
+
+        try:
+            response = httpx.post(f"{url}/v1/weights/load", json={"path": str(path), "version": version},
+                                  timeout=self.timeout_s)
+        except httpx.HTTPError as error:
+            return ServerReply(url, False, str(error))
+        if response.status_code != 200:
+            return ServerReply(url, False, f"{response.status_code} {response.text[:200]}")
+        return ServerReply(url, True)
+
+    def _broadcast(self, model: LagunaForCausalLM, version: int):
+        from lagoon.infer.weight_sync import push_weights
+
+        return push_weights(model, self.servers, version, master_addr=self.config.master_addr,
+                            master_port=self.config.master_port, backend=self.config.backend,
+                            bucket_bytes=int(self.config.bucket_mb * 2**20), timeout_s=self.timeout_s)
+
+    def server_weights(self) -> list[dict[str, Any] | None]:
+        """Each server's ``GET /v1/weights`` (version and digest), None where it did not answer."""
+        import httpx
+
+        out = []
+        for url in self.servers:
+            try:
+                response = httpx.get(f"{url}/v1/weights", timeout=30)
+                out.append(response.json() if response.status_code == 200 else None)
+            except (httpx.HTTPError, ValueError):
+                out.append(None)
+        return out
+
+    def close(self) -> None:
+        if self.config.transfer == "shm":
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())

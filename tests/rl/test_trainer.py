@@ -1,0 +1,130 @@
+"""The trainer process: exactly-once consumption across a kill -9, the staleness drop, a CISPO step that
+moves the policy the right way, checkpoints and published weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lagoon.rl.config import TableConfig
+from lagoon.rl.store import TrajectoryStore
+from lagoon.rl.trainer import CONSUMED_LOG, Trainer
+from lagoon.rl.weights import read_latest, store_root
+from lagoon.train.metrics import read_jsonl
+from tests.conftest import ROOT
+from tests.rl.helpers import make_group, rl_config, tiny_checkpoint
+
+
+def _write_groups(run_dir, tasks, version=0):
+    store = TrajectoryStore(TableConfig(), run_dir)
+    for task in tasks:
+        store.append(make_group("run", 0, task, size=4, version=version), actor_id="actor-0")
+    return store
+
+
+def _wait_for(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_trainer_resumes_without_skipping_or_repeating(tmp_path):
+    init = tiny_checkpoint(tmp_path / "init")
+    run_dir = tmp_path / "run"
+    _write_groups(run_dir, range(6))                         # three steps' worth
+    config_path = tmp_path / "rl.toml"
+    config_path.write_text(
+        f'[rl]\ninit_checkpoint = "{init}"\ntotal_steps = 5\n[rl.tasks]\ngroup_size = 4\n'
+        '[rl.trainer]\ngroups_per_step = 2\nmax_staleness = 100\ncheckpoint_every = 2\npoll_interval_s = 0.05\n'
+        'device = "cpu"\n[rl.weights]\ntransfer = "files"\n')
+    command = [sys.executable, "-m", "lagoon", "rl", "trainer", str(config_path), "--run-dir", str(run_dir)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # Three steps done, checkpoint at step 2, then it waits for more data: kill it there.
+        _wait_for(lambda: len(read_jsonl(run_dir / "metrics.jsonl")) == 3)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step_00000002"]
+    _write_groups(run_dir, range(6, 10))                     # two more steps' worth arrive meanwhile
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resumed from step_00000002 at version 2, 2 groups pending" in result.stdout
+
+    steps = read_jsonl(run_dir / CONSUMED_LOG)
+    assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
+    trained = [g for s in steps for g in s["groups"]]
+    written = {t.group_id for t in TrajectoryStore(TableConfig(), run_dir).read_all()}
+    assert len(trained) == len(set(trained)) == 10 and set(trained) == written
+    assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    latest = read_latest(run_dir / "weights")
+    assert latest["version"] == 5
+    progress = TrajectoryStore(TableConfig(), run_dir).progress()
+    assert progress["version"] == 5 and progress["consumed_groups"] == {"actor-0": 10}
+
+
+@pytest.mark.timeout(120)
+def test_stale_groups_are_dropped_and_counted(tmp_path):
+    init = tiny_checkpoint(tmp_path / "init")
+    run_dir = tmp_path / "run"
+    _write_groups(run_dir, range(4))
+    config = rl_config(init, **{"rl.total_steps": 2, "rl.trainer.max_staleness": 1})
+    trainer = Trainer(config, run_dir, say=lambda _: None)
+    assert trainer.run() == 2
+    # Two fresh groups (version 2) and two from version 0, two versions behind the trainer: over η = 1.
+    store = _write_groups(run_dir, [10, 11], version=0)
+    store.append(make_group("run", 0, 12, version=2) + make_group("run", 0, 13, version=2), actor_id="actor-0")
+    config = rl_config(init, **{"rl.total_steps": 3, "rl.trainer.max_staleness": 1})
+    trainer = Trainer(config, run_dir, say=lambda _: None)
+    assert trainer.run() == 3
+    last = read_jsonl(run_dir / "metrics.jsonl")[-1]
+    assert last["step"] == 3 and last["dropped_stale"] == 8 and last["staleness_hist"] == {"0": 8}
+    step = read_jsonl(run_dir / CONSUMED_LOG)[-1]
+    assert len(step["dropped"]) == 2 and len(step["groups"]) == 2
+    assert store.progress()["consumed_groups"] == {"actor-0": 8}
+
+
+@pytest.mark.timeout(120)
+def test_a_cispo_step_raises_rewarded_completions_and_lowers_the_rest(tmp_path):
+    init = tiny_checkpoint(tmp_path / "init")
+    run_dir = tmp_path / "run"
+    store = _write_groups(run_dir, range(2))
+    trainer = Trainer(rl_config(init, **{"rl.total_steps": 1, "rl.trainer.learning_rate": 3e-3}), run_dir,
+                      say=lambda _: None)
+    groups = [g for g in (store.read_all(),)][0]
+
+    def completion_logprob(trajectory):
+        from lagoon.rl.batching import pack, Sample
+
+        (mb,) = pack([Sample(trajectory.sequences()[0], 0.0, "")], 4096)
+        with torch.no_grad():
+            from lagoon.rl.loss import sequence_logprobs
+
+            logprobs = sequence_logprobs(trainer.model, mb.input_ids, mb.document_ids)
+        return float(logprobs[mb.loss_mask].sum())
+
+    before = {t.trajectory_id: completion_logprob(t) for t in groups}
+    trainer.run()
+    after = {t.trajectory_id: completion_logprob(t) for t in groups}
+    for trajectory in groups:
+        moved = after[trajectory.trajectory_id] - before[trajectory.trajectory_id]
+        assert (moved > 0) == (trajectory.reward > 0.5), (trajectory.reward, moved)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")[-1]
+    # The sampler logprobs in these rows are made up, so the IS weights clip; the counts must say so.
+    assert 0 <= metrics["clip_high_frac"] <= 1 and metrics["loss_tokens"] == 8 * 6
+    assert metrics["weight_bytes"] > 0 and metrics["weight_sync_gbps"] > 0
+    published = store_root(trainer.rl.weights, run_dir) / "v_00000001"
+    assert (published / "model.safetensors").is_file()
+    assert json.loads((run_dir / "checkpoints" / "step_00000001" / "train_state" / "state.json").read_text())["step"] == 1
