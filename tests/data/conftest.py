@@ -20,3 +20,24 @@ def quick_shards_dir(tmp_path_factory) -> Path:
 def shards_copy(quick_shards_dir, tmp_path) -> Path:
     """A private copy of the quick shard set that a test may corrupt."""
     return Path(shutil.copytree(quick_shards_dir, tmp_path / "shards"))
+
+
+class CliResult:
+    """What `lagoon.cli.main` returned and printed (in-process: no interpreter start-up per call)."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture()
+def lagoon_cli(capsys):
+    """Run the real `lagoon` command line in this process: ``lagoon_cli("data", "stats", DIR)``."""
+    from lagoon.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
