@@ -6,9 +6,9 @@ import base64
 import math
 import re
 
+from lagoon.cli import main
 from lagoon.report import build_report
 from lagoon.train.metrics import MetricsWriter
-from tests.conftest import assert_one_line_error, run_lagoon
 
 
 def _fake_run(directory, seed: int, speed: float, steps: int = 40) -> None:
@@ -35,11 +35,11 @@ def _assert_offline(page: str) -> None:
     assert not re.search(r'(src|href)="(?!data:|#)', page), "the page must not reference anything outside itself"
 
 
-def test_single_run_report_has_every_figure_and_opens_offline(tmp_path):
+def test_single_run_report_has_every_figure_and_opens_offline(tmp_path, capsys):
     run = tmp_path / "run"
     _fake_run(run, seed=0, speed=0.1)
-    result = run_lagoon("report", str(run), check=True)
-    assert "report.html" in result.stdout
+    assert main(["report", str(run)]) == 0
+    assert "report.html" in capsys.readouterr().out
     page = (run / "report.html").read_text()
     _assert_offline(page)
     for title in ("Summary", "Training loss", "Learning rate", "bits per byte per capability group", "Expert load",
@@ -63,6 +63,8 @@ def test_sweep_report_bands_seeds_of_each_setting(tmp_path):
     assert len(_images(page)) >= 4
 
 
-def test_report_of_a_directory_without_runs_is_a_one_line_error(tmp_path):
-    assert_one_line_error(run_lagoon("report", str(tmp_path)), "no metrics.jsonl")
+def test_report_of_a_directory_without_runs_is_a_one_line_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no metrics.jsonl" in err and "Traceback" not in err
     assert not (tmp_path / "report.html").exists()

@@ -9,7 +9,7 @@ import torch
 from lagoon.model import LagunaForCausalLM, from_pretrained, preset_config
 from lagoon.train import checkpoint as ckpt
 from lagoon.train.rng import capture_rng, restore_rng
-from tests.conftest import run_lagoon
+from lagoon.cli import main
 
 
 def _model() -> LagunaForCausalLM:
@@ -43,7 +43,7 @@ def test_checkpoint_round_trip_loads_as_hugging_face(tmp_path):
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     exported = tmp_path / "hf"
-    run_lagoon("export", "hf", str(path), str(exported), check=True)
+    assert main(["export", "hf", str(path), str(exported)]) == 0
     assert (exported / "model.safetensors").is_file()
 
 
