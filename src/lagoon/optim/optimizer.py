@@ -26,7 +26,7 @@ from lagoon.errors import LagoonError
 from lagoon.optim.config import OptimConfig
 from lagoon.optim.functional import adamw_update, apply_muon_update, clip_coefficient, muon_direction, muon_scale
 from lagoon.optim.grouping import MatrixParam, ParameterGroups
-from lagoon.optim.newton_schulz import newton_schulz
+from lagoon.optim.newton_schulz import DTYPES, newton_schulz
 
 STATE_FORMAT = "lagoon.optim/1"
 
@@ -136,7 +136,12 @@ def orthogonalize_grouped(directions: list[tuple[MatrixParam, torch.Tensor]], co
     results: list[torch.Tensor | None] = [None] * len(directions)
     for (rows, cols), indices in by_shape.items():
         pieces = [directions[i][1].reshape(directions[i][0].count, rows, cols) for i in indices]
-        stacked_NRC = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        if len(pieces) == 1:
+            stacked_NRC = pieces[0]
+        else:  # concatenate straight into the Newton–Schulz dtype: one copy instead of two
+            total = sum(piece.shape[0] for piece in pieces)
+            stacked_NRC = torch.empty((total, rows, cols), dtype=DTYPES[config.ns_dtype], device=pieces[0].device)
+            torch.cat(pieces, out=stacked_NRC)
         ortho_NRC = newton_schulz(stacked_NRC, config.ns_steps, config.ns_coefficients, config.ns_dtype)
         for i, piece in zip(indices, ortho_NRC.split([directions[i][0].count for i in indices])):
             results[i] = piece
