@@ -1,0 +1,17 @@
+import pytest
+
+from durations import parse_duration
+
+
+def test_seconds_and_minutes():
+    assert parse_duration("90s") == 90
+    assert parse_duration("5m") == 300
+
+
+def test_days():
+    assert parse_duration("1d") == 86400
+
+
+def test_invalid():
+    with pytest.raises(ValueError):
+        parse_duration("soon")

@@ -1,0 +1,15 @@
+"""Money formatting."""
+
+from decimal import ROUND_HALF_UP, Decimal
+
+
+def round_price(amount) -> str:
+    """`amount` dollars as a string with two decimals, rounding half a cent up (2.675 -> "2.68")."""
+    return str(Decimal(str(amount)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+
+
+def split_bill(total, people):
+    """Each person's share of `total`, as formatted prices."""
+    if people <= 0:
+        raise ValueError("people must be positive")
+    return [round_price(total / people)] * people

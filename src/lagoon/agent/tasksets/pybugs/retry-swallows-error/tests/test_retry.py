@@ -1,0 +1,54 @@
+import pytest
+
+from retry import retry
+
+
+def test_succeeds_after_failures():
+    calls = []
+
+    @retry(attempts=3, sleep=lambda s: None)
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ValueError("not yet")
+        return "ok"
+
+    assert flaky() == "ok" and len(calls) == 3
+
+
+def test_unlisted_exceptions_propagate_at_once():
+    calls = []
+
+    @retry(attempts=5, exceptions=(ValueError,), sleep=lambda s: None)
+    def broken():
+        calls.append(1)
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        broken()
+    assert len(calls) == 1
+
+
+def test_last_exception_propagates():
+    calls = []
+
+    @retry(attempts=3, exceptions=(ConnectionError,), sleep=lambda s: None)
+    def down():
+        calls.append(1)
+        raise ConnectionError(f"attempt {len(calls)}")
+
+    with pytest.raises(ConnectionError, match="attempt 3"):
+        down()
+    assert len(calls) == 3
+
+
+def test_sleeps_between_attempts_only():
+    slept = []
+
+    @retry(attempts=3, delay=0.5, sleep=slept.append)
+    def down():
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        down()
+    assert slept == [0.5, 0.5]

@@ -1,0 +1,18 @@
+"""Storing user files under a root directory."""
+
+import os
+
+
+class UnsafePath(ValueError):
+    """A user-supplied path would leave the storage root."""
+
+
+def safe_join(root, relative):
+    """Join the user-supplied `relative` path onto `root`, refusing anything that would leave `root`."""
+    if os.path.isabs(relative):
+        raise UnsafePath(relative)
+    path = os.path.normpath(os.path.join(root, relative))
+    root = os.path.normpath(root)
+    if path != root and not path.startswith(root + os.sep):
+        raise UnsafePath(relative)
+    return path
