@@ -28,8 +28,7 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -38,72 +37,17 @@ import numpy as np
 
 from lagoon.configio import to_dict
 from lagoon.data.config import DataConfig
-from lagoon.data.curate import (Stats, analyze, assign_buckets, classifier_scores, filter_and_dedup, hold_out,
+from lagoon.data.curate import (Stats, assign_buckets, classifier_scores, filter_and_dedup, hold_out,
                                 stable_rank)
 from lagoon.data.dedup import Deduplicator
 from lagoon.data.shards import FORMAT, MANIFEST, ShardWriter, write_json_atomic
-from lagoon.data.sources import Document, read_source
+from lagoon.data.sources import Document
+from lagoon.data.workers import (Progress, analyze_task, chunks, exercise_task, ordered, read_task, tokenize_task,
+                                 worker_init)
 from lagoon.errors import LagoonError
 
 QUICK_SCALE = 0.05
 LOADING_KEYS = ("shards", "mixture", "weights", "seq_len", "global_batch_size", "repetition_cap", "seed")
-CHUNK_BYTES = 1 << 20
-
-
-# ------------------------------------------------------------------------------------------- workers
-def _worker_init() -> None:
-    # Each worker tokenizes its own chunk; one Rust thread per process avoids oversubscribing the cores.
-    os.environ["RAYON_NUM_THREADS"] = "1"
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-
-
-def _read_task(source, scale: float) -> list[Document]:
-    return read_source(source, scale)
-
-
-def _analyze_task(pairs: list[tuple[str, str]], config: DataConfig):
-    return analyze(pairs, config)
-
-
-def _exercise_task(seeds: list[Document], domain: str) -> list[Document]:
-    from lagoon.data.synthetic import code_exercises
-
-    return [document for seed in seeds for document in code_exercises(seed, domain)]
-
-
-_TOKENIZERS: dict[str, Any] = {}
-
-
-def _tokenize_task(tokenizer_path: str, texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    from lagoon.data.tokenizer import encode_documents, load_tokenizer
-
-    if tokenizer_path not in _TOKENIZERS:
-        _TOKENIZERS[tokenizer_path] = load_tokenizer(tokenizer_path)
-    return encode_documents(_TOKENIZERS[tokenizer_path], texts, np.dtype(dtype))
-
-
-def _ordered(pool: ProcessPoolExecutor, function: Callable, items: Iterable[tuple], window: int) -> Iterator[Any]:
-    """Results of ``function(*item)`` in order, keeping at most `window` tasks in flight (stoppable)."""
-    pending: list[Future] = []
-    iterator = iter(items)
-    for item in iterator:
-        pending.append(pool.submit(function, *item))
-        if len(pending) >= window:
-            yield pending.pop(0).result()
-    while pending:
-        yield pending.pop(0).result()
-
-
-def _chunks(documents: list[Document], max_bytes: int = CHUNK_BYTES) -> Iterator[list[Document]]:
-    chunk, size = [], 0
-    for document in documents:
-        chunk.append(document)
-        size += len(document.text)
-        if size >= max_bytes:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -128,39 +72,18 @@ def embedded_config(quick: bool = False, **overrides: Any) -> DataConfig:
     return from_dict(DataConfig, {"build": {"quick": quick}, **overrides}, "data")
 
 
-class _Progress:
-    """rich progress bars, or nothing when quiet."""
-
-    def __init__(self, quiet: bool):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), disable=quiet, transient=False)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.progress.__exit__(*exc)
-
-    def task(self, description: str, total: int | None):
-        task = self.progress.add_task(description, total=total)
-        return lambda advance=1: self.progress.update(task, advance=advance)
-
-
 # ------------------------------------------------------------------------------------------- stages
 def _analyze_all(documents: list[Document], config: DataConfig, pool, workers: int, advance) -> list:
-    jobs = [([(d.text, config.domains[d.domain].quality) for d in chunk], config) for chunk in _chunks(documents)]
+    jobs = [([(d.text, config.domains[d.domain].quality) for d in chunk], config) for chunk in chunks(documents)]
     results = []
-    for part in _ordered(pool, _analyze_task, jobs, 2 * workers):
+    for part in ordered(pool, analyze_task, jobs, 2 * workers):
         results += part
         advance(len(part))
     return results
 
 
 def _synthesize(train: list[Document], config: DataConfig, pool, workers: int, state_dir: Path,
-                progress: _Progress) -> list[Document]:
+                progress: Progress) -> list[Document]:
     from lagoon.data.synthetic import REPHRASE_FORMATS, rephrase_prompt, template_rephrase
 
     generators = config.synthetic.generators if config.synthetic.enabled else []
@@ -186,7 +109,7 @@ def _synthesize(train: list[Document], config: DataConfig, pool, workers: int, s
 
         if generator.kind == "code_exercises":
             jobs = ((seeds[i:i + 16], generator.domain) for i in range(0, len(seeds), 16))
-            for documents in _ordered(pool, _exercise_task, jobs, 2 * workers):
+            for documents in ordered(pool, exercise_task, jobs, 2 * workers):
                 if not all(take(d) for d in documents):
                     break
         else:
@@ -229,14 +152,14 @@ def _synthesize(train: list[Document], config: DataConfig, pool, workers: int, s
     return made
 
 
-def _curate(config: DataConfig, scale: float, pool, workers: int, state_dir: Path, progress: _Progress,
+def _curate(config: DataConfig, scale: float, pool, workers: int, state_dir: Path, progress: Progress,
             metrics: list[dict]) -> tuple[list[Document], dict[str, Any]]:
     stats = Stats()
     sources = config.effective_sources()
     started = time.perf_counter()
     advance = progress.task("read sources", len(sources))
     documents: list[Document] = []
-    for source, part in zip(sources, _ordered(pool, _read_task, [(s, scale) for s in sources], len(sources))):
+    for source, part in zip(sources, ordered(pool, read_task, [(s, scale) for s in sources], len(sources))):
         for document in part:
             if document.domain not in config.domains:
                 raise LagoonError(f"source {source.label!r} gives document {document.id!r} the domain "
@@ -336,7 +259,7 @@ def _train_tokenizer(train: list[Document], config: DataConfig, scale: float, ou
 
 
 def _write_streams(groups: dict[str, list[Document]], kind: str, out: Path, pool, workers: int, dtype: np.dtype,
-                   config: DataConfig, token_bytes: np.ndarray, progress: _Progress) -> dict[str, dict[str, Any]]:
+                   config: DataConfig, token_bytes: np.ndarray, progress: Progress) -> dict[str, dict[str, Any]]:
     """Tokenize each named group of documents into ``out/kind/NAME/`` (skipping finished ones)."""
     entries: dict[str, dict[str, Any]] = {}
     todo = {}
@@ -349,8 +272,8 @@ def _write_streams(groups: dict[str, list[Document]], kind: str, out: Path, pool
     total_bytes = sum(len(d.text) for docs in todo.values() for d in docs)
     advance = progress.task(f"tokenize {kind}", total_bytes)
     tokenizer_path = str(out / "tokenizer" / "tokenizer.json")
-    jobs = [(name, chunk) for name, documents in todo.items() for chunk in _chunks(documents)]
-    results = _ordered(pool, _tokenize_task, ((tokenizer_path, [d.text for d in chunk], dtype.str) for _, chunk in jobs),
+    jobs = [(name, chunk) for name, documents in todo.items() for chunk in chunks(documents)]
+    results = ordered(pool, tokenize_task, ((tokenizer_path, [d.text for d in chunk], dtype.str) for _, chunk in jobs),
                        2 * workers)
     writers: dict[str, ShardWriter] = {}
     sizes: dict[str, dict[str, int]] = defaultdict(lambda: {"raw_bytes": 0, "num_bytes": 0})
@@ -398,8 +321,8 @@ def build(config, out_dir: str | Path, quiet: bool = False) -> Path:
     workers = config.build.workers or min(8, os.cpu_count() or 1)
     metrics: list[dict] = []
     begun = time.perf_counter()
-    with _Progress(quiet) as progress, ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                                           initializer=_worker_init) as pool:
+    with Progress(quiet) as progress, ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                                           initializer=worker_init) as pool:
         if (state_dir / "curation.json").is_file():
             documents, stages = _load_curated(state_dir)
             metrics.append({"stage": "curate", "resumed": True})
