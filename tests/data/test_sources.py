@@ -96,6 +96,19 @@ def test_tool_use_answers_come_from_running_the_program():
     source = SourceConfig(kind="embedded", embedded="tool_use", domain="tool_use", max_documents=40)
     for document in read_source(source, scale=0.25):
         programs = re.findall(r"```python\n(.*?)\n```", document.text, re.DOTALL)
-        outputs = re.findall(r"<tool_response>\n(.*?)\n</tool_response>", document.text, re.DOTALL)
-        assert programs and len(programs) == len(outputs)
-        assert [run_program(p) for p in programs] == outputs
+        answers = re.findall(r"^ANSWER: (.*)$", document.text, re.MULTILINE)
+        assert programs and [run_program(p) for p in programs] == answers
+
+
+def test_tool_use_follows_the_agent_harness_conventions():
+    import random
+
+    agent_actions = pytest.importorskip("lagoon.agent.actions")
+    from lagoon.data.embedded_tools import conversation
+
+    for seed in range(20):
+        messages = conversation(random.Random(seed))
+        assert messages[0]["role"] == "system"
+        replies = [agent_actions.parse_reply(m["content"]) for m in messages if m["role"] == "assistant"]
+        assert [r.kind for r in replies] == ["code", "submit"] * (len(replies) // 2)
+        assert all(r.language == "python" for r in replies[::2])

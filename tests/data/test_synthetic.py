@@ -116,7 +116,7 @@ def test_endpoint_client_retries_caches_and_strips_reasoning(tmp_path, monkeypat
 
 
 @pytest.mark.timeout(120)
-def test_build_from_jsonl_with_endpoint_rephrasing(tmp_path):
+def test_build_from_jsonl_with_endpoint_rephrasing_and_the_learned_classifier(tmp_path):
     import pydoc_data.topics
 
     records = [{"id": name, "text": text} for name, text in sorted(pydoc_data.topics.topics.items()) if len(text) > 2000]
@@ -128,6 +128,7 @@ def test_build_from_jsonl_with_endpoint_rephrasing(tmp_path):
             domains={"docs": {"group": "stem", "quality": "prose"}, "chat": {"group": "general", "quality": "structured"}},
             synthetic={"generators": [{"kind": "rephrase", "domain": "chat", "seed_domains": ["docs"], "share": 0.1,
                                        "backend": "endpoint", "endpoint": server.url, "concurrency": 4}]},
+            curation={"classifier": {"enabled": True, "reference_domains": ["docs"], "weight": 0.3}},
             tokenizer={"vocab_size": 512, "sample_bytes": 100_000}, build={"workers": 1})
         from lagoon.configio import from_dict, to_dict
 

@@ -1,10 +1,12 @@
 """Generated tool use: questions answered by writing a short Python program, running it, reading its output.
 
-This is code as the action interface, the format lagoon's agent and RL tasks use: the assistant answers
-with a fenced ``python`` block, the harness runs it and returns its standard output as a ``tool`` message,
-and the assistant reads the output and answers. Each document is one conversation of 2–4 such exchanges,
-rendered with lagoon's chat template (`lagoon.data.chat`). Every program really runs during generation
-(in-process, with its output captured) and the answer quotes what it printed.
+This is code as the action interface, in the conventions of lagoon's agent harness
+(`lagoon.agent.prompts`, `lagoon.agent.actions`): the assistant replies with exactly one fenced
+``python`` block, the program's output comes back as the next turn (a ``user`` turn, the harness
+default, or a ``tool`` turn), and the assistant ends with a line ``ANSWER: <answer>``. Each document is
+one conversation of 1–3 such tasks, rendered with lagoon's chat template (`lagoon.data.chat`). Every
+program really runs during generation (in-process, output captured) and the answer is what it printed.
+The conventions are restated here rather than imported, so data stays upstream of the agent.
 """
 
 from __future__ import annotations
@@ -125,10 +127,16 @@ TASKS: list[Callable[[random.Random], Task]] = [
     _combinatorics, _base_conversion, _compound_interest, _collatz, _sort_words, _digit_sum,
 ]
 
+# The harness's short "arith" system prompt (lagoon.agent.prompts) and close variants of it.
+SYSTEM_PROMPTS = [
+    "Solve the task by running code. Reply with one ```python block; you will see its output. "
+    "Then reply ANSWER: <answer>.",
+    "Act by writing code: reply with exactly one ```python block and you will get its output. "
+    "When you know the answer, reply with no code block and a final line ANSWER: <answer>.",
+]
 OPENERS = ["I'll compute this with a short program.", "Let me write a small script for that.",
-           "This is easiest to check in Python.", "I'll run some code to get an exact answer.", ""]
-CLOSERS = ["The program printed {out}, so the answer is {out}.", "Result: {out}.", "The answer is {out}.",
-           "Running it gives {out}."]
+           "This is easiest to check in Python.", "", ""]
+CLOSERS = ["The program printed {out}.\nANSWER: {out}", "ANSWER: {out}", "That settles it.\nANSWER: {out}"]
 
 
 def run_program(program: str) -> str:
@@ -140,15 +148,16 @@ def run_program(program: str) -> str:
 
 
 def conversation(rng: random.Random) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = []
-    for task in rng.sample(TASKS, rng.randint(2, 4)):
+    observation_role = "user" if rng.random() < 0.8 else "tool"
+    messages: list[dict[str, str]] = [{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}]
+    for task in rng.sample(TASKS, rng.randint(1, 3)):
         question, program = task(rng)
         output = run_program(program)
         opener = rng.choice(OPENERS)
         messages += [
             {"role": "user", "content": question},
             {"role": "assistant", "content": (opener + "\n" if opener else "") + f"```python\n{program}\n```"},
-            {"role": "tool", "content": output},
+            {"role": observation_role, "content": output},
             {"role": "assistant", "content": rng.choice(CLOSERS).format(out=output)},
         ]
     return messages
@@ -160,4 +169,4 @@ def generate_tool_use(source: SourceConfig, count: int) -> Iterator[Document]:
         rng = random.Random(f"tool_use:{source.seed}:{index}")
         messages = conversation(rng)
         yield Document(id=f"tool_use:{source.seed}:{index}", text=render_chat(messages), source=source.label,
-                       domain=source.domain, metadata={"turns": len(messages) // 4})
+                       domain=source.domain, metadata={"tasks": (len(messages) - 1) // 4})
