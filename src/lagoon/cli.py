@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "lagoon.data.commands",
     "lagoon.train.commands",
     "lagoon.report.commands",
+    "lagoon.infer.commands",
     "lagoon.rl.commands",
 ]
 

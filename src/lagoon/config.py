@@ -6,6 +6,7 @@
     [optim]            lagoon.optim.config.OptimConfig
     [agent]            lagoon.agent.config.AgentConfig
     [rl]               lagoon.rl.config.RLConfig
+    [serve]            lagoon.infer.config.ServeConfig
 
 Every command reads the sections it needs from the same file, so one pipeline config describes a whole
 run. Unknown keys, wrong types and out-of-range values fail at load time with the dotted field name.
@@ -20,6 +21,7 @@ from typing import Any
 from lagoon.agent.config import AgentConfig
 from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
 from lagoon.data.config import DataConfig
+from lagoon.infer.config import ServeConfig
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
 from lagoon.rl.config import RLConfig
@@ -42,6 +44,8 @@ class LagoonConfig:
     """The code-as-action agent: sandbox, budgets, sampling."""
     rl: RLConfig = field(default_factory=RLConfig)
     """Asynchronous agent RL: trainer, actors, inference servers, trajectory table."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """``lagoon serve``: the inference engine and its OpenAI-compatible server."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -1,0 +1,350 @@
+"""Moving weights from an RL trainer into running inference servers, and checking they arrived intact.
+
+Two ways in (both behind the server's ``/v1/weights/*`` endpoints):
+
+- **From the checkpoint store**: the trainer writes a checkpoint directory; ``POST /v1/weights/load``
+  reads its safetensors, checks every name and shape against the served model, then swaps them in.
+- **Over torch.distributed**: the trainer (rank 0) and N servers (ranks 1..N) form a private process
+  group (its own TCPStore, so it never touches the trainer's training group), and the trainer
+  broadcasts every tensor in buckets. `push_weights` does the whole dance from the trainer side:
+  it tells each server to join (``POST /v1/weights/receive``), then broadcasts.
+
+Wire protocol of one broadcast, in order:
+  1. header: the length (int64) then the UTF-8 JSON bytes of ``{"version", "tensors": [[name, dtype, shape], ...],
+     "bucket_bytes"}``; tensors are lagoon's runtime names (= transformers' ``LagunaForCausalLM`` names) sorted,
+     a tied ``lm_head.weight`` left out;
+  2. a MAX all-reduce of one int: each server's verdict on the header (0 = every name and shape matches its model),
+     so a mismatch stops everyone before any weight changes;
+  3. the buckets: consecutive tensors of one dtype concatenated into flat buffers of at most ``bucket_bytes``
+     (a larger tensor goes alone), each broadcast from rank 0;
+  4. a MAX all-reduce of one int: each server's verdict after copying the weights in.
+
+`weights_digest` is the SHA-256 over, for every tensor in the same sorted order, its name, dtype, shape
+and raw bytes; the server reports it at ``GET /v1/weights`` and the trainer computes it with the same
+function (pass ``dtype=`` to hash the cast the server holds).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lagoon.errors import LagoonError
+
+DEFAULT_BUCKET_BYTES = 256 * 2**20
+_OK, _REJECTED = 0, 1
+_JOINED = "lagoon-weights-joined"
+
+
+@dataclass
+class TransferStats:
+    """One weight transfer, as recorded by either side."""
+
+    version: int
+    num_tensors: int
+    num_bytes: int
+    num_buckets: int
+    seconds: float
+    """From the first bucket to the last (the header and its check excluded)."""
+    gb_per_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tensors, their order and their digest
+
+
+def sync_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every weight in the fixed transfer/digest order: sorted by name, tied head left out."""
+    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
+    head, embed = state.get("lm_head.weight"), state.get("model.embed_tokens.weight")
+    if head is not None and embed is not None and head.data_ptr() == embed.data_ptr():
+        del state["lm_head.weight"]
+    return sorted((name, tensor.detach()) for name, tensor in state.items())
+
+
+def _raw_bytes(tensor: torch.Tensor) -> memoryview:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy())
+
+
+def weights_digest(source: nn.Module | Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> str:
+    """SHA-256 hex digest of every weight's name, dtype, shape and bytes, in `sync_tensors` order.
+
+    `dtype` casts floating-point tensors first (e.g. a trainer with fp32 weights checking a bf16 server).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sync_tensors(source):
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{list(tensor.shape)}\n".encode())
+        digest.update(_raw_bytes(tensor))
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# A private process group
+
+
+class WeightGroup:
+    """A process group of its own (TCPStore + gloo or NCCL), independent of any default group."""
+
+    def __init__(self, master_addr: str, master_port: int, world_size: int, rank: int, backend: str = "gloo",
+                 timeout_s: float = 300.0, store: dist.TCPStore | None = None):
+        if backend not in ("gloo", "nccl"):
+            raise LagoonError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+        if not 0 <= rank < world_size:
+            raise LagoonError(f"rank {rank} is outside a world of size {world_size}")
+        timeout = datetime.timedelta(seconds=timeout_s)
+        self.rank, self.world_size, self.backend = rank, world_size, backend
+        try:
+            self.store = store or dist.TCPStore(master_addr, master_port, world_size, is_master=rank == 0,
+                                                timeout=timeout, wait_for_workers=False)
+            if rank != 0:
+                self.store.set(f"{_JOINED}/{rank}", "1")  # lets the trainer see who is coming before it blocks
+            prefixed = dist.PrefixStore("lagoon-weights", self.store)
+            if backend == "nccl":
+                self.device = torch.device("cuda", torch.cuda.current_device())
+                self.group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
+            else:
+                self.device = torch.device("cpu")
+                self.group = dist.ProcessGroupGloo(prefixed, rank, world_size, timeout)
+        except (RuntimeError, dist.DistNetworkError) as error:
+            raise LagoonError(f"cannot join the weight group at {master_addr}:{master_port}: {error}") from None
+
+    def broadcast(self, tensor: torch.Tensor, root: int = 0) -> None:
+        options = dist.BroadcastOptions()
+        options.rootRank = root
+        self.group.broadcast([tensor], options).wait()
+
+    def max(self, value: int) -> int:
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        options = dist.AllreduceOptions()
+        options.reduceOp = dist.ReduceOp.MAX
+        self.group.allreduce([tensor], options).wait()
+        return int(tensor.item())
+
+    def close(self) -> None:
+        shutdown = getattr(self.group, "shutdown", None)
+        if shutdown is not None:
+            try:
+                shutdown()
+            except RuntimeError:
+                pass
+
+
+def _buckets(entries: list[tuple[str, str, list[int]]], bucket_bytes: int) -> list[list[int]]:
+    """Group consecutive same-dtype tensors (indices into `entries`) into buckets of at most `bucket_bytes`."""
+    buckets: list[list[int]] = []
+    size, dtype = 0, None
+    for index, (_, dtype_name, shape) in enumerate(entries):
+        nbytes = _numel(shape) * torch.empty((), dtype=getattr(torch, dtype_name)).element_size()
+        if buckets and dtype_name == dtype and size + nbytes <= bucket_bytes:
+            buckets[-1].append(index)
+            size += nbytes
+        else:
+            buckets.append([index])
+            size, dtype = nbytes, dtype_name
+    return buckets
+
+
+def _numel(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer side
+
+
+def broadcast_weights(source: nn.Module | Mapping[str, torch.Tensor], group: WeightGroup, version: int,
+                      bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> TransferStats:
+    """Rank 0: send every weight of `source` to the other ranks (see the module docstring for the protocol)."""
+    assert group.rank == 0, "the trainer broadcasts from rank 0"
+    tensors = sync_tensors(source)
+    entries = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in tensors]
+    header = json.dumps({"version": version, "tensors": entries, "bucket_bytes": bucket_bytes}).encode()
+    group.broadcast(torch.tensor([len(header)], dtype=torch.int64, device=group.device))
+    group.broadcast(torch.frombuffer(bytearray(header), dtype=torch.uint8).to(group.device))
+    if group.max(_OK) != _OK:
+        raise LagoonError("a server rejected the weights' names or shapes (its /v1/weights/receive reply says why)")
+    started = time.perf_counter()
+    buckets = _buckets(entries, bucket_bytes)
+    total = 0
+    with torch.no_grad():
+        for bucket in buckets:
+            flat = torch.cat([tensors[i][1].reshape(-1).to(group.device) for i in bucket])
+            group.broadcast(flat)
+            total += flat.numel() * flat.element_size()
+    if group.max(_OK) != _OK:
+        raise LagoonError("a server failed while applying the broadcast weights")
+    seconds = time.perf_counter() - started
+    return TransferStats(version, len(tensors), total, len(buckets), seconds, total / max(seconds, 1e-9) / 1e9)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Server side
+
+
+@dataclass
+class IncomingWeights:
+    """A validated header: what the trainer is about to send."""
+
+    version: int
+    entries: list[tuple[str, str, list[int]]]
+    bucket_bytes: int
+
+
+def receive_header(group: WeightGroup, model: nn.Module, expected_version: int | None = None) -> IncomingWeights:
+    """Rank ≥ 1: read the header and vote on it; raises LagoonError (after voting) if it does not fit `model`."""
+    length = torch.zeros(1, dtype=torch.int64, device=group.device)
+    group.broadcast(length)
+    raw = torch.zeros(int(length.item()), dtype=torch.uint8, device=group.device)
+    group.broadcast(raw)
+    header = json.loads(bytes(raw.cpu().numpy()).decode())
+    incoming = IncomingWeights(int(header["version"]), [tuple(e) for e in header["tensors"]], int(header["bucket_bytes"]))
+    problem = _header_problem(incoming, model)
+    if problem is None and expected_version is not None and incoming.version != expected_version:
+        problem = f"the trainer sends version {incoming.version}, the request said {expected_version}"
+    verdict = group.max(_REJECTED if problem else _OK)
+    if problem:
+        raise LagoonError(f"the trainer's weights do not fit the served model: {problem}")
+    if verdict != _OK:
+        raise LagoonError("another server rejected the trainer's weights; nothing was changed")
+    return incoming
+
+
+def _header_problem(incoming: IncomingWeights, model: nn.Module) -> str | None:
+    ours = {name: list(t.shape) for name, t in sync_tensors(model)}
+    theirs = {name: shape for name, _, shape in incoming.entries}
+    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    if missing:
+        return f"missing {missing[:3]}"
+    if unexpected:
+        return f"unexpected {unexpected[:3]}"
+    for name, shape in theirs.items():
+        if ours[name] != shape:
+            return f"{name} has shape {shape}, the served model has {ours[name]}"
+    return None
+
+
+def receive_buckets(group: WeightGroup, model: nn.Module, incoming: IncomingWeights) -> TransferStats:
+    """Rank ≥ 1: receive every bucket and copy it into `model` (casting to the model's dtypes)."""
+    targets = dict(sync_tensors(model))
+    buckets = _buckets(incoming.entries, incoming.bucket_bytes)
+    started = time.perf_counter()
+    total, failed = 0, None
+    with torch.no_grad():
+        for bucket in buckets:
+            dtype = getattr(torch, incoming.entries[bucket[0]][1])
+            numels = [_numel(incoming.entries[i][2]) for i in bucket]
+            flat = torch.empty(sum(numels), dtype=dtype, device=group.device)
+            group.broadcast(flat)
+            total += flat.numel() * flat.element_size()
+            if failed is None:
+                try:
+                    for i, piece in zip(bucket, flat.split(numels)):
+                        name, _, shape = incoming.entries[i]
+                        targets[name].copy_(piece.view(shape))
+                except RuntimeError as error:
+                    failed = str(error)  # keep receiving so the trainer is not left hanging
+    if group.max(_REJECTED if failed else _OK) != _OK or failed:
+        raise LagoonError(f"applying the broadcast weights failed: {failed or 'on another server'}")
+    seconds = time.perf_counter() - started
+    return TransferStats(incoming.version, len(incoming.entries), total, len(buckets), seconds,
+                         total / max(seconds, 1e-9) / 1e9)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trainer-side client: tell servers to receive, then broadcast
+
+
+def push_weights(source: nn.Module | Mapping[str, torch.Tensor], server_urls: list[str], version: int, *,
+                 master_addr: str = "127.0.0.1", master_port: int = 0, backend: str = "gloo",
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, timeout_s: float = 300.0) -> TransferStats:
+    """Broadcast `source` to every server in `server_urls` (``http://host:port``) as policy `version`.
+
+    Each server pauses (keeping its requests), receives, checks, and resumes with the new weights.
+    `master_addr` must be reachable from the servers; port 0 picks a free one. Returns the trainer-side stats.
+    """
+    import httpx
+
+    if not server_urls:
+        raise LagoonError("push_weights needs at least one server URL")
+    world_size = len(server_urls) + 1
+    timeout = datetime.timedelta(seconds=timeout_s)
+    try:
+        store = dist.TCPStore(master_addr, master_port, world_size, is_master=True, timeout=timeout,
+                              wait_for_workers=False)
+    except (RuntimeError, dist.DistNetworkError) as error:
+        raise LagoonError(f"cannot listen on {master_addr}:{master_port} for the weight group: {error}") from None
+    replies: list[httpx.Response | Exception | None] = [None] * len(server_urls)
+
+    def ask(index: int, url: str) -> None:
+        body = {"master_addr": master_addr, "master_port": store.port, "world_size": world_size,
+                "rank": index + 1, "version": version, "backend": backend}
+        try:
+            replies[index] = httpx.post(url.rstrip("/") + "/v1/weights/receive", json=body, timeout=timeout_s + 30)
+        except httpx.HTTPError as error:
+            replies[index] = error
+
+    threads = [threading.Thread(target=ask, args=(i, url), daemon=True) for i, url in enumerate(server_urls)]
+    for thread in threads:
+        thread.start()
+    group = None
+    try:
+        _wait_for_servers(store, server_urls, replies, timeout_s)
+        group = WeightGroup(master_addr, store.port, world_size, 0, backend, timeout_s, store=store)
+        stats = broadcast_weights(source, group, version, bucket_bytes)
+    except LagoonError as error:
+        for thread in threads:
+            thread.join(timeout=5)
+        raise LagoonError(f"{error}; servers said: {_describe(replies, server_urls)}") from None
+    finally:
+        if group is not None:
+            group.close()
+    for thread in threads:
+        thread.join()
+    bad = [(url, r) for url, r in zip(server_urls, replies) if not (hasattr(r, "status_code") and r.status_code == 200)]
+    if bad:
+        raise LagoonError(f"weights were sent but not every server confirmed: {_describe([r for _, r in bad], [u for u, _ in bad])}")
+    return stats
+
+
+def _wait_for_servers(store: dist.TCPStore, urls: list[str], replies: list, timeout_s: float) -> None:
+    """Poll until every server has joined the store; fail at once if one answered before joining (an error)."""
+    keys = [f"{_JOINED}/{rank}" for rank in range(1, len(urls) + 1)]
+    deadline = time.monotonic() + timeout_s
+    while not store.check(keys):
+        if any(reply is not None for reply in replies) or time.monotonic() > deadline:
+            raise LagoonError("not every server joined the weight group")
+        time.sleep(0.01)
+
+
+def _describe(replies: list, urls: list[str]) -> str:
+    parts = []
+    for url, reply in zip(urls, replies):
+        if reply is None:
+            parts.append(f"{url}: no reply")
+        elif isinstance(reply, Exception):
+            parts.append(f"{url}: {reply}")
+        else:
+            try:
+                message = reply.json().get("error", {}).get("message", reply.text)
+            except ValueError:
+                message = reply.text
+            parts.append(f"{url}: {reply.status_code} {message}")
+    return "; ".join(parts)

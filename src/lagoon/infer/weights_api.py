@@ -1,0 +1,193 @@
+"""The weight-update endpoints RL uses: pause, load from the checkpoint store, receive a broadcast, resume.
+
+    POST /v1/weights/pause    {"mode": "keep" | "abort"}      park the engine between steps
+    POST /v1/weights/load     {"path": CKPT_DIR, "version": int}
+    POST /v1/weights/receive  {"master_addr", "master_port", "world_size", "rank", "version", "backend"}
+    POST /v1/weights/resume
+    GET  /v1/weights          {"policy_version", "digest", "paused", "complete", "last_update", ...}
+
+``load`` and ``receive`` may be called without a pause: they then pause with "keep" around the swap.
+Requests that arrive while paused queue and run after ``resume``. One weight operation runs at a time
+(a second one gets 409). If a transfer fails after weights started to change, the server stays paused
+and refuses ``resume`` (409) until a complete ``load`` or ``receive`` succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from lagoon.errors import LagoonError
+from lagoon.infer.protocol import RequestError
+from lagoon.infer.state import ServerState
+
+# config.json keys that do not change what the model computes at inference time.
+_TRAINING_ONLY = {"initializer_range", "router_aux_loss_coef", "bos_token_id", "eos_token_id", "pad_token_id"}
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    from lagoon.infer.server import read_json
+
+    if not await request.body():
+        return {}
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    return body
+
+
+def _version(body: dict[str, Any], state: ServerState) -> int:
+    version = body.get("version")
+    if version is None:
+        return state.engine.policy_version + 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise RequestError("'version' must be a non-negative integer", "version")
+    return version
+
+
+def _exclusive(state: ServerState):
+    """Context manager: the weights lock, or 409 if another weight operation is running."""
+    class _Guard:
+        def __enter__(self):
+            if not state.weights_lock.acquire(blocking=False):
+                raise RequestError("another weight operation is in progress", status=409, kind="conflict_error")
+
+        def __exit__(self, *exc):
+            state.weights_lock.release()
+
+    return _Guard()
+
+
+def _config_mismatch(served: dict[str, Any], incoming: dict[str, Any]) -> str | None:
+    for key in sorted(set(served) | set(incoming)):
+        if key in _TRAINING_ONLY:
+            continue
+        if served.get(key) != incoming.get(key):
+            return f"config.json differs in {key!r}: {incoming.get(key)!r}, serving {served.get(key)!r}"
+    return None
+
+
+def load_checkpoint(state: ServerState, path: str, version: int) -> dict[str, Any]:
+    """Read a checkpoint directory, check it fits the served model, swap its weights in (blocking)."""
+    from lagoon.model.hf import from_hub_state_dict, read_config, read_weights
+
+    directory = Path(path)
+    if not directory.is_dir():
+        raise RequestError(f"checkpoint directory {path} does not exist", "path")
+    started = time.perf_counter()
+    try:
+        config = read_config(directory)
+        mismatch = _config_mismatch(state.engine.config.to_hf_dict(), config.to_hf_dict())
+        if mismatch:
+            raise RequestError(f"{path} is not the served architecture: {mismatch}", "path")
+        weights = from_hub_state_dict(read_weights(directory))
+        state.engine.load_state_dict(weights, version)
+    except LagoonError as error:
+        raise RequestError(str(error), "path") from None
+    seconds = time.perf_counter() - started
+    num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    state.forget_digest()
+    state.last_update = {"source": "load", "path": str(directory), "version": version, "num_bytes": num_bytes,
+                         "seconds": seconds, "gb_per_s": num_bytes / max(seconds, 1e-9) / 1e9, "at": time.time()}
+    return state.last_update
+
+
+def receive_broadcast(state: ServerState, body: dict[str, Any], version: int) -> dict[str, Any]:
+    """Join the trainer's weight group and receive its broadcast into the served model (blocking)."""
+    from lagoon.infer.weight_sync import WeightGroup, receive_buckets, receive_header
+
+    fields = {}
+    for name, kind in (("master_addr", str), ("master_port", int), ("world_size", int), ("rank", int)):
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise RequestError(f"'{name}' is required and must be {'a string' if kind is str else 'an integer'}", name)
+        fields[name] = value
+    backend = body.get("backend", "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise RequestError("'backend' must be 'gloo' or 'nccl'", "backend")
+    if not 1 <= fields["rank"] < fields["world_size"]:
+        raise RequestError("'rank' must be in 1..world_size-1 (the trainer is rank 0)", "rank")
+    started = time.perf_counter()
+    try:
+        group = WeightGroup(fields["master_addr"], fields["master_port"], fields["world_size"], fields["rank"],
+                            backend, state.config.weight_transfer_timeout_s)
+    except LagoonError as error:
+        raise RequestError(str(error), "master_addr") from None
+    engine = state.engine
+    try:
+        incoming = receive_header(group, engine.model, expected_version=version)
+        received = {}
+        engine.update_weights(lambda model: received.update(stats=receive_buckets(group, model, incoming)), version)
+        stats = received["stats"]
+    except LagoonError as error:
+        raise RequestError(str(error), status=400 if engine.weights_complete else 500,
+                           kind="invalid_request_error" if engine.weights_complete else "server_error") from None
+    except RuntimeError as error:  # the collective itself failed (timeout, peer gone)
+        raise RequestError(f"weight broadcast failed: {error}", status=500, kind="server_error") from None
+    finally:
+        group.close()
+    state.forget_digest()
+    state.last_update = {"source": "broadcast", "backend": backend, "version": version, "num_bytes": stats.num_bytes,
+                         "num_buckets": stats.num_buckets, "seconds": stats.seconds, "gb_per_s": stats.gb_per_s,
+                         "total_seconds": time.perf_counter() - started, "at": time.time()}
+    return state.last_update
+
+
+def register_weight_routes(app: FastAPI, state: ServerState) -> None:
+    engine = state.engine
+
+    def status() -> dict[str, Any]:
+        return {"policy_version": engine.policy_version, "paused": engine.paused,
+                "complete": engine.weights_complete, **engine.stats()}
+
+    @app.get("/v1/weights")
+    async def weights():
+        def describe() -> dict[str, Any]:
+            with state.weights_lock:
+                tensors = list(engine.model.state_dict().values())
+                return {**status(), "digest": state.digest(), "dtype": str(engine.dtype).removeprefix("torch."),
+                        "num_tensors": len(tensors),
+                        "num_bytes": sum(t.numel() * t.element_size() for t in tensors),
+                        "last_update": state.last_update}
+
+        return await asyncio.to_thread(describe)
+
+    @app.post("/v1/weights/pause")
+    async def pause(request: Request):
+        body = await _body(request)
+        mode = body.get("mode", "keep")
+        if mode not in ("keep", "abort"):
+            raise RequestError("'mode' must be 'keep' or 'abort'", "mode")
+        await asyncio.to_thread(engine.pause, mode)
+        return {**status(), "mode": mode}
+
+    @app.post("/v1/weights/resume")
+    async def resume():
+        try:
+            await asyncio.to_thread(engine.resume)
+        except LagoonError as error:
+            raise RequestError(str(error), status=409, kind="conflict_error") from None
+        return status()
+
+    @app.post("/v1/weights/load")
+    async def load(request: Request):
+        body = await _body(request)
+        path = body.get("path")
+        if not isinstance(path, str) or not path:
+            raise RequestError("'path' (a checkpoint directory) is required", "path")
+        version = _version(body, state)
+        with _exclusive(state):
+            update = await asyncio.to_thread(load_checkpoint, state, path, version)
+        return {**status(), "update": update}
+
+    @app.post("/v1/weights/receive")
+    async def receive(request: Request):
+        body = await _body(request)
+        version = _version(body, state)
+        with _exclusive(state):
+            update = await asyncio.to_thread(receive_broadcast, state, body, version)
+        return {**status(), "update": update}
