@@ -70,6 +70,16 @@ def test_tokenizer_mismatch_is_refused(shards_copy):
         ShardSet.open(shards_copy)
 
 
+def test_a_leaf_from_another_tokenizer_is_refused(shards_copy):
+    manifest = json.loads((shards_copy / "manifest.json").read_text())
+    leaf = next(iter(manifest["leaves"]))
+    assert manifest["leaves"][leaf]["tokenizer_hash"] == manifest["tokenizer"]["hash"]
+    manifest["leaves"][leaf]["tokenizer_hash"] = "sha256:" + "1" * 64
+    (shards_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(LagoonError, match=f"{leaf} was tokenized with sha256:1111"):
+        ShardSet.open(shards_copy)
+
+
 def test_truncated_and_corrupted_shards_are_refused_naming_the_file(shards_copy, lagoon_cli):
     shards = ShardSet.open(shards_copy)
     leaf = shards.leaves[0]

@@ -357,25 +357,26 @@ def build(config, out_dir: str | Path, quiet: bool = False) -> Path:
         metrics.append({"stage": "shards", "seconds": time.perf_counter() - started,
                         "tokens": sum(e["num_tokens"] for e in leaf_entries.values())})
 
+    hash_of_tokenizer = tokenizer_hash(out / "tokenizer")
     groups: dict[str, list[str]] = defaultdict(list)
     for leaf, documents_of_leaf in leaves.items():
         domain, bucket = leaf.split("/")
         scores = [d.metadata["score"] for d in documents_of_leaf]
         leaf_entries[leaf] = {"domain": domain, "bucket": int(bucket[1:]), "group": config.domains[domain].group,
                               "quality": {"min": min(scores), "max": max(scores), "mean": float(np.mean(scores))},
-                              **leaf_entries[leaf]}
+                              "tokenizer_hash": hash_of_tokenizer, **leaf_entries[leaf]}
         groups[config.domains[domain].group].append(leaf)
     for group, documents_of_group in held.items():
         domains = defaultdict(int)
         for document in documents_of_group:
             domains[document.domain] += 1
-        eval_entries[group] = {"domains": dict(domains), **eval_entries[group]}
+        eval_entries[group] = {"domains": dict(domains), "tokenizer_hash": hash_of_tokenizer, **eval_entries[group]}
     metrics.append({"stage": "total", "seconds": time.perf_counter() - begun})
     manifest = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "build_fingerprint": fingerprint,
-        "tokenizer": {"path": "tokenizer", "hash": tokenizer_hash(out / "tokenizer"),
+        "tokenizer": {"path": "tokenizer", "hash": hash_of_tokenizer,
                       "vocab_size": tokenizer.get_vocab_size()},
         "token_dtype": dtype.name,
         "groups": dict(sorted(groups.items())),

@@ -18,8 +18,9 @@ manifest.json (``"format": "lagoon.shards/1"``)::
     token_dtype: "uint16" | "uint32"
     groups: {GROUP: [LEAF, …]}
     leaves: {LEAF: {domain, bucket, group, num_tokens, num_documents, raw_bytes, quality: {min, max, mean},
-                    shards: [SHARD, …]}}
-    eval:   {GROUP: {num_tokens, num_documents, raw_bytes, num_bytes, domains: {DOMAIN: documents}, shards: [SHARD, …]}}
+                    tokenizer_hash, shards: [SHARD, …]}}
+    eval:   {GROUP: {num_tokens, num_documents, raw_bytes, num_bytes, domains: {DOMAIN: documents}, tokenizer_hash,
+                     shards: [SHARD, …]}}
     SHARD = {num_tokens, num_documents, tokens: FILE, documents: FILE};  FILE = {path, bytes, sha256}
     stats, config, created
 
@@ -220,6 +221,11 @@ class ShardSet:
         if expected_tokenizer_hash is not None and expected_tokenizer_hash != recorded:
             raise LagoonError(f"shard set {root} was tokenized with {recorded[:19]}…, not the expected tokenizer "
                               f"{expected_tokenizer_hash[:19]}…; rebuild the shards with that tokenizer")
+        for kind in ("leaves", "eval"):
+            for name, entry in manifest[kind].items():
+                if entry.get("tokenizer_hash", recorded) != recorded:
+                    raise LagoonError(f"{path}: {name} was tokenized with {entry['tokenizer_hash'][:19]}…, not the "
+                                      f"shard set's tokenizer {recorded[:19]}…; rebuild it")
         for entry in shard_set._all_files():
             file = root / entry["path"]
             if not file.is_file():
