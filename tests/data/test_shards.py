@@ -115,3 +115,24 @@ def test_stats_and_sample_commands(quick_shards_dir, lagoon_cli, monkeypatch):
     held = lagoon_cli("data", "sample", str(quick_shards_dir), "eval:math")
     assert "eval:math" in held.stdout
     assert_one_line_error(lagoon_cli("data", "sample", str(quick_shards_dir), "web/q9"), "unknown leaf 'web/q9'")
+
+
+def test_leaves_split_over_several_shard_files_read_back_exactly(tmp_path):
+    from lagoon.data.loader import _Leaf
+    from lagoon.data.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    documents = [np.r_[EOS_ID, rng.integers(32, 4096, rng.integers(5, 120))].astype(np.uint16) for _ in range(60)]
+    writer = ShardWriter(tmp_path, "leaves/x/q1", np.dtype(np.uint16), shard_tokens=500)
+    for start in range(0, 60, 7):
+        batch = documents[start:start + 7]
+        writer.write(np.concatenate(batch), np.array([len(d) for d in batch]))
+    shards_written = writer.finish()
+    assert len(shards_written) > 3 and all(s["num_tokens"] <= 500 + 7 * 120 for s in shards_written)
+    shard_set = ShardSet(tmp_path, {"token_dtype": "uint16"})
+    stream = shard_set._stream("leaf:x/q1", {"shards": shards_written})
+    assert [stream.document(i).tolist() for i in range(60)] == [d.tolist() for d in documents]
+    leaf = _Leaf("x/q1", stream, seq_len=40, seed=0)
+    windows = np.arange(0, 3 * leaf.windows_per_epoch, 7)
+    fast, reference = leaf.read(windows), leaf.read_reference(windows)
+    assert np.array_equal(fast[0], reference[0]) and np.array_equal(fast[1], reference[1])
