@@ -4,6 +4,7 @@
     [data]             lagoon.data.config.DataConfig
     [train]            lagoon.train.config.TrainConfig
     [optim]            lagoon.optim.config.OptimConfig
+    [sdc]              lagoon.sdc.config.SDCConfig
     [agent]            lagoon.agent.config.AgentConfig
     [rl]               lagoon.rl.config.RLConfig
     [serve]            lagoon.infer.config.ServeConfig
@@ -25,6 +26,7 @@ from lagoon.infer.config import ServeConfig
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
 from lagoon.rl.config import RLConfig
+from lagoon.sdc.config import SDCConfig
 from lagoon.train.config import TrainConfig
 
 
@@ -40,6 +42,8 @@ class LagoonConfig:
     """Pretraining: steps, schedule, precision, evaluation, checkpoints."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer: Muon / AdamW, learning rates, Newton–Schulz, distributed Muon."""
+    sdc: SDCConfig = field(default_factory=SDCConfig)
+    """Silent-data-corruption checks: replica fingerprints, vote, reactions, fault injection."""
     agent: AgentConfig = field(default_factory=AgentConfig)
     """The code-as-action agent: sandbox, budgets, sampling."""
     rl: RLConfig = field(default_factory=RLConfig)

@@ -150,6 +150,10 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
     from lagoon.optim import DataParallel, build_optimizer
 
     hooks = list(hooks or [])
+    if not any(type(hook).__name__ == "SDCHooks" for hook in hooks):
+        from lagoon.sdc.hooks import sdc_hooks  # [sdc]: replica checks, reactions, fault injection
+
+        hooks = [*sdc_hooks(config), *hooks]
     run_dir = Path(run_dir)
     train = config.train
     if train.num_threads:

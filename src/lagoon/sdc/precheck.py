@@ -1,0 +1,163 @@
+"""Pre-reduction checks: each rank's own gradients and loss, looked at before they are averaged away.
+
+Once gradients are all-reduced, a NaN from one rank is a NaN everywhere and nobody knows whose it was.
+So each rank measures its *local* gradients before the reduction — the count of non-finite values and
+the squared norm — and its local loss:
+
+- under DDP, inside a communication hook that wraps DDP's own all-reduce (same arithmetic: divide by
+  the world size, then sum), per gradient bucket, on the device, without a host sync;
+- when the optimizer reduces gradients itself (distributed Muon) or in a single process, from the
+  ``.grad`` tensors just before the optimizer step.
+
+Just before each optimizer step, the ranks all-gather [non-finite count, squared norm, loss] (one tiny
+collective on the SDC group) and every rank reaches the same decisions:
+
+- a rank with non-finite local gradients is named (``sdc_nonfinite``);
+- a rank whose local gradient norm exceeds ``grad_spike_factor`` × its running mean is named
+  (``sdc_grad_spike``) — data differs across ranks, so this is a hint, not a verdict;
+- a global loss above ``loss_spike_factor`` × its running mean is flagged (``sdc_loss_spike``).
+
+With ``skip_spikes``, a step flagged for non-finite gradients or a loss spike is skipped: the update is
+not applied (the optimizer reports ``skipped = 1``) and the batch is dropped. Running means start after
+``spike_warmup`` steps and never absorb a flagged value.
+
+The monitor attaches to the live optimizer by wrapping its ``step`` method (and, under DDP, registering
+the communication hook), so the optimizer needs no SDC-specific code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from lagoon.sdc.config import SDCConfig
+from lagoon.sdc.replicas import ReplicaGroup
+
+
+class PreReductionMonitor:
+    def __init__(self, config: SDCConfig, replicas: ReplicaGroup):
+        self.config = config
+        self.replicas = replicas
+        self.pending: list[tuple[str, dict[str, Any]]] = []
+        """Events found during the step, recorded at the next quiet point."""
+        self.skipped = 0
+        self.grad_means: list[float | None] = [None] * replicas.size
+        self.loss_mean: float | None = None
+        self.history = 0
+        self._nonfinite: torch.Tensor | None = None
+        self._square_sum: torch.Tensor | None = None
+        self._losses: list[torch.Tensor] = []
+        self._ddp = False
+        self._optimizer = None
+        self._real_step = None
+        self._step_index = 0
+
+    @property
+    def enabled(self) -> bool:
+        c = self.config
+        return c.nonfinite_check or c.grad_spike_factor > 0 or c.loss_spike_factor > 0
+
+    # ----------------------------------------------------------------------------------------------
+    def attach(self, model: nn.Module, wrapped: nn.Module | None, optimizer: Any, step: int) -> None:
+        """Start watching: the DDP comm hook (if DDP), a forward hook for the loss, and optimizer.step."""
+        self._step_index = step
+        if isinstance(wrapped, DistributedDataParallel):
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+            def hook(state, bucket):
+                self._observe(bucket.buffer())
+                return allreduce_hook(state, bucket)
+
+            wrapped.register_comm_hook(wrapped.process_group, hook)
+            self._ddp = True
+        model.register_forward_hook(self._capture_loss)
+        self._optimizer = optimizer
+        self._real_step = optimizer.step
+        optimizer.step = self._step
+
+    def _capture_loss(self, module, args, output) -> None:
+        loss = getattr(output, "lm_loss", None)
+        if loss is not None and torch.is_grad_enabled():
+            self._losses.append(loss.detach().float())
+
+    @torch.no_grad()
+    def _observe(self, gradient: torch.Tensor) -> None:
+        nonfinite = (~torch.isfinite(gradient)).sum()
+        square = torch.nan_to_num(gradient.float(), nan=0.0, posinf=0.0, neginf=0.0).square().sum()
+        self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite + nonfinite
+        self._square_sum = square if self._square_sum is None else self._square_sum + square
+
+    def _local_gradients(self) -> None:
+        for group in self._optimizer.trainable():
+            if group.grad is not None:
+                grad = group.grad.to_local() if hasattr(group.grad, "to_local") else group.grad
+                self._observe(grad)
+
+    # ----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _step(self, max_grad_norm: float | None = None) -> dict[str, float]:
+        self._step_index += 1
+        if not self._ddp:
+            self._local_gradients()
+        nonfinite = float(self._nonfinite) if self._nonfinite is not None else 0.0
+        square = float(self._square_sum) if self._square_sum is not None else 0.0
+        loss = float(torch.stack(self._losses).mean()) if self._losses else float("nan")
+        self._nonfinite, self._square_sum, self._losses = None, None, []
+        local = torch.tensor([nonfinite, square, loss], dtype=torch.float64)
+        stats_W3 = self.replicas.all_gather(local, "pre-reduction statistics", self._step_index - 1)
+        skip = self._decide(stats_W3)
+        if skip:
+            self.skipped += 1
+            norm = math.sqrt(float(stats_W3[:, 1].sum())) if self._ddp else float("nan")
+            optimizer = self._optimizer
+            lr = optimizer.muon_lr if optimizer.config.name == "muon" else optimizer.adamw_lr
+            return {"grad_norm": norm, "clip_coef": 1.0, "lr": lr, "adamw_lr": optimizer.adamw_lr, "skipped": 1.0}
+        return self._real_step(max_grad_norm)
+
+    def _decide(self, stats_W3: torch.Tensor) -> bool:
+        """Record events for this step's statistics; True when the update should be skipped."""
+        config, step = self.config, self._step_index
+        rows = stats_W3.tolist()
+        names = self.replicas
+        skip = False
+        if config.nonfinite_check:
+            bad = [w for w, row in enumerate(rows) if row[0] > 0]
+            if bad:
+                self.pending.append(("sdc_nonfinite", {
+                    "step": step, "ranks": [names.ranks[w] for w in bad], "hosts": [names.hosts[w] for w in bad],
+                    "detail": {names.ranks[w]: int(rows[w][0]) for w in bad}}))
+                skip = skip or config.skip_spikes
+        warm = self.history >= config.spike_warmup
+        if config.grad_spike_factor > 0:
+            spikes = []
+            for w, row in enumerate(rows):
+                norm, mean = math.sqrt(max(row[1], 0.0)), self.grad_means[w]
+                if warm and mean is not None and mean > 0 and norm > config.grad_spike_factor * mean:
+                    spikes.append((w, norm, mean))
+                elif math.isfinite(norm):
+                    self.grad_means[w] = norm if mean is None else config.spike_ema * mean + (1 - config.spike_ema) * norm
+            if spikes:
+                self.pending.append(("sdc_grad_spike", {
+                    "step": step, "ranks": [names.ranks[w] for w, _, _ in spikes],
+                    "hosts": [names.hosts[w] for w, _, _ in spikes],
+                    "detail": {names.ranks[w]: {"norm": n, "mean": m} for w, n, m in spikes}}))
+        if config.loss_spike_factor > 0:
+            losses = [row[2] for row in rows if math.isfinite(row[2])]
+            loss = sum(losses) / len(losses) if losses else float("nan")
+            if math.isfinite(loss):
+                if warm and self.loss_mean is not None and loss > config.loss_spike_factor * self.loss_mean:
+                    self.pending.append(("sdc_loss_spike", {"step": step, "detail": {"loss": loss, "mean": self.loss_mean}}))
+                    skip = skip or config.skip_spikes
+                else:
+                    self.loss_mean = loss if self.loss_mean is None else (
+                        config.spike_ema * self.loss_mean + (1 - config.spike_ema) * loss)
+        self.history += 1
+        return skip
+
+    def take_events(self) -> list[tuple[str, dict[str, Any]]]:
+        events, self.pending = self.pending, []
+        return events

@@ -1,0 +1,80 @@
+"""Replica checks on 4 gloo ranks with a real tiny Laguna and real optimizer steps (see tests/sdc/workers.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lagoon.sdc.errors import EXIT_HUNG
+from tests.sdc.conftest import ROOT, _env, free_port, wait_all
+
+WORLD = 4
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("sdc_replicas")
+    port = free_port()
+    processes = [subprocess.Popen([sys.executable, "-m", "tests.sdc.workers", str(out)], cwd=ROOT, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=_env(RANK=str(r), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                                           MASTER_PORT=str(port)))
+                 for r in range(WORLD)]
+    codes, stderr = wait_all(processes, timeout=400)
+    assert codes == [0] * WORLD, stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+@pytest.mark.timeout(600)
+def test_no_false_positive_over_healthy_training_steps(reports):
+    for report in reports:
+        assert report["healthy_checks"] == 30 and report["false_positives"] == 0
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_every_flip_is_detected_and_the_rank_and_parameter_named(reports, dtype):
+    trials = reports[0][dtype]
+    assert len(trials) >= 16
+    for report in reports:  # every rank reaches the same verdict
+        assert report[dtype] == trials
+    for trial in trials:
+        assert not trial["agreed"], trial
+        assert trial["faulty"] == {str(trial["target"]): [trial["parameter"]]}, trial
+        assert trial["restored"], trial
+    assert {t["bit"] for t in trials} >= {"sign", "exponent", "mantissa"}
+
+
+@pytest.mark.timeout(600)
+def test_two_simultaneous_faults_are_both_named(reports):
+    assert reports[0]["two_faults"] == {"1": ["model.layers.1.mlp.experts.down_proj"], "2": ["lm_head.weight"]}
+
+
+@pytest.mark.timeout(600)
+def test_a_tie_has_no_majority_and_every_replica_is_a_suspect(reports):
+    tie = reports[0]["tie"]
+    assert not tie["resolved"] and tie["suspects"] == [0, 1, 2, 3] and tie["groups"] == [[[0, 1], [2, 3]]]
+
+
+@pytest.mark.timeout(600)
+def test_hsdp_compares_shards_along_the_replicate_dimension_only(reports):
+    hsdp = [r["hsdp"] for r in reports]
+    assert [h["replica_ranks"] for h in hsdp] == [[0, 2], [1, 3], [0, 2], [1, 3]]
+    assert all(h["clean_agreed"] for h in hsdp)
+    assert hsdp[0]["local_digest"] != hsdp[1]["local_digest"]  # different shards differ, and that is fine
+    assert hsdp[0]["flipped_agreed"] and hsdp[2]["flipped_agreed"]  # the other shard's replicas are untouched
+    for rank in (1, 3):
+        assert not hsdp[rank]["flipped_agreed"] and hsdp[rank]["suspects"] == [1, 3]
+        assert hsdp[rank]["parameters"] == ["weight"]
+
+
+@pytest.mark.timeout(600)
+def test_a_rank_missing_a_check_turns_into_a_named_error_within_the_deadline(reports):
+    for report in reports[:3]:
+        late = report["late"]
+        assert late["exit_code"] == EXIT_HUNG, late
+        assert "did not complete within 3 s" in late["error"] and 3 in late["ranks"], late
+        assert late["seconds"] < 3 + 4, late

@@ -1,0 +1,131 @@
+"""`lagoon train` with [sdc] on 2–3 gloo ranks: detection, escalation, rollback, fail-fast, hung and dead ranks.
+
+The jobs are independent, so the module starts them all at once and each test checks its own job's
+outcome (most of a job's wall time is process start-up and waiting, which overlaps).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lagoon.sdc.errors import EXIT_CORRUPTION, EXIT_HUNG, EXIT_PEER_LOST
+from tests.sdc.conftest import events, final_weights, start_ranks, start_torchrun, train_config, wait_all, write_config
+
+PARAM = "model.layers.0.self_attn.q_proj.weight"
+WATCHDOG_S = 8
+
+
+@dataclass
+class Job:
+    codes: list[int]
+    stderr: str
+    run_dir: Path
+
+
+def _jobs(shards: Path) -> dict[str, tuple[str, int, dict]]:
+    """name → (launcher, ranks, config)."""
+    flip = {"kind": "bitflip", "parameter": PARAM}
+    return {
+        # Two replicas: no majority → replay from checkpoint 2 → transient on rank 1 → train on.
+        "escalate": ("torchrun", 2, train_config(shards, sdc={"faults": [
+            {**flip, "step": 4, "rank": 1, "bit": "mantissa", "element": 5}]})),
+        "clean2": ("torchrun", 2, train_config(shards)),
+        # Three replicas: the vote names rank 0 → roll back to checkpoint 2 → train on.
+        "majority": ("ranks", 3, train_config(shards, sdc={"faults": [{**flip, "step": 4, "rank": 0, "bit": "exponent"}]})),
+        "clean3": ("ranks", 3, train_config(shards)),
+        "fail": ("ranks", 3, train_config(shards, sdc={"policy": "fail", "faults": [
+            {**flip, "step": 2, "rank": 2, "bit": "sign"}]})),
+        "persistent": ("ranks", 2, train_config(shards, sdc={"faults": [
+            {**flip, "step": 3, "rank": 0, "bit": "exponent", "repeat": True}]})),
+        "hang": ("ranks", 2, train_config(shards, sdc={"timeout_s": WATCHDOG_S, "faults": [
+            {"kind": "hang", "step": 3, "rank": 1}]})),
+        "die": ("ranks", 2, train_config(shards, sdc={"timeout_s": WATCHDOG_S, "faults": [
+            {"kind": "die", "step": 3, "rank": 1}]})),
+    }
+
+
+@pytest.fixture(scope="module")
+def jobs(sdc_shards, tmp_path_factory) -> dict[str, Job]:
+    root = tmp_path_factory.mktemp("sdc_e2e")
+    running = {}
+    for name, (launcher, ranks, config) in _jobs(sdc_shards).items():
+        path = write_config(root / f"{name}.toml", config)
+        start = start_torchrun if launcher == "torchrun" else start_ranks
+        running[name] = (start(path, root / name, ranks), root / name)
+    results = {}
+    for name, (processes, run_dir) in running.items():
+        codes, stderr = wait_all(processes, timeout=400)
+        results[name] = Job(codes, stderr, run_dir)
+    return results
+
+
+@pytest.mark.timeout(600)
+def test_two_replicas_escalate_replay_and_match_an_uninjected_run(jobs):
+    """A flip on one of two replicas has no majority: the run replays from the last verified checkpoint, the
+    replay agrees (a transient fault; rank 1 named), and training ends with the same bits as a clean run."""
+    job, clean = jobs["escalate"], jobs["clean2"]
+    assert job.codes == [0] and clean.codes == [0], (job.stderr[-3000:], clean.stderr[-3000:])
+    kinds = [(e["event"], e["step"]) for e in events(job.run_dir)]
+    # Detected at the check right after it (step 4), replayed from checkpoint 2, found transient on rank 1.
+    assert ("sdc_unresolved", 4) in kinds and ("rollback", 2) in kinds and ("sdc_transient", 4) in kinds, kinds
+    transient = next(e for e in events(job.run_dir) if e["event"] == "sdc_transient")
+    assert transient["ranks"] == [1] and transient["parameters"] == [PARAM]
+    assert not [e for e in events(clean.run_dir) if e["event"].startswith("sdc_")]  # no false positive
+    assert final_weights(job.run_dir, 8) == final_weights(clean.run_dir, 8)
+
+
+@pytest.mark.timeout(600)
+def test_three_replicas_name_the_rank_roll_back_and_match_an_uninjected_run(jobs):
+    job, clean = jobs["majority"], jobs["clean3"]
+    assert job.codes == [0, 0, 0] and clean.codes == [0, 0, 0], (job.stderr[-3000:], clean.stderr[-3000:])
+    corruption = next(e for e in events(job.run_dir) if e["event"] == "sdc_corruption")
+    assert (corruption["step"], corruption["ranks"], corruption["parameters"]) == (4, [0], [PARAM])
+    assert any(e["event"] == "rollback" and e["step"] == 2 for e in events(job.run_dir))
+    assert final_weights(job.run_dir, 8) == final_weights(clean.run_dir, 8)
+
+
+@pytest.mark.timeout(600)
+def test_fail_fast_names_rank_host_and_parameter_with_a_distinct_exit_code(jobs):
+    job = jobs["fail"]
+    assert job.codes == [EXIT_CORRUPTION] * 3, (job.codes, job.stderr[-3000:])
+    line = next(line for line in job.stderr.splitlines() if line.startswith("lagoon: error: silent data corruption"))
+    assert "rank 2 (host " in line and PARAM in line and "after step 2" in line, line
+    assert "Traceback" not in job.stderr
+    corruption = next(e for e in events(job.run_dir) if e["event"] == "sdc_corruption")
+    assert corruption["ranks"] == [2] and corruption["parameters"] == [PARAM] and corruption["action"] == "fail"
+    assert not (job.run_dir / "checkpoints" / "step_00000002").exists()  # the corrupted step was never committed
+
+
+@pytest.mark.timeout(600)
+def test_a_persistent_fault_survives_the_replay_and_ends_the_job(jobs):
+    job = jobs["persistent"]
+    assert job.codes == [EXIT_CORRUPTION] * 2, (job.codes, job.stderr[-3000:])
+    assert "persistent silent data corruption" in job.stderr
+    assert "rank 0 (host" in job.stderr and "rank 1 (host" in job.stderr
+    kinds = [e["event"] for e in events(job.run_dir)]
+    assert kinds.count("sdc_fault_injected") == 2 and "sdc_persistent" in kinds, kinds
+
+
+@pytest.mark.timeout(600)
+def test_a_hung_rank_ends_the_job_within_the_timeout_naming_it(jobs):
+    job = jobs["hang"]
+    assert job.codes == [EXIT_HUNG, EXIT_HUNG], (job.codes, job.stderr[-3000:])
+    line = next(line for line in job.stderr.splitlines() if line.startswith("lagoon: error: rank 1 (host"))
+    assert "hung" in line, line
+    waited = float(re.search(r"for (\d+) s", line).group(1))
+    assert WATCHDOG_S <= waited <= WATCHDOG_S + 2, line
+    hung = [e for e in events(job.run_dir) if e["event"] == "sdc_hung"]
+    assert hung and all(e["exit_code"] == EXIT_HUNG for e in hung)
+
+
+@pytest.mark.timeout(600)
+def test_a_dead_rank_ends_the_job_with_a_line_naming_it(jobs):
+    job = jobs["die"]
+    assert job.codes == [EXIT_PEER_LOST, -9], (job.codes, job.stderr[-3000:])
+    line = next(line for line in job.stderr.splitlines() if line.startswith("lagoon: error: rank 1 (host"))
+    assert "gone" in line or "dead" in line, line
+    assert "Traceback" not in job.stderr
