@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "lagoon.report.commands",
     "lagoon.infer.commands",
     "lagoon.rl.commands",
+    "lagoon.agent.commands",
 ]
 
 
