@@ -28,6 +28,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--dry-run", action="store_true", help="print instead of appending to RESULTS.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workspace:
         sandbox = Sandbox(workspace, SandboxConfig())
@@ -57,7 +58,10 @@ def main() -> None:
         lines.append(f"| {name} | {p50:.1f} | {percentile(values, 99):.1f} | {p50 / baseline:.1f}x |")
     p50 = statistics.median(times["lagoon Sandbox.run(['true'])"])
     lines += ["", f"Goal p50 ≤ 20 ms: {'met' if p50 <= 20 else 'missed'} ({p50:.1f} ms)."]
-    record("Sandbox start latency", lines)
+    if args.dry_run:
+        print("\n".join(lines))
+    else:
+        record("Sandbox start latency", lines)
 
 
 if __name__ == "__main__":

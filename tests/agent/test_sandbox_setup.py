@@ -76,3 +76,12 @@ def test_cgroup_leaves_of_dead_harnesses_are_reaped():
     cgroups._reap_stale(support)
     assert orphan.wait(timeout=10) == -9
     assert not leaf.exists()
+
+
+def test_configs_agent_toml_spells_out_the_defaults():
+    from pathlib import Path
+
+    from lagoon.agent.config import AgentConfig
+
+    root = Path(__file__).resolve().parents[2]
+    assert load_config(root / "configs" / "agent.toml").agent == AgentConfig()
