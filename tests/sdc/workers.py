@@ -37,14 +37,15 @@ TRIALS_BF16 = 16
 BITS = ["sign", "exponent", "mantissa"]
 
 
-def _train_step(model, wrapped, optimizer, rank: int, step: int) -> None:
+def _train_step(model, wrapped, optimizer, rank: int, step: int, loss_scale: float = 1.0) -> dict:
     generator = torch.Generator().manual_seed(1000 * step + rank)  # each rank its own data, as in DDP
     tokens = torch.randint(0, MODEL["vocab_size"], (2, 33), generator=generator)
     loss = wrapped(tokens[:, :-1], targets=tokens[:, 1:]).loss
-    loss.backward()
-    optimizer.step(max_grad_norm=1.0)
+    (loss * loss_scale).backward()
+    metrics = optimizer.step(max_grad_norm=1.0)
     optimizer.zero_grad()
     model.update_router_biases(dist.group.WORLD)
+    return metrics
 
 
 def _injection_trials(model, checker, rank: int, world: int, trials: int, seed: int, step0: int) -> list[dict]:
@@ -120,7 +121,14 @@ def main(out_dir: Path) -> None:
     if world == 4:
         report["hsdp"] = _hsdp(rank)
 
-    # 6. A rank that does not show up: the others get SDCHung within the deadline, naming it.
+    # 6. Pre-reduction checks on the DDP model: a rank's NaN, a rank's gradient spike, an all-replica loss spike.
+    report["precheck"] = _precheck(model, wrapped, optimizer, checker, replicas, rank)
+
+    # 7. Distributed Muon: a corrupted Newton–Schulz result on its owner is invisible to replica fingerprints
+    #    and caught by owner verification.
+    report["owner"] = _owner(rank, replicas)
+
+    # 8. A rank that does not show up: the others get SDCHung within the deadline, naming it.
     late = ReplicaGroup.from_group(dist.group.WORLD, timeout_s=3)
     started = time.monotonic()
     try:
@@ -135,6 +143,69 @@ def main(out_dir: Path) -> None:
         report["late"] = {"error": str(error), "exit_code": None, "seconds": time.monotonic() - started}
     (out_dir / f"rank{rank}.json").write_text(json.dumps(report))
     os._exit(0)  # the process group is broken on purpose by step 6; skip its teardown
+
+
+def _precheck(model, wrapped, optimizer, checker, replicas, rank: int) -> dict:
+    from lagoon.sdc.config import SDCConfig
+    from lagoon.sdc.precheck import PreReductionMonitor
+
+    config = SDCConfig(skip_spikes=True, spike_warmup=3, grad_spike_factor=10.0, loss_spike_factor=3.0)
+    monitor = PreReductionMonitor(config, replicas)
+    monitor.attach(model, wrapped, optimizer, step=HEALTHY_STEPS)
+    out: dict = {}
+    step = HEALTHY_STEPS
+    for _ in range(4):  # history for the running means
+        step += 1
+        _train_step(model, wrapped, optimizer, rank, step)
+    out["warm_events"] = monitor.take_events()
+    step += 1
+    before = checker.digest(model)
+    metrics = _train_step(model, wrapped, optimizer, rank, step, loss_scale=float("nan") if rank == 2 else 1.0)
+    out["nan"] = {"events": monitor.take_events(), "skipped": metrics.get("skipped"),
+                  "changed": _changed(before, checker.digest(model))}
+    step += 1
+    _train_step(model, wrapped, optimizer, rank, step, loss_scale=1e4 if rank == 1 else 1.0)
+    out["grad_spike"] = monitor.take_events()
+    step += 1
+    head = model.lm_head.weight
+    with torch.no_grad():
+        head.mul_(-500.0)  # the same corruption on every replica: fingerprints agree, the loss does not
+    before = checker.digest(model)
+    metrics = _train_step(model, wrapped, optimizer, rank, step)
+    out["loss_spike"] = {"events": monitor.take_events(), "skipped": metrics.get("skipped"),
+                         "changed": _changed(before, checker.digest(model)),
+                         "replicas_agree": checker.check(model, step).verdict.agreed}
+    with torch.no_grad():
+        head.div_(-500.0)
+    return out
+
+
+def _changed(before: tuple[list[str], torch.Tensor], after: tuple[list[str], torch.Tensor]) -> list[str]:
+    names, table = before
+    return [names[i] for i in (table != after[1]).any(dim=1).nonzero().flatten().tolist()]
+
+
+def _owner(rank: int, replicas: ReplicaGroup) -> dict:
+    from lagoon.optim import DataParallel
+    from lagoon.sdc.config import FaultSpec, SDCConfig
+    from lagoon.sdc.inject import FaultInjector
+    from lagoon.sdc.owner import OwnerVerifier
+
+    torch.manual_seed(0)
+    model = LagunaForCausalLM(preset_config("tiny", **MODEL))
+    optimizer = build_optimizer(model, OptimConfig(ns_dtype="float32", distributed="ddp"),
+                                DataParallel.from_group(dist.group.WORLD))
+    config = SDCConfig(owner_verify_every=1, owner_verify_samples=2,
+                       faults=[FaultSpec(kind="ns_corrupt", step=3, rank=1, bit="exponent")])
+    injector = FaultInjector(config.faults, rank, say=lambda message: None)
+    verifier = OwnerVerifier.attach(optimizer, config, replicas, injector, step=0)
+    checker = ReplicaChecker(replicas, Fingerprinter())
+    steps = []
+    for step in range(1, 5):
+        _train_step(model, model, optimizer, rank, step)
+        events = verifier.after_step(step)
+        steps.append({"step": step, "events": events, "replicas_agree": checker.check(model, step).verdict.agreed})
+    return {"steps": steps, "verified": verifier.verified, "injected": injector.log}
 
 
 def _hsdp(rank: int) -> dict:

@@ -85,6 +85,11 @@ class ReplicaChecker:
 # The digest a checkpoint carries
 
 
+def table_hash(table: torch.Tensor) -> str:
+    """A short name for a whole [P, L] digest table (to say in events that two states are the same bits)."""
+    return hashlib.sha256(table.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def names_hash(names: list[str]) -> str:
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from lagoon.errors import LagoonError
-from lagoon.sdc.checker import CheckResult, ReplicaChecker, differing_parameters, encode_digest
+from lagoon.sdc.checker import CheckResult, ReplicaChecker, differing_parameters, encode_digest, table_hash
 from lagoon.sdc.config import SDCConfig
 from lagoon.sdc.errors import SDCError, SDCRetriesExhausted
 from lagoon.sdc.events import EventLog
@@ -50,7 +50,7 @@ from lagoon.sdc.fingerprint import Fingerprinter
 from lagoon.sdc.inject import FaultInjector
 from lagoon.sdc.precheck import PreReductionMonitor
 from lagoon.sdc.replicas import ReplicaGroup
-from lagoon.sdc.vote import compare_runs
+from lagoon.sdc.vote import compare_runs, consensus
 from lagoon.sdc.watchdog import Watchdog
 from lagoon.train.hooks import HookContext, Hooks
 
@@ -81,6 +81,9 @@ class SDCHooks(Hooks):
         self.verified: tuple[int, list[str], torch.Tensor] | None = None
         self.last_checkpoint: int | None = None
         self.last_result: CheckResult | None = None
+        self.expected: tuple[int, str] | None = None
+        """(step, digest-table hash) the healthy replicas had when a rollback was requested; the replay must
+        reproduce it."""
 
     # ----------------------------------------------------------------------------------------------
     def _setup(self, ctx: HookContext) -> None:
@@ -105,7 +108,7 @@ class SDCHooks(Hooks):
         if config.owner_verify_every > 0 or any(f.kind == "ns_corrupt" for f in config.faults):
             from lagoon.sdc.owner import OwnerVerifier
 
-            self.owner = OwnerVerifier.attach(ctx.optimizer, config, self.replicas, self.injector)
+            self.owner = OwnerVerifier.attach(ctx.optimizer, config, self.replicas, self.injector, ctx.step)
         self.ready = True
 
     def _say(self, message: str) -> None:
@@ -170,14 +173,21 @@ class SDCHooks(Hooks):
             self.pending = None  # a new disagreement during the replay supersedes the old one
         if verdict.agreed:
             self.verified = (step, result.names, result.local)
+            if self.expected is not None and self.expected[0] == step:
+                digest = table_hash(result.local)
+                self.events.record("sdc_recovered", step, digest=digest, matches_healthy=digest == self.expected[1])
+                self.expected = None
             return
         policy = self.config.policy
         if verdict.resolved:
             faulty = verdict.faulty_replicas()
             ranks, hosts = self._ranks(list(faulty))
             parameters = sorted({name for names in faulty.values() for name in names})
+            healthy = table_hash(consensus(result.gathered, verdict))
             self.events.record("sdc_corruption", step, ranks=ranks, hosts=hosts, parameters=parameters,
-                               action=policy, replicas=self.replicas.size)
+                               action=policy, replicas=self.replicas.size, healthy_digest=healthy)
+            if policy == "rollback":
+                self.expected = (step, healthy)
             what = (f"silent data corruption after step {step}: {self.replicas.names(list(faulty))} disagree(s) with "
                     f"the other {self.replicas.size - len(faulty)} replicas in {len(parameters)} parameter(s) "
                     f"({_listed(parameters)})")
@@ -213,7 +223,8 @@ class SDCHooks(Hooks):
             changed = compare_runs(pending.gathered, result.gathered)
             ranks, hosts = self._ranks(changed)
             self.events.record("sdc_transient", step, ranks=ranks, hosts=hosts, parameters=pending.parameters,
-                               action=self.config.policy)
+                               action=self.config.policy, digest=table_hash(result.local),
+                               replicas_reproduced=self.replicas.size - len(changed))
             what = (f"the replay of step {step} agrees on every replica: the earlier disagreement was a transient "
                     f"fault on {self.replicas.names(changed)} ({_listed(pending.parameters)})")
             self._say(what)
@@ -279,6 +290,8 @@ class SDCHooks(Hooks):
         step = ctx.step
         self.last_checkpoint = step
         self.precheck._step_index = step
+        if self.owner is not None:
+            self.owner.step = step + 1
         result = self.checker.check(ctx.model, step)
         self.checks += 1
         if ctx.sdc_digest:

@@ -1,35 +1,36 @@
 """Owner verification: a second rank recomputes sampled Newton–Schulz results of distributed Muon.
 
-Distributed Muon orthogonalizes each matrix once, on its owner rank, and copies the result to every
-replica. A wrong result there (a defective ALU on the owner) reaches every replica identically, so the
-replica fingerprints still agree: only recomputing the owner's work elsewhere can catch it.
+Distributed Muon (``optim.distributed = "ddp"``) orthogonalizes each matrix once, on its owner rank, and
+copies the result to every replica. A wrong result there (a defective ALU on the owner) reaches every
+replica identically, so the replica fingerprints still agree: only recomputing the owner's work
+elsewhere can catch it.
 
-The optimizer reports each Newton–Schulz call on an owner through an observer
-(``optimizer.add_newton_schulz_observer(fn)``; ``fn(step, names, input_NRC, output_NRC)``, called after
-the call and before the result is shared — the observer may change ``output_NRC`` in place, which is
-how ``ns_corrupt`` faults are injected). The recomputation is ``optimizer.newton_schulz_call(input)``
-when the optimizer has it, else `lagoon.optim.newton_schulz` with the optimizer's ``ns_*`` settings. On verification steps (every
-``sdc.owner_verify_every`` steps) each owner keeps up to ``sdc.owner_verify_samples`` of its calls,
-picked by reservoir sampling seeded with the step and rank, with the input and the fingerprint of the
-output it shared. At the quiet point after the step:
+The verifier attaches to the live optimizer without any SDC code inside it: it wraps the optimizer's
+``_orthogonalize(grad, momentum)`` (to see the matrix handed to Newton–Schulz and the result) and its
+transport's ``start_to_all(bucket, updates)`` (to learn which blocks the result belongs to, just before
+it is shared — which is also where ``ns_corrupt`` faults flip a bit of an owner's result). On other
+steps the wrappers only pass calls through. On verification steps (every ``sdc.owner_verify_every``):
 
-1. every rank all-gathers what it kept (names, shapes, output fingerprints);
-2. in a ring, each owner sends the kept inputs to its verifier, rank (owner + 1 + step) mod W;
-3. the verifier reruns the same ``recompute`` on the same input and fingerprints the result;
-4. verdicts are all-gathered; on a mismatch the owner recomputes too: if its second result matches the
-   verifier's, the owner's first result was wrong (a transient fault on the owner, which is named);
-   if it matches its own first result, owner and verifier persistently disagree (both are suspects).
+1. each owner keeps up to ``sdc.owner_verify_samples`` of its Newton–Schulz calls, picked by reservoir
+   sampling seeded with the step and rank: the input and the fingerprint of the result it shared;
+2. at the quiet point after the step, every rank all-gathers what the others kept (names, shapes,
+   fingerprints), and in a ring each owner sends the kept inputs to its verifier, rank
+   (owner + 1 + step mod (W − 1)) mod W, never itself;
+3. the verifier reruns Newton–Schulz with the optimizer's settings on the same input and compares
+   fingerprints; verdicts are all-gathered;
+4. on a mismatch the owner recomputes too: if its second result matches the verifier's, the owner's
+   first result was wrong (a transient fault on the owner, which is named); if it matches its own first
+   result, owner and verifier persistently disagree (both are suspects).
 
-Recomputation is bit-exact because it is the same function on the same input with the same shapes on
-the same kind of device, and the fingerprints compare bits.
+Recomputation is bit-exact: the same function on the same input with the same shapes on the same kind
+of device (batched Newton–Schulz is deterministic there), and fingerprints compare bits.
 
-Shape legend: N matrices in one Newton–Schulz call, R×C one matrix.
+Shape legend: m blocks in one owner segment, R×C one matrix.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ from lagoon.sdc.replicas import ReplicaGroup
 @dataclass
 class _Kept:
     names: list[str]
-    input_NRC: torch.Tensor
+    input_mRC: torch.Tensor
     digest: list[int]
 
 
@@ -54,54 +55,78 @@ class OwnerVerifier:
     config: SDCConfig
     replicas: ReplicaGroup
     injector: FaultInjector | None
+    optimizer: Any
     fingerprinter: Fingerprinter
-    recompute: Callable[[torch.Tensor], torch.Tensor]
-    device: torch.device
+    step: int = 1
+    """The optimizer step in progress (the hooks advance it at every quiet point)."""
     kept: list[_Kept] = field(default_factory=list)
     seen: int = 0
     verified: int = 0
+    _pending: tuple[torch.Tensor, torch.Tensor] | None = None
     _rng: random.Random | None = None
-    _step: int = -1
 
     @classmethod
-    def attach(cls, optimizer: Any, config: SDCConfig, replicas: ReplicaGroup,
-               injector: FaultInjector | None) -> "OwnerVerifier | None":
-        """Register with a distributed optimizer that reports its owner computations; None for any other."""
-        register = getattr(optimizer, "add_newton_schulz_observer", None)
-        if register is None:
+    def attach(cls, optimizer: Any, config: SDCConfig, replicas: ReplicaGroup, injector: FaultInjector | None,
+               step: int) -> "OwnerVerifier | None":
+        """Wrap a distributed Muon in ``ddp`` mode; None for any other optimizer (nothing to verify)."""
+        if getattr(optimizer, "mode", None) != "ddp" or not hasattr(optimizer, "_orthogonalize") or replicas.size < 2:
             return None
-        recompute = getattr(optimizer, "newton_schulz_call", None)
-        if recompute is None:
-            from lagoon.optim.newton_schulz import newton_schulz
+        verifier = cls(config=config, replicas=replicas, injector=injector, optimizer=optimizer,
+                       fingerprinter=Fingerprinter(config.lanes, config.kernel), step=step + 1)
+        orthogonalize, start_to_all = optimizer._orthogonalize, optimizer.transport.start_to_all
 
-            ns = optimizer.config
+        def observed_orthogonalize(grad_mRC: torch.Tensor, momentum_mRC: torch.Tensor) -> torch.Tensor:
+            direction = verifier._direction(grad_mRC, momentum_mRC) if verifier._watching() else None
+            out = orthogonalize(grad_mRC, momentum_mRC)
+            verifier._pending = (direction, out) if direction is not None else None
+            return out
 
-            def recompute(input_NRC: torch.Tensor) -> torch.Tensor:
-                return newton_schulz(input_NRC, ns.ns_steps, ns.ns_coefficients, ns.ns_dtype)
-        device = next((p.device for p in optimizer.trainable()), torch.device("cpu"))
-        verifier = cls(config=config, replicas=replicas, injector=injector,
-                       fingerprinter=Fingerprinter(config.lanes, config.kernel), recompute=recompute, device=device)
-        register(verifier.observe)
+        def observed_start_to_all(bucket: Any, updates_mRC: torch.Tensor):
+            verifier._observe(bucket, updates_mRC)
+            return start_to_all(bucket, updates_mRC)
+
+        optimizer._orthogonalize = observed_orthogonalize
+        optimizer.transport.start_to_all = observed_start_to_all
         return verifier
 
+    # ----------------------------------------------------------------------------------------------
     def _verification_step(self, step: int) -> bool:
         every = self.config.owner_verify_every
-        return every > 0 and step % every == 0 and self.replicas.size > 1
+        return every > 0 and step % every == 0
 
-    # ----------------------------------------------------------------------------------------------
+    def _watching(self) -> bool:
+        return self._verification_step(self.step)
+
+    def _direction(self, grad_mRC: torch.Tensor, momentum_mRC: torch.Tensor) -> torch.Tensor:
+        """The matrix `_orthogonalize` will hand to Newton–Schulz, computed by the same operations on a copy."""
+        from lagoon.optim.functional import muon_direction
+
+        config = self.optimizer.config
+        return muon_direction(grad_mRC, momentum_mRC.clone(), config.momentum, config.nesterov)
+
+    def recompute(self, input_mRC: torch.Tensor) -> torch.Tensor:
+        from lagoon.optim.newton_schulz import newton_schulz
+
+        config = self.optimizer.config
+        return newton_schulz(input_mRC, config.ns_steps, config.ns_coefficients, config.ns_dtype)
+
     @torch.no_grad()
-    def observe(self, step: int, names: list[str], input_NRC: torch.Tensor, output_NRC: torch.Tensor) -> None:
-        """Called on the owner after each Newton–Schulz call of optimizer step `step`, before sharing."""
-        if self.injector is not None:
-            for index, name in enumerate(names):
-                self.injector.corrupt_newton_schulz(step, name, output_NRC[index] if output_NRC.dim() > 2 else output_NRC)
-        if not self._verification_step(step):
+    def _observe(self, bucket: Any, updates_mRC: torch.Tensor) -> None:
+        """On the owner, just before its result for `bucket` is shared."""
+        segment, matrices = bucket.segments[self.replicas.position], self.optimizer.matrices
+        if self.injector is not None and self.injector.due(self.step, ("ns_corrupt",)):
+            for index, block in enumerate(segment):
+                self.injector.corrupt_newton_schulz(self.step, matrices[block.param].name, updates_mRC[index])
+        pending, self._pending = self._pending, None
+        if pending is None or pending[1] is not updates_mRC or not segment:
             return
-        if step != self._step:
-            self._step, self.seen, self.kept = step, 0, []
-            self._rng = random.Random(step * 1_000_003 + self.replicas.rank)
+        names = [f"{matrices[b.param].name}[{b.index}]" if matrices[b.param].count > 1 else matrices[b.param].name
+                 for b in segment]
+        if self._rng is None:
+            self.kept, self.seen = [], 0
+            self._rng = random.Random(self.step * 1_000_003 + self.replicas.rank)
         self.seen += 1
-        entry = _Kept(list(names), input_NRC.detach().clone(), self.fingerprinter.digest([output_NRC])[0].tolist())
+        entry = _Kept(names, pending[0], self.fingerprinter.digest([updates_mRC])[0].tolist())
         limit = self.config.owner_verify_samples
         if len(self.kept) < limit:
             self.kept.append(entry)
@@ -112,53 +137,49 @@ class OwnerVerifier:
 
     # ----------------------------------------------------------------------------------------------
     def after_step(self, step: int) -> list[tuple[str, dict[str, Any]]]:
-        """At the quiet point of a verification step: exchange, recompute, compare (every rank calls it)."""
+        """At the quiet point after `step`: exchange, recompute, compare (every rank calls it)."""
+        self.step = step + 1
+        kept, self.kept, self._rng = self.kept, [], None
         if not self._verification_step(step):
             return []
-        kept = self.kept if self._step == step else []
-        self.kept, self._step = [], -1
         replicas, size, me = self.replicas, self.replicas.size, self.replicas.position
         headers: list[Any] = [None] * size
-        mine = [(k.names, tuple(k.input_NRC.shape), str(k.input_NRC.dtype).removeprefix("torch."), k.digest)
+        mine = [(k.names, tuple(k.input_mRC.shape), str(k.input_mRC.dtype).removeprefix("torch."), k.digest)
                 for k in kept]
         dist.all_gather_object(headers, mine, group=replicas.group)
         verifier_of = [(owner + 1 + step % (size - 1)) % size for owner in range(size)]
-        source = verifier_of.index(me) if me in verifier_of else None
+        source = verifier_of.index(me)
         # Ring exchange of the kept inputs: owner → its verifier.
         requests, inbox = [], []
-        if source is not None:
-            for names, shape, dtype, _ in headers[source]:
-                buffer = torch.empty(shape, dtype=getattr(torch, dtype))
-                inbox.append(buffer)
-                requests.append(dist.P2POp(dist.irecv, buffer, replicas.ranks[source], replicas.group))
+        for names, shape, dtype, _ in headers[source]:
+            buffer = torch.empty(shape, dtype=getattr(torch, dtype))
+            inbox.append(buffer)
+            requests.append(dist.P2POp(dist.irecv, buffer, replicas.ranks[source], replicas.group))
         for entry in kept:
-            requests.append(dist.P2POp(dist.isend, entry.input_NRC.cpu().contiguous(), replicas.ranks[verifier_of[me]],
+            requests.append(dist.P2POp(dist.isend, entry.input_mRC.cpu().contiguous(), replicas.ranks[verifier_of[me]],
                                        replicas.group))
         if requests:
             for work in dist.batch_isend_irecv(requests):
                 work.wait()
-        # Recompute what was received, with this rank's own copy of the same function, on its own device.
         results = []
-        if source is not None:
-            for (names, _, _, digest), input_NRC in zip(headers[source], inbox):
-                output = self.recompute(input_NRC.to(self.device))
-                results.append((source, names, digest, self.fingerprinter.digest([output])[0].tolist()))
-                self.verified += 1
+        for (names, _, _, digest), input_mRC in zip(headers[source], inbox):
+            recomputed = self.fingerprinter.digest([self.recompute(input_mRC)])[0].tolist()
+            results.append((source, names, digest, recomputed))
+            self.verified += 1
         verdicts: list[Any] = [None] * size
         dist.all_gather_object(verdicts, results, group=replicas.group)
-        mismatches = [(owner, names, digest, theirs) for per_rank in verdicts for owner, names, digest, theirs in per_rank
-                      if theirs is not None and theirs != digest]
+        mismatches = [(owner, names, digest, theirs) for per_rank in verdicts
+                      for owner, names, digest, theirs in per_rank if theirs != digest]
+        if not mismatches:
+            return []
         return self._localize(step, mismatches, kept, verifier_of)
 
     def _localize(self, step: int, mismatches: list, kept: list[_Kept], verifier_of: list[int]) -> list[tuple[str, dict]]:
         """On a mismatch the owner recomputes once: tells a transient owner fault from a persistent disagreement."""
         replicas, me = self.replicas, self.replicas.position
-        second: list[Any] = []
-        for owner, names, digest, theirs in mismatches:
-            if owner == me:
-                entry = next(k for k in kept if k.names == names)
-                again = self.fingerprinter.digest([self.recompute(entry.input_NRC)])[0].tolist()
-                second.append((names, again))
+        second = [(names, self.fingerprinter.digest([self.recompute(entry.input_mRC)])[0].tolist())
+                  for owner, names, _, _ in mismatches if owner == me
+                  for entry in kept if entry.names == names]
         everyone: list[Any] = [None] * replicas.size
         dist.all_gather_object(everyone, second, group=replicas.group)
         events = []
@@ -166,7 +187,7 @@ class OwnerVerifier:
             again = next((a for n, a in everyone[owner] if n == names), None)
             verifier = verifier_of[owner]
             if again == theirs:
-                positions, verdict = [owner], "transient fault on the owner"
+                positions, verdict = [owner], "a transient fault on the owner (its recomputation matches the verifier's)"
             elif again == digest:
                 positions, verdict = [owner, verifier], "owner and verifier persistently disagree"
             else:
@@ -175,7 +196,7 @@ class OwnerVerifier:
                 "ranks": [replicas.ranks[p] for p in positions], "hosts": [replicas.hosts[p] for p in positions],
                 "parameters": list(names), "owner": replicas.ranks[owner], "verifier": replicas.ranks[verifier],
                 "action": self.config.policy,
-                "detail": f"the Newton–Schulz result of {', '.join(names[:3])} computed by its owner "
-                          f"{replicas.name(owner)} at step {step} differs from {replicas.name(verifier)}'s "
+                "detail": f"the Newton–Schulz result for {', '.join(names[:3])} computed by its owner "
+                          f"{replicas.name(owner)} in step {step} differs from {replicas.name(verifier)}'s "
                           f"recomputation: {verdict}"}))
         return events

@@ -94,6 +94,16 @@ def vote(digests_WPL: torch.Tensor, names: Sequence[str]) -> Verdict:
     return verdict
 
 
+def consensus(digests_WPL: torch.Tensor, verdict: Verdict) -> torch.Tensor | None:
+    """[P, L]: every parameter's agreed or strict-majority digest; None if some parameter has no majority."""
+    if not verdict.resolved:
+        return None
+    table = digests_WPL[0].clone()
+    for parameter_vote in verdict.votes:
+        table[parameter_vote.index] = digests_WPL[parameter_vote.majority[0], parameter_vote.index]
+    return table
+
+
 def compare_runs(first_WPL: torch.Tensor, second_WPL: torch.Tensor) -> list[int]:
     """Replicas whose digests changed between two computations of the same state (a recompute)."""
     changed = (first_WPL != second_WPL).any(dim=2).any(dim=1)
