@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 SECTION_MODULES = [
     "lagoon.report.training",
+    "lagoon.report.sdc",
 ]
 
 # Imported on first use, so that `lagoon --help` does not load matplotlib.
