@@ -53,11 +53,15 @@ def test_arith_episode_is_solved_and_graded(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_wrong_answer_scores_zero(tmp_path):
+def test_wrong_answer_scores_zero_and_nothing_is_left_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     task = generate_tasks(n=1, level=1, seed=1)[0]
-    with ScriptedChatServer(["ANSWER: 12345678"]) as server:
+    with ScriptedChatServer(["```python\nprint(1)\n```", "ANSWER: 12345678"]) as server:
         episode = run_episode(task, ChatClient(server.base_url, model="scripted"))
-    assert episode.exit_reason == "submitted" and episode.reward == 0.0
+    assert episode.exit_reason == "submitted" and episode.reward == 0.0 and len(episode.turns) == 2
+    assert list(tmp_path.iterdir()) == []  # workspace, trajectory and grading copies all removed
 
 
 @pytest.mark.timeout(60)

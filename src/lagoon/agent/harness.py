@@ -47,7 +47,9 @@ def run_episode(task: Task, policy: ChatClient | CompletionsClient, config: Agen
 
     Token-in/token-out mode (a `CompletionsClient`) needs the model's `tokenizer`. `seed` (else
     ``config.sampling.seed``) seeds turn t's sampling with seed + t. The workspace is a temporary directory
-    unless given; it is deleted afterwards unless `keep_workspace`.
+    unless given; it is deleted afterwards unless `keep_workspace`. Without a `trajectory_path` the
+    trajectory is written next to the temporary workspace and deleted with it (the returned `Episode`
+    holds every record).
     """
     config = config or AgentConfig()
     budgets = task.budgets(config.budgets)
@@ -93,15 +95,17 @@ def run_episode(task: Task, policy: ChatClient | CompletionsClient, config: Agen
                "finished_at": _now()}
         if loop.error:
             end["error"] = loop.error
+        if keep_workspace:
+            end["workspace"] = str(work)
         writer.write(end)
         episode.end = end
         return episode
     finally:
         writer.close()
         if not keep_workspace:
-            remove_tree(work)
-            if owns_workspace and trajectory_path.parent != root:
-                remove_tree(root)
+            # A temporary root holds the workspace and, when no trajectory path was given, the trajectory:
+            # the returned Episode carries every record, so nothing is left behind.
+            remove_tree(root if owns_workspace else work)
 
 
 class _Loop:

@@ -24,6 +24,7 @@ never runs anything unsandboxed; ``backend = "unsafe-local"`` runs actions direc
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import select
@@ -188,6 +189,7 @@ def _generated_etc() -> str:
             }
             for name, text in files.items():
                 Path(directory, name).write_text(text)
+            atexit.register(shutil.rmtree, directory, True)
             _etc_dir = directory
         return _etc_dir
 
