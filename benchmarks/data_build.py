@@ -43,7 +43,8 @@ def main() -> None:
         stages = json.loads((out / "stats.json").read_text())["metrics"]
     lines = [f"{'Quick' if args.quick else 'Full'} embedded build, {args.workers} workers: **{wall:.1f} s** wall, "
              f"{cpu:.1f} CPU-seconds (build + workers); 1-minute load average at start {load:.1f} on "
-             f"{os.cpu_count()} CPUs (a shared machine: wall time includes waiting for other jobs).", "",
+             f"{os.cpu_count()} CPUs, niceness {os.nice(0)} (on a shared machine wall time includes waiting for "
+             "other jobs).", "",
              "Stages (s): " + ", ".join(f"{s['stage']} {s['seconds']:.1f}" for s in stages if "seconds" in s), "",
              "| leaf | group | documents | tokens | raw MB |", "|---|---|---|---|---|"]
     for leaf, entry in manifest["leaves"].items():

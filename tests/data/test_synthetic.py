@@ -73,7 +73,7 @@ class _Server:
                     return
                 document = body["messages"][0]["content"].split("---\n")[1]
                 words = document.split()
-                answer = f"<think>planning</think>Q: What is this about?\nA: {' '.join(words[:40])}\n\nQ: And then?\nA: {' '.join(words[40:90])}"
+                answer = f"<think>planning</think>Q: What is this about?\nA: {' '.join(words[:40])}\n\nQ: And then?\nA: {' '.join(words[40:])}"
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -138,6 +138,8 @@ def test_build_from_jsonl_with_endpoint_rephrasing_and_the_learned_classifier(tm
         server.close()
     shards = ShardSet.open(out)
     assert any(leaf.startswith("chat/") for leaf in shards.leaves) and "general" in shards.groups
-    assert 0 < len(server.requests) < len(records)  # stopped once the share was met
+    report = shards.manifest["stats"]["synthetic"]["chat"]
+    assert report["produced_bytes"] >= report["target_bytes"] > 0
+    assert 0 < len(server.requests) < report["seeds"]  # stopped once the share was met
     synthetic = sum(t for leaf, t in shards.leaf_tokens.items() if leaf.startswith("chat/"))
     assert 0.02 < synthetic / sum(shards.leaf_tokens.values()) < 0.3

@@ -83,13 +83,15 @@ def _analyze_all(documents: list[Document], config: DataConfig, pool, workers: i
 
 
 def _synthesize(train: list[Document], config: DataConfig, pool, workers: int, state_dir: Path,
-                progress: Progress) -> list[Document]:
+                progress: Progress) -> tuple[list[Document], dict[str, dict[str, int]]]:
+    """Each generator's documents, up to its share of the corpus; and target vs produced bytes per domain."""
     from lagoon.data.synthetic import REPHRASE_FORMATS, rephrase_prompt, template_rephrase
 
     generators = config.synthetic.generators if config.synthetic.enabled else []
     natural_bytes = sum(len(d.text.encode("utf-8")) for d in train)
     total_share = sum(g.share for g in generators)
     made: list[Document] = []
+    report: dict[str, dict[str, int]] = {}
     for index, generator in enumerate(generators):
         budget = natural_bytes * generator.share / (1.0 - total_share)
         seeds = sorted((d for d in train if d.domain in generator.seed_domains),
@@ -149,7 +151,8 @@ def _synthesize(train: list[Document], config: DataConfig, pool, workers: int, s
                             break
                 finally:
                     client.close()
-    return made
+        report[generator.domain] = {"target_bytes": int(budget), "produced_bytes": int(produced), "seeds": len(seeds)}
+    return made, report
 
 
 def _curate(config: DataConfig, scale: float, pool, workers: int, state_dir: Path, progress: Progress,
@@ -178,7 +181,8 @@ def _curate(config: DataConfig, scale: float, pool, workers: int, state_dir: Pat
 
     started = time.perf_counter()
     train = [d for d in kept if d.id not in held]
-    synthetic = _synthesize(train, config, pool, workers, state_dir, progress)
+    synthetic, synthetic_report = _synthesize(train, config, pool, workers, state_dir, progress)
+    stats.stages["synthetic"] = synthetic_report
     if synthetic:
         synthetic_analyses = _analyze_all(synthetic, config, pool, workers, progress.task("filter synthetic", len(synthetic)))
         synthetic, synthetic_analyses = filter_and_dedup(synthetic, synthetic_analyses, deduplicator, stats)

@@ -99,6 +99,9 @@ def print_summary(directory: Path, verify: bool = False) -> None:
             row.append(f"{entry['documents_in']} → {entry['kept']}" + (f" ({why})" if why else ""))
         curation.add_row(*row)
     console.print(curation)
+    for domain, entry in stages.get("synthetic", {}).items():
+        console.print(f"synthetic {domain}: {entry['produced_bytes'] / 1e6:.2f} MB of a {entry['target_bytes'] / 1e6:.2f} MB "
+                      f"share target, from {entry['seeds']} seed documents")
 
 
 def run_stats(args: argparse.Namespace) -> int:
