@@ -10,6 +10,7 @@ rlimits, cgroups where available, output files, truncation), and the bare bubble
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
@@ -51,7 +52,9 @@ def main() -> None:
         assert ok
         cgroups = "pids+memory cgroups" if sandbox.cgroups.memory_parent else ("pids cgroup" if sandbox.cgroups.available else "no cgroups")
     baseline = statistics.median(times["no sandbox (subprocess `true`)"])
-    lines = [f"{args.rounds} rounds, interleaved; sandbox with {cgroups}, prlimit launcher, output files.", "",
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [f"{args.rounds} rounds, interleaved; sandbox with {cgroups}, prlimit launcher, output files. "
+             f"Load average during the run: {load} (2-core machine shared with other jobs).", "",
              "| case | p50 ms | p99 ms | p50 / no-sandbox p50 |", "|---|---|---|---|"]
     for name, values in times.items():
         p50 = statistics.median(values)

@@ -60,7 +60,6 @@ def test_config_validation():
 @pytest.mark.timeout(60)
 def test_cgroup_leaves_of_dead_harnesses_are_reaped():
     import subprocess
-    import time
 
     from lagoon.agent import cgroups
 

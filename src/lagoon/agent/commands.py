@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -97,7 +98,10 @@ def _agent_config(args: argparse.Namespace):
     overrides = list(args.overrides)
     if args.unsafe_local:
         overrides.append('agent.sandbox.backend="unsafe-local"')
-    return load_config(args.config, overrides).agent
+    config = load_config(args.config, overrides).agent
+    if config.sandbox.backend == "unsafe-local":
+        print("lagoon: warning: the agent's code runs directly on this machine, without a sandbox", file=sys.stderr)
+    return config
 
 
 @contextlib.contextmanager

