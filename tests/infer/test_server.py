@@ -203,3 +203,17 @@ def test_serve_rejects_a_bad_checkpoint_in_one_line(tmp_path):
     assert_one_line_error(run_lagoon("serve", str(tmp_path / "missing"), "--port", "0"), "does not exist")
     (tmp_path / "empty").mkdir()
     assert_one_line_error(run_lagoon("serve", str(tmp_path / "empty"), "--port", "0"), "config.json")
+
+
+def test_serve_flags_override_the_serve_section(tmp_path):
+    from lagoon.cli import build_parser
+    from lagoon.errors import ConfigError
+    from lagoon.infer.commands import serve_config
+
+    config = tmp_path / "run.toml"
+    config.write_text('[serve]\nmax_batch = 4\nport = 9001\nserved_model_name = "from-file"\n')
+    args = build_parser().parse_args(["serve", "ckpt", "--config", str(config), "--port", "9100"])
+    served = serve_config(args)
+    assert (served.max_batch, served.port, served.served_model_name) == (4, 9100, "from-file")
+    with pytest.raises(ConfigError, match="serve.max_batch"):
+        serve_config(build_parser().parse_args(["serve", "ckpt", "--max-batch", "0"]))

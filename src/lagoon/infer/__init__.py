@@ -11,14 +11,30 @@ Modules: `engine` (scheduler), `cache` (KV cache), `sampling` (sampler and logpr
 `protocol` / `server` / `weights_api` (HTTP), `weight_sync` (trainer → server broadcast and digests).
 """
 
-from lagoon.infer.chat import parse_reply, render_chat
-from lagoon.infer.engine import Engine
-from lagoon.infer.request import Completion
-from lagoon.infer.sampling import SamplingParams
-from lagoon.infer.tokenizer import Tokenizer, load_tokenizer
-from lagoon.infer.weight_sync import WeightGroup, broadcast_weights, push_weights, weights_digest
+from __future__ import annotations
 
-__all__ = [
-    "Completion", "Engine", "SamplingParams", "Tokenizer", "WeightGroup", "broadcast_weights", "load_tokenizer",
-    "parse_reply", "push_weights", "render_chat", "weights_digest",
-]
+import importlib
+from typing import Any
+
+# Imported on first use, so that ``import lagoon.infer`` (and the CLI) stays cheap.
+_EXPORTS = {
+    "Completion": "lagoon.infer.request",
+    "Engine": "lagoon.infer.engine",
+    "SamplingParams": "lagoon.infer.sampling",
+    "Tokenizer": "lagoon.infer.tokenizer",
+    "load_tokenizer": "lagoon.infer.tokenizer",
+    "parse_reply": "lagoon.infer.chat",
+    "render_chat": "lagoon.infer.chat",
+    "WeightGroup": "lagoon.infer.weight_sync",
+    "broadcast_weights": "lagoon.infer.weight_sync",
+    "push_weights": "lagoon.infer.weight_sync",
+    "weights_digest": "lagoon.infer.weight_sync",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lagoon.infer' has no attribute {name!r}")

@@ -233,7 +233,7 @@ class ReplyStream:
             self.tool_text += delta
             return "", ""
         self.buffer += delta
-        reasoning, content = "", ""
+        reasoning = ""
         if self.in_reasoning:
             if "</think>" in self.buffer:
                 before, self.buffer = self.buffer.split("</think>", 1)

@@ -101,7 +101,7 @@ class WeightGroup:
     """A process group of its own (TCPStore + gloo or NCCL), independent of any default group."""
 
     def __init__(self, master_addr: str, master_port: int, world_size: int, rank: int, backend: str = "gloo",
-                 timeout_s: float = 300.0, store: dist.TCPStore | None = None):
+                 timeout_s: float = 300.0, store: dist.TCPStore | None = None, device: torch.device | str | None = None):
         if backend not in ("gloo", "nccl"):
             raise LagoonError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
         if not 0 <= rank < world_size:
@@ -115,7 +115,9 @@ class WeightGroup:
                 self.store.set(f"{_JOINED}/{rank}", "1")  # lets the trainer see who is coming before it blocks
             prefixed = dist.PrefixStore("lagoon-weights", self.store)
             if backend == "nccl":
-                self.device = torch.device("cuda", torch.cuda.current_device())
+                # NCCL moves CUDA tensors only; the group works on the given (or current) GPU.
+                self.device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+                torch.cuda.set_device(self.device)
                 self.group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
             else:
                 self.device = torch.device("cpu")

@@ -114,7 +114,8 @@ def receive_broadcast(state: ServerState, body: dict[str, Any], version: int) ->
     started = time.perf_counter()
     try:
         group = WeightGroup(fields["master_addr"], fields["master_port"], fields["world_size"], fields["rank"],
-                            backend, state.config.weight_transfer_timeout_s)
+                            backend, state.config.weight_transfer_timeout_s,
+                            device=state.engine.device if backend == "nccl" else None)
     except LagoonError as error:
         raise RequestError(str(error), "master_addr") from None
     engine = state.engine
