@@ -6,6 +6,7 @@
     [optim]            lagoon.optim.config.OptimConfig
     [sdc]              lagoon.sdc.config.SDCConfig
     [agent]            lagoon.agent.config.AgentConfig
+    [automix]          lagoon.automix.config.AutomixConfig
     [rl]               lagoon.rl.config.RLConfig
     [serve]            lagoon.infer.config.ServeConfig
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lagoon.agent.config import AgentConfig
+from lagoon.automix.config import AutomixConfig
 from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
 from lagoon.data.config import DataConfig
 from lagoon.infer.config import ServeConfig
@@ -46,6 +48,8 @@ class LagoonConfig:
     """Silent-data-corruption checks: replica fingerprints, vote, reactions, fault injection."""
     agent: AgentConfig = field(default_factory=AgentConfig)
     """The code-as-action agent: sandbox, budgets, sampling."""
+    automix: AutomixConfig = field(default_factory=AutomixConfig)
+    """AutoMixer: proxy sweep, surrogates, mixture optimizer, validation."""
     rl: RLConfig = field(default_factory=RLConfig)
     """Asynchronous agent RL: trainer, actors, inference servers, trajectory table."""
     serve: ServeConfig = field(default_factory=ServeConfig)

@@ -19,6 +19,9 @@ from lagoon.errors import LagoonError
 
 # Draws tried per requested mixture before concluding the caps leave too little room.
 MAX_DRAWS_PER_SAMPLE = 2000
+# Draws per round. Fixed (not a function of the count) so that the first n of a larger request are the n of
+# a smaller one with the same seed: a sweep can be extended without changing its existing mixtures.
+DRAW_BATCH = 1024
 
 
 def tempered_prior(prior_K: np.ndarray, temperature: float) -> np.ndarray:
@@ -42,7 +45,7 @@ def sample_mixtures(space: MixtureSpace, count: int, rng: np.random.Generator,
     mean_K = tempered_prior(space.prior, temperature)
     accepted_NK = np.zeros((0, space.size))
     draws = 0
-    batch = max(256, 2 * count)
+    batch = DRAW_BATCH
     while len(accepted_NK) < count:
         if draws >= MAX_DRAWS_PER_SAMPLE * max(count, 1):
             raise LagoonError(

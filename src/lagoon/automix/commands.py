@@ -1,0 +1,60 @@
+"""``lagoon automix run | validate | report``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    from lagoon.cli import add_config_arguments
+
+    automix = subparsers.add_parser("automix", help="choose the data mixture with proxy models (AutoMixer)")
+    actions = automix.add_subparsers(dest="automix_command", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="proxy sweep → surrogates → optimized mixture → report (resumable)")
+    add_config_arguments(run)
+    run.add_argument("--out", required=True, metavar="DIR", help="output directory (resumes what is there)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=run_command)
+
+    validate = actions.add_parser("validate", help="train optimized, natural and uniform mixes at a larger scale")
+    add_config_arguments(validate)
+    validate.add_argument("--out", required=True, metavar="DIR", help="the directory of `lagoon automix run`")
+    validate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    validate.set_defaults(handler=validate_command)
+
+    report = actions.add_parser("report", help="rewrite DIR/report.html from DIR's files")
+    report.add_argument("out", metavar="DIR")
+    report.set_defaults(handler=report_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from lagoon.automix.pipeline import run
+    from lagoon.config import load_config
+
+    summary = run(load_config(args.config, args.overrides), args.out, show_progress=not args.no_progress)
+    for group, cv in summary["cv"].items():
+        print(f"{group:>10}: held-out Spearman {cv['spearman']:.3f}, MAE {cv['mae']:.4f}")
+    predicted = summary["predicted_objective"]
+    print("predicted objective: " + ", ".join(f"{mix} {value:.4f}" for mix, value in predicted.items()))
+    print(f"mixture: {summary['mixture_file']}\nreport: {summary['report']}")
+    return 0
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    from lagoon.automix.pipeline import validate
+    from lagoon.config import load_config
+
+    summary = validate(load_config(args.config, args.overrides), args.out, show_progress=not args.no_progress)
+    for mix, entry in summary["mixes"].items():
+        objective = entry["objective"]
+        print(f"{mix:>10}: objective {objective['mean']:.4f} ± {objective['std']:.4f}")
+    verdict = "beats" if summary["optimized_beats_both_in_every_seed"] else "does not beat"
+    print(f"the optimized mix {verdict} natural and uniform in every seed")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from lagoon.automix.report import write_report
+
+    print(write_report(args.out))
+    return 0

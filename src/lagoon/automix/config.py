@@ -1,0 +1,184 @@
+"""The ``[automix]`` config section: the proxy sweep, the surrogates, the optimizer and the validation.
+
+    [automix]
+    num_proxies = 60              # proxy models, one per sampled mixture
+    max_epochs = 4.0              # repetition cap: no leaf is seen more often by the target run
+    target_tokens = 0             # token budget repetition is matched to (0: the validation run's)
+    concentration = [0.1, 5.0]    # Dirichlet concentration per leaf, drawn log-uniformly (RegMix)
+    objective = {code = 1.0, math = 1.0, stem = 1.0, general = 1.0}
+    backend = "process"           # or "ray"
+    workers = 2
+
+    [automix.proxy]               # overrides of [model], [train], [optim] for the proxies
+    model = {preset = "tiny", hidden_size = 64, num_hidden_layers = 2}
+    train = {steps = 300}
+
+    [automix.surrogate]           # kind = "loglinear" | "linear" | "lightgbm", folds = 5
+    [automix.optimizer]           # method = "slsqp" | "topk", kl_strength = 0.05
+    [automix.validation]          # scale = 4.0 (parameters), token_scale, seeds = [0, 1, 2]
+
+The proxies and validation runs are ordinary `lagoon train` runs: each takes the run's ``[model]``,
+``[train]``, ``[optim]`` and ``[data]`` sections with the overrides above applied, so a wrong override
+fails with the dotted field name (``automix.proxy.train.steps: ...``) before anything trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from lagoon.errors import check
+
+
+@dataclass
+class ProxyConfig:
+    """How each proxy model is built and trained (overrides of the run's own sections)."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    """A complete ``[model]`` table for the proxies (e.g. ``{preset = "tiny", hidden_size = 64}``); empty:
+    the run's ``[model]``."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Keys of ``[train]`` to override for the proxies (``steps`` sets the proxy token budget)."""
+    optim: dict[str, Any] = field(default_factory=dict)
+    """Keys of ``[optim]`` to override for the proxies."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Keys of ``[data]`` to override for the proxies (``seq_len``, ``global_batch_size``)."""
+
+
+@dataclass
+class SurrogateConfig:
+    """The per-group regressors from mixture to loss."""
+
+    kind: Literal["loglinear", "linear", "lightgbm"] = "loglinear"
+    """loglinear: y = exp(c) + exp(tᵀw) (Data Mixing Laws / Olmix); linear: y = βᵀw; lightgbm: boosted
+    trees (RegMix)."""
+    folds: int = 5
+    """K of the K-fold cross-validation that scores each surrogate on held-out proxies."""
+    ridge: float = 1e-6
+    """L2 penalty (per proxy) on the spread of the log-linear slopes and on the linear coefficients."""
+    lightgbm_estimators: int = 400
+    """Boosting rounds (lightgbm)."""
+    lightgbm_learning_rate: float = 0.03
+    """Shrinkage per round (lightgbm)."""
+    lightgbm_num_leaves: int = 8
+    """Leaves per tree (lightgbm)."""
+    lightgbm_min_child_samples: int = 4
+    """Fewest proxies in a tree leaf (lightgbm; the library's default of 20 is for large data)."""
+
+    def validate(self) -> None:
+        check(self.folds >= 2, "folds", f"must be at least 2, got {self.folds}")
+        check(self.ridge >= 0, "ridge", f"must be >= 0, got {self.ridge}")
+        check(self.lightgbm_estimators >= 1, "lightgbm_estimators", "must be positive")
+        check(self.lightgbm_learning_rate > 0, "lightgbm_learning_rate", "must be positive")
+        check(self.lightgbm_num_leaves >= 2, "lightgbm_num_leaves", "must be at least 2")
+        check(self.lightgbm_min_child_samples >= 1, "lightgbm_min_child_samples", "must be positive")
+
+
+@dataclass
+class OptimizerConfig:
+    """How the mixture is chosen from the surrogates."""
+
+    method: Literal["auto", "slsqp", "topk"] = "auto"
+    """slsqp: gradient-based constrained minimisation (differentiable surrogates); topk: average the
+    best `top_k` of `candidates` sampled mixtures (any surrogate, RegMix); auto: slsqp unless lightgbm."""
+    kl_strength: float = 0.05
+    """β of the β·KL(w ‖ prior) pull toward the natural mixture, in units of the objective (bits per byte)
+    per nat."""
+    candidates: int = 20000
+    """Feasible mixtures sampled for topk (and to seed slsqp's starting points)."""
+    top_k: int = 100
+    """Best candidates averaged by topk."""
+
+    def validate(self) -> None:
+        check(self.kl_strength >= 0, "kl_strength", f"must be >= 0, got {self.kl_strength}")
+        check(self.candidates >= 10, "candidates", "must be at least 10")
+        check(1 <= self.top_k <= self.candidates, "top_k", f"must be between 1 and candidates ({self.candidates})")
+
+
+@dataclass
+class ValidationConfig:
+    """`lagoon automix validate`: the optimized, natural and uniform mixes trained at a larger scale."""
+
+    scale: float = 4.0
+    """Parameters of the validation model over the proxy's; its width is chosen to match (ignored when
+    `model` is given)."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """A complete ``[model]`` table for the validation model, instead of scaling the proxy's."""
+    token_scale: float = 2.0
+    """Training tokens of a validation run over a proxy's (more steps, same batch shape)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Further ``[train]`` overrides for the validation runs (applied after `token_scale`)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Training seeds; every mix is trained once per seed."""
+    proxy_scale_check: bool = True
+    """Also train each compared mix at proxy scale (one seed each), to show predicted vs actual where the
+    surrogate was fit."""
+
+    def validate(self) -> None:
+        check(self.scale >= 1, "scale", f"must be at least 1 (a larger model than the proxies), got {self.scale}")
+        check(self.token_scale > 0, "token_scale", f"must be positive, got {self.token_scale}")
+        check(len(self.seeds) >= 1, "seeds", "must list at least one seed")
+        check(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
+
+
+@dataclass
+class AutomixConfig:
+    """The AutoMixer: proxy sweep → surrogates → optimized mixture → validation."""
+
+    num_proxies: int = 60
+    """Proxy models trained, one per sampled mixture (the natural mixture is one of them when
+    `include_natural`)."""
+    seed: int = 0
+    """Seeds the mixture sampling, the cross-validation folds and the optimizer's candidates."""
+    include_natural: bool = True
+    """Make proxy 0 the natural mixture, so the surrogate is anchored at the prior it is pulled toward."""
+    concentration: list[float] = field(default_factory=lambda: [0.1, 5.0])
+    """[low, high]: each mixture's Dirichlet concentration per leaf is drawn log-uniformly from this
+    range (RegMix: 0.1 to 5); low gives sparse mixtures, high mixtures close to the prior."""
+    prior_temperature: float = 0.5
+    """The Dirichlet's mean is prior^temperature, renormalised (RegMix uses 0.5 to flatten skewed priors)."""
+    min_weight: float = 0.001
+    """Sampled weights below this are zeroed (a leaf with a handful of tokens in a proxy tells nothing)."""
+    max_epochs: float = 4.0
+    """Repetition cap: no leaf may be seen more than this many times by the target run, and so by the
+    proxies, whose repetition is matched to it (Muennighoff et al. 2023: up to ~4 epochs cost little)."""
+    target_tokens: int = 0
+    """Token budget of the run the mixture is for; repetition caps and the proxies' per-leaf data are
+    measured against it. 0: the validation run's token budget."""
+    objective: dict[str, float] = field(default_factory=dict)
+    """Weight of each capability group's bits per byte in the objective; empty: every group, weight 1."""
+    backend: Literal["process", "ray"] = "process"
+    """Where proxies train: a local process pool, or Ray tasks (a local instance, or `ray_address`)."""
+    workers: int = 2
+    """Proxies trained at once (processes, or Ray tasks in flight)."""
+    threads_per_worker: int = 1
+    """torch threads per proxy (Ray reserves this many CPUs per task)."""
+    ray_address: str = ""
+    """Ray cluster to join (e.g. "auto" or "ray://head:10001"); empty starts a local Ray instance. On a
+    cluster, the output directory and the shard set must be on storage every node can read."""
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    """Proxy model and budget."""
+    surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
+    """Surrogate regressors and their cross-validation."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Mixture optimizer."""
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    """Validation at a larger scale."""
+
+    def validate(self) -> None:
+        check(self.num_proxies >= 2, "num_proxies", f"must be at least 2, got {self.num_proxies}")
+        check(self.surrogate.folds <= self.num_proxies, "surrogate.folds",
+              f"{self.surrogate.folds} folds need at least as many proxies ({self.num_proxies})")
+        check(len(self.concentration) == 2 and 0 < self.concentration[0] <= self.concentration[1], "concentration",
+              f"must be [low, high] with 0 < low <= high, got {self.concentration}")
+        check(self.prior_temperature > 0, "prior_temperature", f"must be positive, got {self.prior_temperature}")
+        check(0 <= self.min_weight < 0.5, "min_weight", f"must be in [0, 0.5), got {self.min_weight}")
+        check(self.max_epochs > 0, "max_epochs", f"must be positive, got {self.max_epochs}")
+        check(self.target_tokens >= 0, "target_tokens", f"must be >= 0 (0: the validation run's), got {self.target_tokens}")
+        for group, weight in self.objective.items():
+            check(weight >= 0, f"objective.{group}", f"must be >= 0, got {weight}")
+        check(not self.objective or sum(self.objective.values()) > 0, "objective", "needs a positive weight")
+        check(self.workers >= 1, "workers", f"must be at least 1, got {self.workers}")
+        check(self.threads_per_worker >= 1, "threads_per_worker", f"must be at least 1, got {self.threads_per_worker}")
+        check(self.optimizer.method != "slsqp" or self.surrogate.kind != "lightgbm", "optimizer.method",
+              "slsqp needs a differentiable surrogate; use topk (or auto) with lightgbm")

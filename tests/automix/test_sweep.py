@@ -1,0 +1,85 @@
+"""The proxy sweep: resumable without retraining, and the same sweep on a local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from lagoon.automix.backends import RESULT_FILE
+from lagoon.automix.sweep import TABLE_FILE
+from tests.automix.conftest import automix_config, write_config
+from tests.conftest import ROOT
+
+
+def finished(out_dir) -> dict[str, float]:
+    """Proxy directory → mtime of its result file, for every finished proxy."""
+    return {path.parent.name: path.stat().st_mtime_ns for path in (out_dir / "proxies").glob(f"*/{RESULT_FILE}")}
+
+
+@pytest.mark.timeout(600)
+def test_an_interrupted_sweep_resumes_without_retraining(shard_dir, tmp_path):
+    config = write_config(tmp_path / "run.toml", automix_config(
+        shard_dir, num_proxies=5, workers=1, proxy={"train": {"steps": 30}}))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lagoon", "automix", "run", str(config), "--out", str(out), "--no-progress"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 400
+    while len(finished(out)) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the driver and its workers
+    process.communicate(timeout=120)
+    done_before = finished(out)
+    assert 2 <= len(done_before) < 5, done_before
+    assert not (out / TABLE_FILE).exists() or pq.read_table(out / TABLE_FILE).num_rows < 5
+    metrics_before = {name: (out / "proxies" / name / "metrics.jsonl").read_text() for name in done_before}
+
+    from lagoon import automix
+    from lagoon.config import load_config
+
+    summary = automix.run(load_config(config), out, show_progress=False)
+    done_after = finished(out)
+    assert len(done_after) == 5 and summary["proxies"] == 5
+    for name, mtime in done_before.items():  # finished proxies were not trained again
+        assert done_after[name] == mtime
+        assert (out / "proxies" / name / "metrics.jsonl").read_text() == metrics_before[name]
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert sorted(e["name"] for e in events) == [f"proxy {i}" for i in range(5)]
+    assert pq.read_table(out / TABLE_FILE).num_rows == 5
+
+    # A finished run is a no-op: nothing trains, nothing is rewritten.
+    outputs = {path: path.stat().st_mtime_ns for path in out.glob("*.*")}
+    assert automix.run(load_config(config), out, show_progress=False)["weights"] == summary["weights"]
+    assert finished(out) == done_after and {path: path.stat().st_mtime_ns for path in out.glob("*.*")} == outputs
+
+
+@pytest.mark.timeout(600)
+def test_ray_backend_runs_a_small_sweep_on_a_local_instance(shard_dir, tmp_path):
+    ray = pytest.importorskip("ray")
+    from lagoon.automix.pipeline import prepare
+    from lagoon.automix.sweep import run_sweep, settle_plan
+    from lagoon.config import load_config
+
+    config = load_config(write_config(tmp_path / "run.toml", automix_config(
+        shard_dir, num_proxies=3, backend="ray", workers=2)))
+    prepared = prepare(config)
+    out = tmp_path / "out"
+    out.mkdir()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        plan = settle_plan(out, prepared.plan)
+        table = run_sweep(out, plan, prepared.proxy_config, prepared.proxy_params, config.automix, show_progress=False)
+    finally:
+        ray.shutdown()
+    assert table.num_rows == 3
+    results = [json.loads((out / "proxies" / f"p{i:03d}" / RESULT_FILE).read_text()) for i in range(3)]
+    assert all(r["worker"].startswith("ray:") for r in results)
+    assert all(r["pid"] != os.getpid() for r in results)
+    assert all(0 < r["bpb"]["code"] < 20 for r in results)
