@@ -12,7 +12,7 @@ def make_trajectory(run_id: str, epoch: int, task: int, attempt: int, reward: fl
     """A two-turn token-in/token-out episode with made-up but consistent token ids and logprobs."""
     prompt = prompt or [2, 5, 40 + task % 50, 41, 6, 23]
     first = [60 + attempt, 61, 24]
-    second_prompt = prompt + first + [7, 70, 8, 23]
+    observation = [7, 70, 8, 23]          # appended after the first completion (token-in/token-out)
     second = [62, 63 + attempt % 3, 24]
     task_id = f"arith-code/{task}"
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -20,8 +20,8 @@ def make_trajectory(run_id: str, epoch: int, task: int, attempt: int, reward: fl
         trajectory_id=make_trajectory_id(run_id, epoch, task_id, attempt), run_id=run_id,
         group_id=group_id_of(run_id, epoch, task_id), task_set="arith-code", task_id=task_id, epoch=epoch,
         attempt=attempt, actor_id=actor_id,
-        turns=[Turn(prompt, first, [-0.5, -0.25, -0.1], version),
-               Turn(second_prompt, second, [-0.7, -0.2, -0.05], version)],
+        turns=[Turn(prompt, first, [-0.5, -0.25, -0.1], [version]),
+               Turn(observation, second, [-0.7, -0.2, -0.05], [version] * 3)],
         reward=reward, grader={"expected": "42", "got": "42" if reward else "41"}, exit_reason="answered",
         timings={"generation": 0.5, "sandbox": 0.1}, started_at=now, finished_at=now)
 

@@ -19,23 +19,27 @@ def test_rows_round_trip_and_rebuild_one_sequence(tmp_path):
     result = store.append([original], actor_id="actor-0")
     assert result.written == 1 and result.snapshot_id is not None
     (back,) = store.read_all()
-    assert back.turns[1].prompt_ids == original.turns[1].prompt_ids
+    assert back.turns[1].prompt_ids == original.turns[1].prompt_ids and back.turns[1].policy_versions == [4, 4, 4]
     assert back.turns[0].logprobs == pytest.approx(original.turns[0].logprobs)
     assert back.grader == original.grader and back.timings == original.timings
     (sequence,) = back.sequences()
-    # The second prompt extends the first prompt + completion, so the episode is one sequence
-    # whose trained tokens are exactly the two completions.
-    assert sequence.token_ids == original.turns[1].prompt_ids + original.turns[1].completion_ids
+    # Both turns belong to sample 0, so the episode is one sequence whose trained tokens are exactly
+    # the two completions.
+    first, second = original.turns
+    assert sequence.token_ids == first.prompt_ids + first.completion_ids + second.prompt_ids + second.completion_ids
     trained = [t for t, m in zip(sequence.token_ids, sequence.loss_mask) if m]
     assert trained == original.turns[0].completion_ids + original.turns[1].completion_ids
     assert set(v for v, m in zip(sequence.policy_versions, sequence.loss_mask) if m) == {4}
 
 
-def test_a_rewritten_context_splits_into_separate_sequences():
+def test_a_rerendered_context_starts_a_separate_sequence():
     trajectory = Trajectory("id", "run", "g", "s", "t", 0, 0, "a", turns=[
-        Turn([1, 2], [3], [-0.1], 0), Turn([1, 9], [4], [-0.2], 1)], reward=0.0)
+        Turn([1, 2], [3], [-0.1], [0]), Turn([5], [6, 7], [-0.2, -0.3], [0, 1]),
+        Turn([1, 9], [4], [-0.2], [1], sample=1)], reward=0.0)
     first, second = trajectory.sequences()
-    assert first.token_ids == [1, 2, 3] and second.token_ids == [1, 9, 4]
+    assert first.token_ids == [1, 2, 3, 5, 6, 7] and second.token_ids == [1, 9, 4]
+    assert first.policy_versions == [-1, -1, 0, -1, 0, 1]          # a weight update landed mid-turn
+    assert trajectory.policy_version_min == 0 and trajectory.policy_version_max == 1
 
 
 def test_a_retried_append_never_duplicates(tmp_path):

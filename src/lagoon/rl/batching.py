@@ -2,14 +2,14 @@
 
 Each trajectory becomes one (or, if its harness rewrote the context, several) token sequences
 (`Trajectory.sequences`); every sampled token carries the trajectory's group-normalized advantage,
-the sampler's logprob and the policy version that drew it. Sequences are packed into rows of at most
-`micro_batch_tokens` tokens with per-sequence document ids, so attention never crosses sequences and
-positions restart — every token is scored in exactly the context it was sampled in.
+the sampler's logprob and the policy version that drew it. Sequences are packed into rows with
+per-sequence document ids, so attention never crosses sequences and positions restart — every token is
+scored in exactly the context it was sampled in — and rows into micro-batches of a bounded token count.
 
 Alignment: position t of a row predicts token t+1, so the loss mask, sampler logprobs and advantages
 of token t+1 sit at position t (the shifted layout `LagunaForCausalLM` uses for targets).
 
-Shape legend: B rows (1 per micro-batch here), T positions.
+Shape legend: B rows, T positions.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 from lagoon.rl.advantages import group_advantages
 from lagoon.rl.trajectory import Sequence, Trajectory
+from lagoon.tokens import PAD_ID
 
 
 @dataclass
@@ -66,24 +67,54 @@ def samples_from_groups(groups: list[list[Trajectory]], std_normalize: bool = Tr
     return samples
 
 
-def pack(samples: list[Sample], micro_batch_tokens: int) -> list[MicroBatch]:
-    """First-fit-decreasing packing of samples into single-row micro-batches of ≤ `micro_batch_tokens`
-    (a longer sequence gets a row of its own)."""
+def pack(samples: list[Sample], micro_batch_tokens: int, row_tokens: int = 512) -> list[MicroBatch]:
+    """Pack samples into rows of at most `row_tokens` tokens (first-fit decreasing; a longer sequence gets a
+    row of its own), then rows into micro-batches of at most `micro_batch_tokens` padded tokens.
+
+    Short rows keep attention cheap: a packed row costs T² in attention whatever its document mask says,
+    so several ~512-token rows beat one long row by far.
+    """
     rows: list[list[Sample]] = []
     lengths: list[int] = []
     for sample in sorted(samples, key=lambda s: -s.tokens):
         for index, length in enumerate(lengths):
-            if length + sample.tokens <= micro_batch_tokens:
+            if length + sample.tokens <= row_tokens:
                 rows[index].append(sample)
                 lengths[index] += sample.tokens
                 break
         else:
             rows.append([sample])
             lengths.append(sample.tokens)
-    return [_row(row) for row in rows]
+    batches: list[list[list[Sample]]] = []
+    current: list[list[Sample]] = []
+    width = 0
+    for row, length in sorted(zip(rows, lengths), key=lambda pair: -pair[1]):
+        if current and width * (len(current) + 1) > micro_batch_tokens:
+            batches.append(current)
+            current = []
+        if not current:
+            width = length          # rows come longest first: the first row sets the padded width
+        current.append(row)
+    if current:
+        batches.append(current)
+    return [_micro_batch(rows) for rows in batches]
 
 
-def _row(samples: list[Sample]) -> MicroBatch:
+def _micro_batch(rows: list[list[Sample]]) -> MicroBatch:
+    built = [_row(row) for row in rows]
+    T = max(len(r[0]) for r in built)
+    pads = (PAD_ID, -1, False, 0.0, 0.0, -1)
+    tensors = []
+    for column, (pad, dtype) in enumerate(zip(pads, (torch.long, torch.long, torch.bool, torch.float32,
+                                                     torch.float32, torch.long))):
+        tensors.append(torch.tensor([r[column] + [pad] * (T - len(r[column])) for r in built], dtype=dtype))
+    input_ids, document_ids, loss_mask, logprobs, advantages, versions = tensors
+    # Padding gets a document id of its own, so no real token attends to it.
+    document_ids = torch.where(document_ids < 0, document_ids.max() + 1, document_ids)
+    return MicroBatch(input_ids, document_ids, loss_mask, logprobs, advantages, versions)
+
+
+def _row(samples: list[Sample]) -> tuple[list, ...]:
     ids, docs, mask, logprobs, advantages, versions = [], [], [], [], [], []
     for doc, sample in enumerate(samples):
         s = sample.sequence
@@ -96,9 +127,4 @@ def _row(samples: list[Sample]) -> MicroBatch:
         advantages += [sample.advantage if m else 0.0 for m in s.loss_mask[1:]] + [0.0]
         versions += s.policy_versions[1:] + [-1]
     assert not any(s.sequence.loss_mask[0] for s in samples), "a sequence starts with a prompt, not a sampled token"
-
-    def row(values, dtype):
-        return torch.tensor([values], dtype=dtype)
-
-    return MicroBatch(row(ids, torch.long), row(docs, torch.long), row(mask, torch.bool),
-                      row(logprobs, torch.float32), row(advantages, torch.float32), row(versions, torch.long))
+    return ids, docs, mask, logprobs, advantages, versions

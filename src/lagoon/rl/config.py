@@ -86,15 +86,9 @@ class ActorConfig:
     ray_address: str = ""
     """Ray cluster address; empty starts a local Ray instance."""
     concurrent_episodes: int = 8
-    """Episodes an actor runs at once (threads; generation is I/O-bound on the server)."""
-    max_turns: int = 4
-    """Model calls per episode before it is cut off (truncated)."""
-    max_new_tokens: int = 96
-    """Tokens the model may generate per turn."""
-    temperature: float = 1.0
-    """Sampling temperature (1.0 keeps the sampler's distribution equal to the policy)."""
-    top_p: float = 1.0
-    """Nucleus sampling threshold (1.0: off, keeps μ = π up to numerics)."""
+    """Episodes an actor runs at once (threads; generation is I/O-bound on the server). The episodes
+    themselves follow ``[agent]``: its budgets, sandbox and sampling (use temperature 1 and top-p 1 for RL,
+    so the sampler's distribution μ is the policy's own)."""
     append_every_groups: int = 1
     """Groups buffered before one append to the table (one Iceberg snapshot per append)."""
     filter_zero_variance: bool = True
@@ -109,10 +103,6 @@ class ActorConfig:
     def validate(self) -> None:
         check(self.num_actors >= 1, "num_actors", "must be >= 1")
         check(self.concurrent_episodes >= 1, "concurrent_episodes", "must be >= 1")
-        check(self.max_turns >= 1, "max_turns", "must be >= 1")
-        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
-        check(self.temperature > 0, "temperature", "must be positive")
-        check(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         check(self.append_every_groups >= 1, "append_every_groups", "must be >= 1")
         check(self.request_timeout_s > 0, "request_timeout_s", "must be positive")
 
@@ -138,6 +128,10 @@ class TrainerConfig:
     """AdamW betas."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the trainer computes (auto: CUDA when available)."""
+    processes: int = 1
+    """Data-parallel trainer processes `lagoon rl` starts (> 1: under torchrun; gloo on CPU, NCCL on GPU)."""
+    max_restarts: int = 3
+    """Times `lagoon rl` restarts a trainer that died (it resumes from its last checkpoint)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0: no clipping)."""
     epsilon_high: float = 2.0
@@ -147,7 +141,10 @@ class TrainerConfig:
     advantage_std_normalize: bool = True
     """Divide group-centred rewards by the group's standard deviation (GRPO); false keeps only the centring."""
     micro_batch_tokens: int = 4096
-    """Tokens per forward/backward pass (gradients accumulate over the step's batch)."""
+    """Padded tokens per forward/backward pass (gradients accumulate over the step's batch)."""
+    row_tokens: int = 512
+    """Sequences are packed into rows of at most this many tokens (a longer sequence gets its own row);
+    attention costs grow with the square of the row length, whatever the document mask."""
     checkpoint_every: int = 5
     """Save a trainer checkpoint (weights, optimizer, table read position) every this many steps."""
     keep_last: int = 2
@@ -161,6 +158,8 @@ class TrainerConfig:
 
     def validate(self) -> None:
         check(self.groups_per_step >= 1, "groups_per_step", "must be >= 1")
+        check(self.processes >= 1, "processes", "must be >= 1")
+        check(self.max_restarts >= 0, "max_restarts", "must be >= 0")
         check(self.max_staleness >= 0, "max_staleness", "must be >= 0")
         check(self.learning_rate > 0, "learning_rate", "must be positive")
         check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
@@ -170,6 +169,7 @@ class TrainerConfig:
         check(self.epsilon_high > 0, "epsilon_high", "must be positive")
         check(0 < self.epsilon_low <= 1, "epsilon_low", "must be in (0, 1]")
         check(self.micro_batch_tokens >= 16, "micro_batch_tokens", "must be at least 16")
+        check(self.row_tokens >= 16, "row_tokens", "must be at least 16")
         check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         check(self.keep_last >= 1, "keep_last", "must be >= 1")
         check(self.publish_every >= 1, "publish_every", "must be >= 1")
@@ -197,8 +197,8 @@ class WeightsConfig:
     """Bucket size of the broadcast (tensors are flattened into buckets of about this many MiB)."""
     master_addr: str = "127.0.0.1"
     """Address the trainer listens on for the broadcast group."""
-    master_port: int = 29533
-    """Port of the broadcast group's rendezvous."""
+    master_port: int = 0
+    """Port of the broadcast group's rendezvous (0: a free one, chosen per update)."""
     keep_versions: int = 3
     """Published weight versions kept in the store (older ones are deleted)."""
     pause_mode: Literal["keep", "abort"] = "keep"
@@ -206,7 +206,7 @@ class WeightsConfig:
 
     def validate(self) -> None:
         check(self.bucket_mb > 0, "bucket_mb", "must be positive")
-        check(0 < self.master_port < 65536, "master_port", "must be a TCP port")
+        check(0 <= self.master_port < 65536, "master_port", "must be a TCP port (0: any free one)")
         check(self.keep_versions >= 2, "keep_versions", "must be >= 2 (the served version and the next)")
 
 
@@ -218,8 +218,8 @@ class ServersConfig:
     """Local `lagoon serve` processes started by `lagoon rl` (ignored when `urls` is given)."""
     host: str = "127.0.0.1"
     """Host the local servers bind to."""
-    base_port: int = 8731
-    """Port of the first local server; the others take the following ports."""
+    base_port: int = 0
+    """Port of the first local server, the others taking the following ports; 0 picks free ports."""
     urls: list[str] = field(default_factory=list)
     """URLs of servers started elsewhere (e.g. ``http://gpu-7:8000``); empty: start `count` local servers."""
     threads: int = 1
@@ -231,7 +231,7 @@ class ServersConfig:
 
     def validate(self) -> None:
         check(self.count >= 1 or bool(self.urls), "count", "needs at least one server")
-        check(0 < self.base_port < 65536, "base_port", "must be a TCP port")
+        check(0 <= self.base_port < 65536, "base_port", "must be a TCP port (0: pick free ones)")
         check(self.threads >= 1, "threads", "must be >= 1")
         check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
 

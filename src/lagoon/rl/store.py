@@ -263,15 +263,24 @@ class TrajectoryStore:
             return []
         return from_arrow(self.table.scan().to_arrow())
 
-    def count_groups(self, actor_id: str | None = None) -> int:
-        """Distinct groups in the table (written by `actor_id`, if given)."""
+    def group_ids(self, run_id: str | None = None, actor_id: str | None = None) -> set[str]:
+        """Distinct group ids in the table (of `run_id` and written by `actor_id`, when given)."""
+        from pyiceberg.expressions import AlwaysTrue, And, EqualTo
+
         self.refresh()
         if self.table.current_snapshot() is None:
-            return 0
-        kwargs: dict[str, Any] = {"selected_fields": ("group_id", "actor_id")}
+            return set()
+        condition = AlwaysTrue()
+        if run_id is not None:
+            condition = And(condition, EqualTo("run_id", run_id))
         if actor_id is not None:
-            kwargs["row_filter"] = f"actor_id == '{actor_id}'"
-        return len(set(self.table.scan(**kwargs).to_arrow().column("group_id").to_pylist()))
+            condition = And(condition, EqualTo("actor_id", actor_id))
+        scan = self.table.scan(row_filter=condition, selected_fields=("group_id",))
+        return set(scan.to_arrow().column("group_id").to_pylist())
+
+    def count_groups(self, actor_id: str | None = None) -> int:
+        """Distinct groups in the table (written by `actor_id`, if given)."""
+        return len(self.group_ids(actor_id=actor_id))
 
     # ----------------------------------------------------------------------------------------------
     # Trainer progress and maintenance

@@ -150,7 +150,7 @@ class Trainer:
             return
         digest = weights_digest(self.model)
         replies = self.publisher.server_weights()
-        if all(r is not None and r.get("version") == self.version and r.get("digest") == digest for r in replies):
+        if all(r is not None and r.get("policy_version") == self.version and r.get("digest") == digest for r in replies):
             self._publish_progress()
             return
         record = self.publisher.publish(self.model, self.version, self.tokenizer_dir)
@@ -188,7 +188,7 @@ class Trainer:
         t = self.rl.trainer
         started = time.perf_counter()
         samples = samples_from_groups([g.trajectories for g in batch.groups], t.advantage_std_normalize)
-        micro_batches = pack(samples, t.micro_batch_tokens)
+        micro_batches = pack(samples, t.micro_batch_tokens, t.row_tokens)
         loss_tokens = sum(mb.loss_tokens for mb in micro_batches)
         if t.warmup_steps:
             self.optimizer.set_lr_scale(min(1.0, (self.version + 1) / t.warmup_steps))

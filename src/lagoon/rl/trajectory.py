@@ -13,23 +13,30 @@ The table contract (DESIGN.md, "Trajectory table") — one row per trajectory:
     policy_version_min  long               oldest / newest policy version that produced any turn
     policy_version_max  long
     turns               list<struct>       one entry per model call, in order:
-        prompt_ids        list<int>          the exact token ids sent to the server (token-in)
-        completion_ids    list<int>          the exact token ids it returned (token-out)
+        sample            int                the token sequence this turn extends (see below)
+        prompt_ids        list<int>          token ids appended to the context before this turn's generation:
+                                             the whole rendered prompt on a sample's first turn, else the
+                                             framing of the previous observation
+        completion_ids    list<int>          the exact token ids the server returned (token-out)
         logprobs          list<float>        the sampler's log-probability of each completion token (μ)
         loss_mask         list<boolean>      train on this completion token (false: e.g. a forced suffix)
-        policy_version    long               the weights version that sampled this turn
-        finish_reason     string             "stop" | "length" | ...
+        policy_versions   list<long>         the weights version that sampled each completion token (one
+                                             entry per token, or a single entry for the whole turn)
+        finish_reason     string             "stop" | "length" | "abort" | ...
     reward              double             the grader's scalar reward
     grader              string             the grader's details as JSON
-    exit_reason         string             why the episode ended ("answered", "max_turns", "error", ...)
+    exit_reason         string             why the episode ended (the harness's: "submitted", "max_steps", ...)
     truncated, errored  boolean            the episode hit a length/turn limit; the harness or sandbox failed
     timings             map<string,double> seconds spent per phase (generation, sandbox, grading, total)
     started_at          timestamptz        when the episode started
     finished_at         timestamptz        when it ended
 
 Token ids are stored as the server produced them and never re-tokenized, so a multi-turn episode stays
-exactly on-policy: turn k+1's prompt normally extends turn k's prompt + completion, and the trainer
-rebuilds one sequence from it (see `Trajectory.sequences`).
+exactly on-policy. Within a sample, the context the server saw at turn t is the concatenation of
+``prompt_ids + completion_ids`` of the sample's earlier turns followed by turn t's ``prompt_ids`` — the
+token-in/token-out harness keeps the context growing by appending, so storage stays linear in the
+episode's length. The harness starts a new sample only when it had to re-render the context (the
+record of `lagoon.agent.trajectory`); each sample is one training sequence (`Trajectory.sequences`).
 """
 
 from __future__ import annotations
@@ -50,17 +57,34 @@ class Turn:
     """One model call of an episode, in token ids."""
 
     prompt_ids: list[int]
+    """Ids appended to the sample's context before this call (the whole prompt on the sample's first turn)."""
     completion_ids: list[int]
     logprobs: list[float]
-    policy_version: int
+    policy_versions: list[int]
+    """Version of each completion token, or a single version for the whole turn."""
     loss_mask: list[bool] | None = None
     finish_reason: str = "stop"
+    sample: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.policy_versions, int):
+            self.policy_versions = [self.policy_versions]
         if self.loss_mask is None:
             self.loss_mask = [True] * len(self.completion_ids)
         assert len(self.logprobs) == len(self.completion_ids), "one sampler logprob per completion token"
         assert len(self.loss_mask) == len(self.completion_ids), "one loss-mask entry per completion token"
+        assert self.policy_versions, "every turn records the policy version that sampled it"
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest version that sampled any token of this turn."""
+        return min(self.policy_versions)
+
+    def token_versions(self) -> list[int]:
+        """The version of each completion token."""
+        if len(self.policy_versions) == len(self.completion_ids):
+            return list(self.policy_versions)
+        return [min(self.policy_versions)] * len(self.completion_ids)
 
 
 @dataclass
@@ -105,29 +129,22 @@ class Trajectory:
 
     @property
     def policy_version_max(self) -> int:
-        return max((t.policy_version for t in self.turns), default=-1)
+        return max((max(t.policy_versions) for t in self.turns), default=-1)
 
     def sequences(self) -> list[Sequence]:
-        """Training sequences: consecutive turns merge while each prompt extends the previous context.
+        """One training sequence per sample: its turns' prompt and completion ids, concatenated.
 
-        With token-in/token-out actors, turn k+1's prompt is turn k's prompt + completion + the new
-        environment tokens, so a whole episode is one sequence and the sampled tokens keep exactly the
-        ids and contexts they were sampled with. A harness that rewrites its context (e.g. drops old
-        turns) breaks the prefix; the episode then yields one sequence per break.
+        The sampled tokens keep exactly the ids and the context they were sampled in; prompt and
+        observation tokens are context only (loss mask false).
         """
-        sequences: list[Sequence] = []
-        current: Sequence | None = None
+        sequences: dict[int, Sequence] = {}
         for turn in self.turns:
-            extends = current is not None and turn.prompt_ids[: len(current.token_ids)] == current.token_ids
-            if not extends:
-                current = Sequence([], [], [], [])
-                sequences.append(current)
-            new_prompt = turn.prompt_ids[len(current.token_ids):]
-            current.token_ids += list(new_prompt) + list(turn.completion_ids)
-            current.loss_mask += [False] * len(new_prompt) + [bool(m) for m in turn.loss_mask]
-            current.logprobs += [0.0] * len(new_prompt) + [float(x) for x in turn.logprobs]
-            current.policy_versions += [-1] * len(new_prompt) + [turn.policy_version] * len(turn.completion_ids)
-        return [s for s in sequences if any(s.loss_mask)]
+            current = sequences.setdefault(turn.sample, Sequence([], [], [], []))
+            current.token_ids += list(turn.prompt_ids) + list(turn.completion_ids)
+            current.loss_mask += [False] * len(turn.prompt_ids) + [bool(m) for m in turn.loss_mask]
+            current.logprobs += [0.0] * len(turn.prompt_ids) + [float(x) for x in turn.logprobs]
+            current.policy_versions += [-1] * len(turn.prompt_ids) + turn.token_versions()
+        return [s for _, s in sorted(sequences.items()) if any(s.loss_mask)]
 
 
 def make_trajectory_id(run_id: str, epoch: int, task_id: str, attempt: int) -> str:
@@ -145,11 +162,12 @@ def group_id_of(run_id: str, epoch: int, task_id: str) -> str:
 # Arrow form (what pyiceberg writes and what the trainer reads back)
 
 TURN_TYPE = pa.struct([
+    pa.field("sample", pa.int32()),
     pa.field("prompt_ids", pa.list_(pa.int32())),
     pa.field("completion_ids", pa.list_(pa.int32())),
     pa.field("logprobs", pa.list_(pa.float32())),
     pa.field("loss_mask", pa.list_(pa.bool_())),
-    pa.field("policy_version", pa.int64()),
+    pa.field("policy_versions", pa.list_(pa.int64())),
     pa.field("finish_reason", pa.string()),
 ])
 
@@ -190,9 +208,10 @@ def to_arrow(trajectories: list[Trajectory]) -> pa.Table:
             "trajectory_id": t.trajectory_id, "run_id": t.run_id, "group_id": t.group_id, "task_set": t.task_set,
             "task_id": t.task_id, "epoch": t.epoch, "attempt": t.attempt, "actor_id": t.actor_id,
             "policy_version_min": t.policy_version_min, "policy_version_max": t.policy_version_max,
-            "turns": [{"prompt_ids": list(map(int, u.prompt_ids)), "completion_ids": list(map(int, u.completion_ids)),
-                       "logprobs": [float(x) for x in u.logprobs], "loss_mask": [bool(m) for m in u.loss_mask],
-                       "policy_version": int(u.policy_version), "finish_reason": u.finish_reason} for u in t.turns],
+            "turns": [{"sample": int(u.sample), "prompt_ids": list(map(int, u.prompt_ids)),
+                       "completion_ids": list(map(int, u.completion_ids)), "logprobs": [float(x) for x in u.logprobs],
+                       "loss_mask": [bool(m) for m in u.loss_mask], "policy_versions": list(map(int, u.policy_versions)),
+                       "finish_reason": u.finish_reason} for u in t.turns],
             "reward": float(t.reward), "grader": json.dumps(t.grader, default=str), "exit_reason": t.exit_reason,
             "truncated": bool(t.truncated), "errored": bool(t.errored),
             "timings": [(k, float(v)) for k, v in t.timings.items()],
@@ -212,7 +231,8 @@ def from_arrow(table: pa.Table) -> list[Trajectory]:
             task_set=row["task_set"], task_id=row["task_id"], epoch=row["epoch"], attempt=row["attempt"],
             actor_id=row["actor_id"],
             turns=[Turn(prompt_ids=u["prompt_ids"], completion_ids=u["completion_ids"], logprobs=u["logprobs"],
-                        policy_version=u["policy_version"], loss_mask=u["loss_mask"], finish_reason=u["finish_reason"])
+                        policy_versions=u["policy_versions"], loss_mask=u["loss_mask"],
+                        finish_reason=u["finish_reason"], sample=u["sample"])
                    for u in row["turns"]],
             reward=row["reward"], grader=json.loads(row["grader"] or "{}"), exit_reason=row["exit_reason"] or "",
             truncated=bool(row["truncated"]), errored=bool(row["errored"]), timings=timings,

@@ -132,15 +132,19 @@ class WeightPublisher:
 
     # ----------------------------------------------------------------------------------------------
     def _load(self, url: str, path: Path, version: int) -> ServerReply:
+        """``load`` pauses with "keep" around the swap by itself; "abort" is asked for explicitly."""
         import httpx
 
-        try:
-            response = httpx.post(f"{url}/v1/weights/load", json={"path": str(path), "version": version},
-                                  timeout=self.timeout_s)
-        except httpx.HTTPError as error:
-            return ServerReply(url, False, str(error))
-        if response.status_code != 200:
-            return ServerReply(url, False, f"{response.status_code} {response.text[:200]}")
+        calls = [("load", {"path": str(path), "version": version})]
+        if self.config.pause_mode == "abort":
+            calls = [("pause", {"mode": "abort"}), *calls, ("resume", {})]
+        for name, body in calls:
+            try:
+                response = httpx.post(f"{url}/v1/weights/{name}", json=body, timeout=self.timeout_s)
+            except httpx.HTTPError as error:
+                return ServerReply(url, False, f"{name}: {error}")
+            if response.status_code != 200:
+                return ServerReply(url, False, f"{name}: {response.status_code} {response.text[:200]}")
         return ServerReply(url, True)
 
     def _broadcast(self, model: LagunaForCausalLM, version: int):

@@ -1,0 +1,262 @@
+"""`lagoon rl CONFIG --run-dir DIR` and `lagoon.rl.run(config, run_dir)`: the whole loop on one machine.
+
+    1. the initial policy: ``rl.init_checkpoint``, or the supervised warm-up (`lagoon.rl.sft`);
+    2. the trajectory table (created if absent);
+    3. inference servers: ``rl.servers.count`` local `lagoon serve` processes (or ``rl.servers.urls``);
+    4. the held-out reward of the initial policy (``eval_before.json``);
+    5. the trainer (a process, or torchrun) and N actors (processes, or Ray actors), supervised: an actor
+       that dies is restarted at once (it resumes its slots), a trainer that dies is restarted from its
+       last checkpoint up to ``rl.trainer.max_restarts`` times;
+    6. when the trainer reaches ``rl.total_steps``: actors stop, the held-out reward of the final policy
+       (``eval_after.json``), ``result.json`` and the report (``report.html``).
+
+Each role is the same program a user can start alone on another machine (`lagoon rl trainer|actor|serve`):
+they meet only through the weight store, the servers' HTTP API and the Iceberg table. The run is
+resumable — run it again after an interruption and it continues; once ``result.json`` exists it is a
+no-op that returns the result.
+
+Run directory: ``config.toml`` (the resolved config the roles read), ``metrics.jsonl``/``events.jsonl``
+(trainer and supervisor), ``checkpoints/``, ``weights/`` (published versions and ``updates.jsonl``),
+``trajectories/`` (the Iceberg catalog and warehouse), ``actors/`` (per-actor group logs), ``logs/``
+(each process's output), ``sft/`` (the warm-up), ``servers.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lagoon.errors import LagoonError
+from lagoon.rl.servers import die_with_parent
+
+RESULT = "result.json"
+CONFIG_FILE = "config.toml"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    staging.replace(path)
+
+
+def _with_init(config, init_checkpoint: Path):
+    from lagoon.config import LagoonConfig
+    from lagoon.configio import from_dict, to_dict
+
+    data = to_dict(config)
+    data["rl"]["init_checkpoint"] = str(Path(init_checkpoint).resolve())
+    return from_dict(LagoonConfig, data)
+
+
+class Supervisor:
+    """Starts the trainer and actors as processes (or Ray actors) and keeps them running."""
+
+    def __init__(self, config, run_dir: Path, config_path: Path, urls: list[str], say):
+        from lagoon.train.metrics import MetricsWriter
+
+        self.config = config
+        self.run_dir = run_dir
+        self.config_path = config_path
+        self.urls = urls
+        self.say = say
+        self.logs = run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.events = MetricsWriter(run_dir, active=True)
+        self.trainer: subprocess.Popen | None = None
+        self.trainer_restarts = 0
+        self.actors: dict[int, subprocess.Popen] = {}
+        self.finished_actors: set[int] = set()
+        self.ray = None
+
+    def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen:
+        handle = (self.logs / log_name).open("a")
+        try:
+            return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
+        finally:
+            handle.close()
+
+    def _role(self, role: str, *extra: str) -> list[str]:
+        servers = [arg for url in self.urls for arg in ("--server", url)]
+        return ["-m", "lagoon", "rl", role, str(self.config_path), "--run-dir", str(self.run_dir), *servers, *extra]
+
+    def start_trainer(self) -> None:
+        processes = self.config.rl.trainer.processes
+        if processes > 1:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                       *self._role("trainer")]
+        else:
+            command = [sys.executable, *self._role("trainer")]
+        self.trainer = self._spawn(command, "trainer.log")
+
+    def start_actor(self, index: int) -> None:
+        if self.ray is not None:
+            self.ray.start(index)
+        else:
+            self.actors[index] = self._spawn([sys.executable, *self._role("actor", "--index", str(index))],
+                                             f"actor-{index}.log")
+
+    def start(self) -> None:
+        self.start_trainer()
+        if self.config.rl.actor.backend == "ray":
+            from lagoon.configio import to_dict
+            from lagoon.rl.ray_actors import RayActors
+
+            self.ray = RayActors(self.config, to_dict(self.config), self.run_dir, self.urls)
+        for index in range(self.config.rl.actor.num_actors):
+            self.start_actor(index)
+
+    def check(self) -> bool:
+        """Restart what died; True once the trainer has finished."""
+        exited = {i: p.returncode for i, p in self.actors.items() if p.poll() is not None}
+        if self.ray is not None:
+            exited.update({i: (0 if error is None else 1) for i, error in self.ray.finished()})
+        for index, code in exited.items():
+            self.actors.pop(index, None)
+            if self.trainer is not None and self.trainer.poll() is None:
+                self.events.event("actor_restart", actor=index, exit_code=code)
+                self.say(f"actor-{index} exited with code {code}; restarting it")
+                self.start_actor(index)
+            else:
+                self.finished_actors.add(index)
+        code = self.trainer.poll() if self.trainer is not None else None
+        if code is None:
+            return False
+        if code == 0:
+            return True
+        if self.trainer_restarts >= self.config.rl.trainer.max_restarts:
+            tail = (self.logs / "trainer.log").read_text()[-600:]
+            raise LagoonError(f"the trainer failed {self.trainer_restarts + 1} times (exit {code}); "
+                              f"see {self.logs / 'trainer.log'}: ...{tail.strip()[-250:]}")
+        self.trainer_restarts += 1
+        self.events.event("trainer_restart", exit_code=code)
+        self.say(f"trainer exited with code {code}; restarting it from its last checkpoint")
+        self.start_trainer()
+        return False
+
+    def stop(self) -> None:
+        if self.ray is not None:
+            self.ray.stop()
+        processes = [*self.actors.values(), *([self.trainer] if self.trainer else [])]
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + 60
+        for process in processes:
+            try:
+                process.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.actors = {}
+        self.events.close()
+
+
+def _trainer_version(run_dir: Path) -> tuple[int, float | None]:
+    from lagoon.train.metrics import read_jsonl
+
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    if not rows:
+        return 0, None
+    return int(rows[-1]["step"]), rows[-1].get("reward_mean")
+
+
+def _terminate(signum, frame):
+    """SIGTERM/SIGHUP: unwind like Ctrl-C, so every server, trainer and actor is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
+def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
+    """Run (or resume) the whole RL pipeline in `run_dir`; returns the result (see the module docstring)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from lagoon.configio import dumps_toml, to_dict
+    from lagoon.rl.evaluate import evaluate_checkpoint, evaluate_servers
+    from lagoon.rl.servers import LocalServers
+    from lagoon.rl.store import TrajectoryStore
+    from lagoon.rl.weights import read_latest, store_root
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / RESULT).is_file():
+        say(f"{run_dir} has finished already ({RESULT}); nothing to do")
+        return json.loads((run_dir / RESULT).read_text())
+    started = time.perf_counter()
+    rl = config.rl
+    if not rl.init_checkpoint:
+        if rl.sft.steps == 0:
+            raise LagoonError("rl.init_checkpoint is empty and rl.sft.steps is 0: there is no policy to start from")
+        from lagoon.rl.sft import warmup
+
+        config = _with_init(config, warmup(config, run_dir, say))
+        rl = config.rl
+    elif not Path(rl.init_checkpoint).is_dir():
+        raise LagoonError(f"rl.init_checkpoint {rl.init_checkpoint} is not a directory")
+    config_path = run_dir / CONFIG_FILE
+    config_path.write_text(dumps_toml(to_dict(config)))
+    TrajectoryStore(rl.table, run_dir)
+
+    servers = None if rl.servers.urls else LocalServers(config, run_dir)
+    supervisor = None
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": rl.total_steps}
+    try:
+        urls = rl.servers.urls or servers.start()
+        say(f"servers: {', '.join(urls)}")
+        tokenizer_dir = Path(rl.tokenizer or rl.init_checkpoint)
+        before_path = run_dir / "eval_before.json"
+        if rl.eval.num_tasks and not before_path.is_file():
+            latest = read_latest(store_root(rl.weights, run_dir))
+            if latest is None or latest["version"] == 0:
+                before = evaluate_servers(config, urls, tokenizer_dir)
+            else:
+                before = evaluate_checkpoint(config, Path(rl.init_checkpoint))
+            _write_json(before_path, before)
+            say(f"held-out reward before RL: {before['reward_mean']:.3f} ({before['episodes']} episodes)")
+        supervisor = Supervisor(config, run_dir, config_path, urls, say)
+        supervisor.start()
+        columns = [TextColumn("[bold]RL[/bold] version {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
+                   TextColumn("{task.fields[reward]}"), TimeElapsedColumn()]
+        with Progress(*columns, transient=False) as progress:
+            bar = progress.add_task("rl", total=rl.total_steps, reward="")
+            while not supervisor.check():
+                version, reward = _trainer_version(run_dir)
+                progress.update(bar, completed=version,
+                                reward="" if reward is None else f"batch reward {reward:.3f}")
+                time.sleep(0.5)
+            version, reward = _trainer_version(run_dir)
+            progress.update(bar, completed=version)
+        supervisor.stop()
+        supervisor = None
+        if rl.eval.num_tasks:
+            after = evaluate_servers(config, urls, tokenizer_dir)
+            _write_json(run_dir / "eval_after.json", after)
+            say(f"held-out reward after RL: {after['reward_mean']:.3f} ({after['episodes']} episodes)")
+            result["eval_before"] = json.loads(before_path.read_text())
+            result["eval_after"] = after
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+        if servers is not None:
+            servers.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if rl.weights.transfer == "shm":   # the RAM copy of the weights is not needed once the run is over
+        shutil.rmtree(store_root(rl.weights, run_dir), ignore_errors=True)
+    result["version"] = _trainer_version(run_dir)[0]
+    result["wall_s"] = time.perf_counter() - started
+    _write_json(run_dir / RESULT, result)
+    try:
+        from lagoon.report import build_report
+
+        result["report"] = str(build_report(run_dir))
+    except Exception as error:  # the run's results stand without the page
+        say(f"report: {error}")
+    return result

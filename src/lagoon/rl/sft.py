@@ -1,0 +1,142 @@
+"""The supervised warm-up before RL: a tokenizer and a tiny policy that knows the task set's format.
+
+RL can only improve what a policy sometimes does: a randomly initialized model never writes a code
+block, so every reward is 0 and every group is filtered out. The warm-up trains the model (``[model]``,
+usually the ``tiny`` preset) on correct transcripts of the task set (`lagoon.agent.arith.
+supervised_examples`), tokenized exactly as the token-in/token-out harness tokenizes rollouts, with the
+loss on the assistant's tokens only. Its tasks use their own seed, so the held-out evaluation and the RL
+tasks never appear in it. A deliberately short warm-up leaves a policy that has the format but makes
+mistakes, which is what RL then fixes.
+
+Outputs (resumable: a finished warm-up is reused):
+
+    RUN_DIR/sft/tokenizer/              byte-level BPE trained on the transcripts (digits are single tokens)
+    RUN_DIR/sft/metrics.jsonl           step, loss, lr, tokens_per_s
+    RUN_DIR/sft/checkpoints/step_N/     the checkpoint contract (lagoon.train.checkpoint), tokenizer included
+
+Shape legend: B transcripts, T positions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from lagoon.errors import LagoonError
+
+# The arith-code levels the warm-up draws from (lagoon.agent.arith.LEVELS); tokenizer text covers them all.
+TOKENIZER_EXAMPLES_PER_LEVEL = 500
+
+
+def _transcripts(level: int, count: int, seed: int, tokenizer=None) -> list[dict]:
+    from lagoon.agent.arith import supervised_examples
+
+    return supervised_examples(count, level=level, seed=seed, tokenizer=tokenizer)
+
+
+def build_tokenizer(directory: Path, seed: int, vocab_size: int) -> Path:
+    """Train (once) a BPE tokenizer on rendered arith-code transcripts of every level."""
+    from lagoon.agent.arith import LEVELS
+    from lagoon.agent.tito import render
+    from lagoon.data.tokenizer import save_tokenizer, train_tokenizer
+
+    if (directory / "tokenizer.json").is_file():
+        return directory
+    texts = [render(e["messages"], False, False)
+             for level in LEVELS for e in _transcripts(level, TOKENIZER_EXAMPLES_PER_LEVEL, seed + 7919)]
+    staging = directory.with_name(directory.name + ".tmp")
+    save_tokenizer(train_tokenizer(texts, vocab_size=vocab_size), staging)
+    staging.replace(directory)
+    return directory
+
+
+def task_level(config) -> int:
+    """The arith-code level of the run's task set (``arith-code:level=N``; 1 if not given)."""
+    from lagoon.agent.tasks import _parse_options
+
+    name, _, options = config.rl.tasks.task_set.partition(":")
+    if name != "arith-code":
+        raise LagoonError(f"the supervised warm-up knows arith-code transcripts only, not {name!r}; "
+                          "set rl.sft.steps = 0 and give rl.init_checkpoint")
+    return _parse_options(options, config.rl.tasks.task_set).get("level", 1)
+
+
+def warmup(config, run_dir: Path, say=print) -> Path:
+    """Run (or reuse) the warm-up; returns its final checkpoint directory."""
+    from lagoon.configio import to_dict
+    from lagoon.infer.tokenizer import Tokenizer
+    from lagoon.model import LagunaForCausalLM
+    from lagoon.model.config import ModelConfig
+    from lagoon.configio import from_dict
+    from lagoon.train import checkpoint as ckpt
+    from lagoon.train.metrics import MetricsWriter
+    from lagoon.train.rng import capture_rng
+
+    sft = config.rl.sft
+    out = Path(run_dir) / "sft"
+    final = ckpt.checkpoints_root(out) / ckpt.step_dir_name(sft.steps)
+    if final.is_dir() and ckpt.verify(final) is None:
+        return final
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = build_tokenizer(out / "tokenizer", sft.seed, config.model.vocab_size)
+    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    vocab = 64 * math.ceil(tokenizer.vocab_size / 64)   # a multiple of 64 keeps the head's matmul aligned
+    model_config = from_dict(ModelConfig, {**to_dict(config.model), "vocab_size": vocab,
+                                           "layer_types": None, "mlp_layer_types": None,
+                                           "num_attention_heads_per_layer": None}, "model")
+    level = task_level(config)
+    examples = _transcripts(level, sft.num_examples, sft.seed, tokenizer)
+    rows = [(torch.tensor(e["input_ids"]), torch.tensor(e["loss_mask"], dtype=torch.bool)) for e in examples]
+
+    torch.manual_seed(sft.seed)
+    model = LagunaForCausalLM(model_config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=sft.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+    metrics = MetricsWriter(out, active=True)
+    metrics.resume_at(0)
+    generator = torch.Generator().manual_seed(sft.seed)
+    started = time.perf_counter()
+    say(f"sft: {sft.steps} steps on {len(rows)} arith-code level-{level} transcripts, vocabulary {vocab}")
+    for step in range(1, sft.steps + 1):
+        # Linear warm-up, then cosine decay to 10% (a standard short-run schedule).
+        progress = max(0.0, (step - sft.warmup_steps) / max(1, sft.steps - sft.warmup_steps))
+        scale = min(1.0, step / max(1, sft.warmup_steps)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in optimizer.param_groups:
+            group["lr"] = sft.learning_rate * scale
+        picked = torch.randint(len(rows), (sft.batch_size,), generator=generator).tolist()
+        input_ids_BT, targets_BT = _batch([rows[i] for i in picked])
+        step_started = time.perf_counter()
+        loss = model(input_ids_BT, targets=targets_BT).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        load = model.update_router_biases()
+        tokens = int((targets_BT != -100).sum())
+        metrics.write({"step": step, "loss": loss.item(), "lr": sft.learning_rate * scale,
+                       "tokens_per_s": input_ids_BT.numel() / (time.perf_counter() - step_started),
+                       "trained_tokens": tokens, "elapsed_s": time.perf_counter() - started, **load})
+        if step % 50 == 0 or step == sft.steps:
+            say(f"sft: step {step}/{sft.steps}  loss {loss.item():.3f}")
+    metrics.close()
+    state = ckpt.CheckpointState(step=sft.steps, tokens_seen=0, world_size=1,
+                                 last_metrics={"loss": loss.item()}, config=to_dict(config))
+    return ckpt.save_checkpoint(out, model, state, optimizer.state_dict(), {"examples": len(rows)}, [capture_rng()],
+                                tokenizer_dir, keep_last=1)
+
+
+def _batch(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [B, T] inputs and shifted targets (IGNORE_INDEX off the assistant's tokens)."""
+    from lagoon.model import IGNORE_INDEX
+    from lagoon.tokens import PAD_ID
+
+    T = max(len(ids) for ids, _ in rows)
+    input_ids_BT = torch.full((len(rows), T), PAD_ID, dtype=torch.long)
+    targets_BT = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    for b, (ids, mask) in enumerate(rows):
+        n = len(ids)
+        input_ids_BT[b, :n] = ids
+        targets_BT[b, : n - 1] = torch.where(mask[1:], ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
+    return input_ids_BT, targets_BT
