@@ -77,3 +77,13 @@ def test_sdc_config_section_loads_and_validates():
     with pytest.raises(ConfigError) as error:
         load_config(None, base={"sdc": {"faults": [{"kind": "bitflip", "bit": "top"}]}})
     assert error.value.field == "sdc.faults[0].bit"
+
+
+def test_the_drill_config_loads_and_names_a_real_parameter():
+    from lagoon.model import LagunaForCausalLM
+    from tests.sdc.conftest import ROOT
+
+    config = load_config(ROOT / "configs" / "sdc_drill.toml")
+    names = dict(LagunaForCausalLM(config.model).named_parameters())
+    assert config.sdc.faults and all(fault.parameter in names for fault in config.sdc.faults)
+    assert config.data.global_batch_size % 2 == 0 and config.data.global_batch_size % 3 == 0

@@ -289,7 +289,7 @@ class SDCHooks(Hooks):
         self._setup(ctx)
         step = ctx.step
         self.last_checkpoint = step
-        self.precheck._step_index = step
+        self.precheck.at_step(step)
         if self.owner is not None:
             self.owner.step = step + 1
         result = self.checker.check(ctx.model, step)

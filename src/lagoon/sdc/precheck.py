@@ -1,16 +1,18 @@
 """Pre-reduction checks: each rank's own gradients and loss, looked at before they are averaged away.
 
 Once gradients are all-reduced, a NaN from one rank is a NaN everywhere and nobody knows whose it was.
-So each rank measures its *local* gradients before the reduction — the count of non-finite values and
-the squared norm — and its local loss:
+So each rank measures its *local* gradients before the reduction — their squared norm, one fused pass
+per bucket (a NaN or Inf anywhere makes it non-finite) — and its local loss:
 
 - under DDP, inside a communication hook that wraps DDP's own all-reduce (same arithmetic: divide by
   the world size, then sum), per gradient bucket, on the device, without a host sync;
 - when the optimizer reduces gradients itself (distributed Muon) or in a single process, from the
   ``.grad`` tensors just before the optimizer step.
 
-Just before each optimizer step, the ranks all-gather [non-finite count, squared norm, loss] (one tiny
-collective on the SDC group) and every rank reaches the same decisions:
+At each optimizer step the ranks all-gather [non-finite flag, squared norm, loss] (one tiny collective on
+the SDC group, run in the background while the optimizer works, and awaited at the quiet point — or
+before the update when ``skip_spikes`` needs the decision first), and every rank reaches the same
+decisions:
 
 - a rank with non-finite local gradients is named (``sdc_nonfinite``);
 - a rank whose local gradient norm exceeds ``grad_spike_factor`` × its running mean is named
@@ -48,10 +50,12 @@ class PreReductionMonitor:
         self.grad_means: list[float | None] = [None] * replicas.size
         self.loss_mean: float | None = None
         self.history = 0
-        self._nonfinite: torch.Tensor | None = None
         self._square_sum: torch.Tensor | None = None
         self._losses: list[torch.Tensor] = []
         self._ddp = False
+        self._in_flight = None
+        self.active = True
+        """False: pass everything through untouched (the overhead benchmark's baseline)."""
         self._optimizer = None
         self._real_step = None
         self._step_index = 0
@@ -69,7 +73,8 @@ class PreReductionMonitor:
             from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
             def hook(state, bucket):
-                self._observe(bucket.buffer())
+                if self.active:
+                    self._observe(bucket.buffer())
                 return allreduce_hook(state, bucket)
 
             wrapped.register_comm_hook(wrapped.process_group, hook)
@@ -81,46 +86,60 @@ class PreReductionMonitor:
 
     def _capture_loss(self, module, args, output) -> None:
         loss = getattr(output, "lm_loss", None)
-        if loss is not None and torch.is_grad_enabled():
+        if self.active and loss is not None and torch.is_grad_enabled():
             self._losses.append(loss.detach().float())
 
     @torch.no_grad()
     def _observe(self, gradient: torch.Tensor) -> None:
-        nonfinite = (~torch.isfinite(gradient)).sum()
-        square = torch.nan_to_num(gradient.float(), nan=0.0, posinf=0.0, neginf=0.0).square().sum()
-        self._nonfinite = nonfinite if self._nonfinite is None else self._nonfinite + nonfinite
+        """Accumulate one flat gradient's squared norm: one fused pass, on the device, no host sync. A NaN or
+        Inf anywhere makes the norm non-finite, which is how non-finite gradients are noticed."""
+        square = torch.linalg.vector_norm(gradient, dtype=torch.float32).double().square()
         self._square_sum = square if self._square_sum is None else self._square_sum + square
 
     def _local_gradients(self) -> None:
-        for group in self._optimizer.trainable():
-            if group.grad is not None:
-                grad = group.grad.to_local() if hasattr(group.grad, "to_local") else group.grad
-                self._observe(grad)
+        grads = [p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+                 for p in self._optimizer.trainable() if p.grad is not None]
+        if grads:
+            norms = torch._foreach_norm(grads, 2.0)
+            square = torch.stack([n.double() for n in norms]).square().sum()
+            self._square_sum = square if self._square_sum is None else self._square_sum + square
 
     # ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _step(self, max_grad_norm: float | None = None) -> dict[str, float]:
+        if not self.active:
+            return self._real_step(max_grad_norm)
+        self._settle()
         self._step_index += 1
         if not self._ddp:
             self._local_gradients()
-        nonfinite = float(self._nonfinite) if self._nonfinite is not None else 0.0
         square = float(self._square_sum) if self._square_sum is not None else 0.0
         loss = float(torch.stack(self._losses).mean()) if self._losses else float("nan")
-        self._nonfinite, self._square_sum, self._losses = None, None, []
-        local = torch.tensor([nonfinite, square, loss], dtype=torch.float64)
-        stats_W3 = self.replicas.all_gather(local, "pre-reduction statistics", self._step_index - 1)
-        skip = self._decide(stats_W3)
-        if skip:
+        self._square_sum, self._losses = None, []
+        local = torch.tensor([0.0 if math.isfinite(square) else 1.0, square, loss], dtype=torch.float64)
+        finish = self.replicas.start_all_gather(local, "pre-reduction statistics", self._step_index - 1)
+        if not self.config.skip_spikes:  # nothing to decide before the update: settle at the quiet point
+            self._in_flight = (finish, self._step_index)
+            return self._real_step(max_grad_norm)
+        stats_W3 = finish()
+        if self._decide(stats_W3, self._step_index):
             self.skipped += 1
-            norm = math.sqrt(float(stats_W3[:, 1].sum())) if self._ddp else float("nan")
             optimizer = self._optimizer
             lr = optimizer.muon_lr if optimizer.config.name == "muon" else optimizer.adamw_lr
+            norm = math.sqrt(float(stats_W3[:, 1].sum())) if self._ddp else float("nan")
             return {"grad_norm": norm, "clip_coef": 1.0, "lr": lr, "adamw_lr": optimizer.adamw_lr, "skipped": 1.0}
         return self._real_step(max_grad_norm)
 
-    def _decide(self, stats_W3: torch.Tensor) -> bool:
-        """Record events for this step's statistics; True when the update should be skipped."""
-        config, step = self.config, self._step_index
+    def _settle(self) -> None:
+        """Wait for a statistics gather still in flight and decide on it."""
+        if self._in_flight is not None:
+            finish, step = self._in_flight
+            self._in_flight = None
+            self._decide(finish(), step)
+
+    def _decide(self, stats_W3: torch.Tensor, step: int) -> bool:
+        """Record events for step `step`'s statistics; True when its update should be skipped."""
+        config = self.config
         rows = stats_W3.tolist()
         names = self.replicas
         skip = False
@@ -129,7 +148,7 @@ class PreReductionMonitor:
             if bad:
                 self.pending.append(("sdc_nonfinite", {
                     "step": step, "ranks": [names.ranks[w] for w in bad], "hosts": [names.hosts[w] for w in bad],
-                    "detail": {names.ranks[w]: int(rows[w][0]) for w in bad}}))
+                    "detail": "NaN or Inf in the rank's local gradients before the reduction"}))
                 skip = skip or config.skip_spikes
         warm = self.history >= config.spike_warmup
         if config.grad_spike_factor > 0:
@@ -159,5 +178,14 @@ class PreReductionMonitor:
         return skip
 
     def take_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """The events found since the last call (settling a gather still in flight first); a quiet-point call."""
+        self._settle()
         events, self.pending = self.pending, []
         return events
+
+    def at_step(self, step: int) -> None:
+        """Restart the count at `step` (after a checkpoint load), dropping anything in flight."""
+        if self._in_flight is not None:
+            self._in_flight[0]()
+            self._in_flight = None
+        self._step_index = step

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,28 @@ class ReplicaGroup:
         except (RuntimeError, dist.DistError) as error:
             raise self.collective_failed(error, what, step) from error
         return out.view(self.size, *table.shape)
+
+    def start_all_gather(self, table: torch.Tensor, what: str, step: int) -> Callable[[], torch.Tensor]:
+        """`all_gather` in the background (gloo runs it on its own thread); call the result to wait for it."""
+        table = table.detach().cpu().contiguous()
+        if self.size == 1:
+            return lambda: table.unsqueeze(0)
+        flat = table.reshape(-1)
+        out = torch.empty(self.size * flat.numel(), dtype=table.dtype)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        try:
+            work = gather(out, flat, group=self.group, async_op=True)
+        except (RuntimeError, dist.DistError) as error:
+            raise self.collective_failed(error, what, step) from error
+
+        def finish() -> torch.Tensor:
+            try:
+                work.wait()
+            except (RuntimeError, dist.DistError) as error:
+                raise self.collective_failed(error, what, step) from error
+            return out.view(self.size, *table.shape)
+
+        return finish
 
     def all_reduce_max(self, values: torch.Tensor, what: str, step: int) -> torch.Tensor:
         values = values.detach().cpu().clone()
