@@ -66,8 +66,10 @@ class SourceConfig:
                   f"must be one of {', '.join(EMBEDDED_SOURCES)}; got {self.embedded!r}")
         else:
             check(bool(self.path), "path", f"a {self.kind} source needs a path")
-        check(bool(self.domain) != bool(self.domain_field) or self.kind == "embedded", "domain",
-              "give exactly one of domain and domain_field")
+        if self.kind == "embedded":
+            check(bool(self.domain) and not self.domain_field, "domain", "an embedded source needs a domain")
+        else:
+            check(bool(self.domain) != bool(self.domain_field), "domain", "give exactly one of domain and domain_field")
         check(self.max_documents >= 0 and self.max_bytes >= 0, "max_documents", "limits must be >= 0")
 
     @property

@@ -52,6 +52,7 @@ def extract_functions(source_text: str) -> list[dict[str, object]]:
         tree = ast.parse(source_text)
     except (SyntaxError, ValueError, RecursionError):
         return []
+    lines = source_text.splitlines()
     features = []
     for node in ast.walk(tree):
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
@@ -59,9 +60,10 @@ def extract_functions(source_text: str) -> list[dict[str, object]]:
         docstring = ast.get_docstring(node)
         if not docstring or len(docstring) < 40:
             continue
-        source = ast.get_source_segment(source_text, node)
-        if not source or source.count("\n") > 60:
+        if node.end_lineno - node.lineno > 60:
             continue
+        # Whole lines by line numbers: ast.get_source_segment re-splits the file on every call.
+        source = "\n".join(lines[node.lineno - 1 : node.end_lineno])
         returns = f" -> {ast.unparse(node.returns)}" if node.returns is not None else ""
         features.append({
             "name": node.name,
