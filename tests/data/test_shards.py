@@ -22,6 +22,10 @@ def test_manifest_describes_every_leaf_and_eval_set(quick_shards_dir):
     assert sorted(leaf for leaves in shards.groups.values() for leaf in leaves) == sorted(shards.leaves)
     assert shards.tokenizer_hash.startswith("sha256:") and shards.vocab_size == 4096
     assert shards.token_bytes.shape == (4096,)
+    # Buckets cover every training document exactly once: the leaves hold all of them, per domain.
+    for domain, entry in manifest["stats"]["bucket"].items():
+        in_leaves = sum(e["num_documents"] for e in manifest["leaves"].values() if e["domain"] == domain)
+        assert in_leaves == entry["kept"] and entry["kept"] + entry["dropped"].get("held_out", 0) == entry["documents_in"]
     natural = shards.natural_mixture()
     assert sum(natural.weights.values()) == pytest.approx(1.0)
     for leaf in shards.leaves:
