@@ -32,11 +32,12 @@ Also: `group_parameters(model, config)` (name-based routing with the exactly-onc
 
 from __future__ import annotations
 
+import torch.distributed as dist
 from torch import nn
 
-from lagoon.errors import ConfigError
 from lagoon.optim.config import OptimConfig
 from lagoon.optim.data_parallel import DataParallel
+from lagoon.optim.handshake import check_same_plan, describe
 from lagoon.optim.grouping import MatrixParam, ParameterGroups, check_partition, group_parameters
 from lagoon.optim.newton_schulz import newton_schulz, newton_schulz_reference
 from lagoon.optim.optimizer import LagoonOptimizer, LocalOptimizer
@@ -47,12 +48,24 @@ def build_optimizer(model: nn.Module, config: OptimConfig, data_parallel: DataPa
 
     ``distributed = "none"``: a `LocalOptimizer` (wrap the model in DDP yourself when there are several
     ranks). ``"ddp"`` / ``"fsdp2"``: a `DistributedMuon` over `data_parallel` (default: the default process
-    group); for ``"fsdp2"`` the model must already be sharded with `lagoon.optim.fsdp.shard_model`.
+    group); for ``"fsdp2"`` the model must already be sharded with `lagoon.optim.fsdp.shard_model`. A single
+    process without a process group gets a `LocalOptimizer` in every mode. With several ranks, all ranks
+    first check that they built the same plan (`lagoon.optim.handshake`).
     """
     groups = group_parameters(model, config)
-    if config.distributed == "none":
+    if data_parallel is None and config.distributed != "none":
+        data_parallel = DataParallel.from_group()
+    if data_parallel is not None:
+        # Every rank must build the same plan before any collective runs; a mismatch fails here, clearly.
+        shapes = [(name, tuple(param.shape)) for name, param in model.named_parameters()]
+        check_same_plan(describe(config, shapes, config.distributed), data_parallel)
+    single_process = data_parallel is None or (data_parallel.world_size == 1 and not dist.is_initialized())
+    if config.distributed == "none" or single_process:
+        # One process without a process group: the same Muon, the same state format (resumes either way).
         return LocalOptimizer(groups, config)
-    raise ConfigError("optim.distributed", f"{config.distributed!r} is not available in this build")
+    from lagoon.optim.distributed import DistributedMuon
+
+    return DistributedMuon(groups, config, data_parallel)
 
 
 __all__ = [

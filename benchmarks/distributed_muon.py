@@ -1,0 +1,210 @@
+"""Claims (issue 5): distributed Muon's optimizer step takes ≤ 1.2/W of replicated Muon's; Newton–Schulz load
+is balanced across ranks (max/mean ≤ 1.10); ≥ 70 % of its communication is hidden behind Newton–Schulz.
+
+W gloo ranks on CPU (one thread each), the same model and global batch for every scheme, timed side by
+side in one run. Each rank computes its gradients once (forward/backward on its slice of the batch); before
+every timed step the gradients are restored, so only the optimizer step is timed — from "local gradients
+ready" to "every rank holds the updated parameters", gradient communication included:
+
+- ``distributed``: lagoon's distributed Muon (``optim.distributed = "ddp"``): reduce-scatter to owners,
+  Newton–Schulz once per matrix, all-gather of updates, overlapped; ZeRO-1 AdamW;
+- ``replicated``: all-reduce of all gradients (what DDP does), then every rank runs the whole optimizer;
+- ``keller_jordan``: all-reduce, then KellerJordan/Muon's distributed scheme — parameters sorted by size,
+  rank r updates parameters r, r+W, …, and each group of W is all-gathered (no overlap, no batching);
+  AdamW replicated;
+- ``sharded_adamw``: AdamW for everything, ZeRO-1 (``name = "adamw"``, ``distributed = "ddp"``).
+
+Hidden communication: the distributed step is run once more with Newton–Schulz replaced by a no-op of
+the same output shape; its time blocked in collectives is the communication cost C. In the real step the
+time blocked is E; the hidden share is 1 − E / C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from benchmarks.common import record
+from lagoon.model import LagunaForCausalLM, preset_config
+from lagoon.optim import DataParallel, OptimConfig, build_optimizer
+from lagoon.optim.functional import adamw_update, muon_direction, muon_scale
+from lagoon.optim.newton_schulz import newton_schulz
+
+SCHEMES = ("distributed", "replicated", "keller_jordan", "sharded_adamw")
+
+
+def _entry(rank: int, world_size: int, port: int, args: tuple) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(minutes=10))
+    try:
+        worker(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(world_size: int, *args) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_entry, args=(world_size, port, args), nprocs=world_size, join=True)
+
+
+def make_model(layers: int) -> LagunaForCausalLM:
+    torch.manual_seed(0)
+    return LagunaForCausalLM(preset_config("small", num_hidden_layers=layers))
+
+
+class KellerJordanMuon:
+    """KellerJordan/Muon's distributed step (its ``Muon.step``) on all-reduced gradients, with lagoon's update rule."""
+
+    def __init__(self, model, config: OptimConfig, world_size: int, rank: int):
+        optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "distributed": "none"}))
+        self.groups, self.config, self.W, self.rank = optimizer.groups, config, world_size, rank
+        self.matrices = sorted(self.groups.muon, key=lambda m: -m.param.numel())
+        self.momentum = {m.name: torch.zeros_like(m.param) for m in self.matrices[rank::world_size]}
+        self.adamw = [p for _, p in self.groups.adamw + self.groups.adamw_no_decay]
+        self.exp_avg = [torch.zeros_like(p) for p in self.adamw]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.adamw]
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        config, W = self.config, self.W
+        self.steps += 1
+        for base in range(0, len(self.matrices), W):
+            chunk = self.matrices[base : base + W]
+            if self.rank < len(chunk):
+                matrix = chunk[self.rank]
+                direction = muon_direction(matrix.param.grad, self.momentum[matrix.name], config.momentum, config.nesterov)
+                update = newton_schulz(direction.view(-1, matrix.rows, matrix.cols), config.ns_steps,
+                                       config.ns_coefficients, config.ns_dtype)
+                matrix.param.mul_(1 - config.lr * config.weight_decay)
+                matrix.param.add_(update.view_as(matrix.param), alpha=-config.lr * muon_scale(matrix.rows, matrix.cols, config.muon_scaling))
+            padded = [m.param.detach() for m in chunk] + [torch.empty(0)] * (W - len(chunk))
+            _gather_uneven(padded, padded[self.rank])
+        adamw_update(self.adamw, [p.grad for p in self.adamw], self.exp_avg, self.exp_avg_sq, step=self.steps,
+                     lr=config.adamw_lr, betas=tuple(config.adamw_betas), eps=config.adamw_eps, weight_decay=0.0)
+
+
+def _gather_uneven(padded: list[torch.Tensor], mine: torch.Tensor) -> None:
+    """KellerJordan/Muon's all-gather of one group of W parameters (through a flat buffer, since sizes differ)."""
+    size = max(t.numel() for t in padded)
+    buffer = torch.zeros(size)
+    buffer[: mine.numel()] = mine.reshape(-1)
+    out = [torch.empty(size) for _ in padded]
+    dist.all_gather(out, buffer)
+    for target, source in zip(padded, out):
+        target.reshape(-1).copy_(source[: target.numel()])
+
+
+def all_reduce_grads(params: list[torch.Tensor], world_size: int, bucket_elements: int = 2**20) -> None:
+    """What DDP does with gradients: average them in ~4 MiB flat buckets."""
+    bucket: list[torch.Tensor] = []
+    for param in params + [None]:
+        if param is not None:
+            bucket.append(param.grad)
+        if bucket and (param is None or sum(g.numel() for g in bucket) >= bucket_elements):
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat)
+            flat /= world_size
+            offset = 0
+            for grad in bucket:
+                grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+                offset += grad.numel()
+            bucket = []
+
+
+def worker(rank: int, world_size: int, layers: int, steps: int, out: str) -> None:
+    config = OptimConfig(ns_dtype="bfloat16", bucket_mb=4.0)
+    results: dict[str, dict] = {}
+    for scheme in SCHEMES + ("communication_only",):
+        model = make_model(layers)
+        ids = torch.randint(0, model.config.vocab_size, (world_size * 2, 128), generator=torch.Generator().manual_seed(0))
+        local = ids[rank * 2 : (rank + 1) * 2]
+        model(local, targets=local).loss.backward()
+        saved = {p: p.grad.clone() for p in model.parameters() if p.grad is not None}
+        data_parallel = DataParallel.from_group()
+        params = [p for p in model.parameters() if p.requires_grad]
+        if scheme in ("distributed", "communication_only"):
+            optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "distributed": "ddp"}), data_parallel)
+            if scheme == "communication_only":
+                optimizer._orthogonalize = lambda grad, momentum: torch.zeros(grad.shape, dtype=torch.bfloat16)
+            run = optimizer.step
+        elif scheme == "sharded_adamw":
+            optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "name": "adamw", "distributed": "ddp"}),
+                                        data_parallel)
+            run = optimizer.step
+        elif scheme == "replicated":
+            optimizer = build_optimizer(model, config, data_parallel)
+
+            def run():
+                all_reduce_grads(params, world_size)
+                optimizer.step()
+        else:
+            optimizer = KellerJordanMuon(model, config, world_size, rank)
+
+            def run():
+                all_reduce_grads(params, world_size)
+                optimizer.step()
+        times, ns, waiting = [], [], []
+        for index in range(steps + 1):  # the first step is a warm-up
+            for param, grad in saved.items():
+                param.grad = grad.clone()
+            dist.barrier()
+            start = time.perf_counter()
+            run()
+            elapsed = time.perf_counter() - start
+            if index:
+                times.append(elapsed)
+                timings = getattr(optimizer, "timings", {})
+                ns.append(timings.get("newton_schulz", 0.0))
+                waiting.append(timings.get("waiting", 0.0))
+        results[scheme] = {"time": statistics.median(times), "newton_schulz": statistics.median(ns),
+                           "waiting": statistics.median(waiting),
+                           "balance": getattr(optimizer, "load_balance", None)}
+    torch.save(results, Path(out) / f"rank{rank}.pt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers of the `small` preset")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--no-record", action="store_true")
+    args = parser.parse_args()
+    lines = [f"Model: `small` preset with {args.layers} layers; optimizer step time = median over {args.steps} steps of the",
+             "slowest rank, gradient communication included; bf16 Newton–Schulz, 1 thread per rank.", "",
+             "| W | distributed s | replicated s | Keller Jordan s | sharded AdamW s | distributed / replicated | goal 1.2/W "
+             "| NS max/mean (measured) | NS max/mean (cost model) | comm C s | exposed E s | hidden 1−E/C |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for world_size in args.world_sizes:
+        with tempfile.TemporaryDirectory() as directory:
+            spawn(world_size, args.layers, args.steps, directory)
+            ranks = [torch.load(Path(directory) / f"rank{r}.pt") for r in range(world_size)]
+        slowest = {s: max(r[s]["time"] for r in ranks) for s in (*SCHEMES, "communication_only")}
+        ns = [r["distributed"]["newton_schulz"] for r in ranks]
+        measured_balance = max(ns) / statistics.mean(ns)
+        communication = statistics.mean(r["communication_only"]["waiting"] for r in ranks)
+        exposed = statistics.mean(r["distributed"]["waiting"] for r in ranks)
+        ratio = slowest["distributed"] / slowest["replicated"]
+        lines.append(f"| {world_size} | {slowest['distributed']:.3f} | {slowest['replicated']:.3f} | "
+                     f"{slowest['keller_jordan']:.3f} | {slowest['sharded_adamw']:.3f} | {ratio:.3f} | {1.2 / world_size:.3f} | "
+                     f"{measured_balance:.3f} | {ranks[0]['distributed']['balance']:.3f} | {communication:.3f} | "
+                     f"{exposed:.3f} | {1 - exposed / communication:.0%} |")
+        print(lines[-1], flush=True)
+    if not args.no_record:
+        record("Distributed Muon vs replicated, Keller Jordan's scheme and sharded AdamW (issue 5)", lines)
+
+
+if __name__ == "__main__":
+    main()
