@@ -154,14 +154,14 @@ def train_run(spec: RunSpec) -> dict[str, Any]:
     """
     import torch
 
-    from lagoon.automix.subset import LeafSubset
     from lagoon.config import LagoonConfig
     from lagoon.train import run_training
 
     config = from_dict(LagoonConfig, spec.config)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    shards = LeafSubset(_open_shards(config.data.shards), spec.leaf_fraction, min_tokens=config.data.seq_len + 1)
+    # Every leaf cut to the run's share of the target budget: the run repeats each leaf as the target would.
+    shards = _open_shards(config.data.shards).subset(spec.leaf_fraction)
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
