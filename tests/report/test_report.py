@@ -11,9 +11,10 @@ from lagoon.report import build_report
 from lagoon.train.metrics import MetricsWriter
 
 
-def _fake_run(directory, seed: int, speed: float, steps: int = 40) -> None:
+def _fake_run(directory, seed: int, speed: float, steps: int = 40, lr: float = 0.01) -> None:
     """Write a run's metrics and events with lagoon's own writer (a decaying loss, periodic evaluations)."""
     directory.mkdir(parents=True)
+    (directory / "config.toml").write_text(f'[model]\nhidden_size = 64\n[optim]\nname = "muon"\nlr = {lr}\n')
     writer = MetricsWriter(directory, active=True)
     for step in range(1, steps + 1):
         row = {"step": step, "loss": 6 * math.exp(-speed * step) + 2 + 0.01 * seed, "lr": 1e-3 * min(1, step / 5),
@@ -60,7 +61,16 @@ def test_sweep_report_bands_seeds_of_each_setting(tmp_path):
     assert "Muon vs AdamW" in page and "4 runs" in page
     assert page.count("<tr>") >= 5   # the summary lists every run
     assert "muon/seed1" in page and "adamw/seed0" in page
-    assert len(_images(page)) >= 4
+    assert len(_images(page)) >= 4 and "Learning-rate sweep" not in page   # one rate only: no sweep plot
+    only = build_report(tmp_path / "sweep", out=tmp_path / "muon.html", include=["muon"]).read_text()
+    assert "muon/seed0" in only and "adamw/seed0" not in only
+
+
+def test_learning_rate_sweep_section(tmp_path):
+    for lr in (0.001, 0.002, 0.004):
+        _fake_run(tmp_path / "sweep" / f"muon_lr{lr}" / "seed0", 0, speed=0.1 + lr, lr=lr)
+    page = build_report(tmp_path / "sweep").read_text()
+    assert "Learning-rate sweep" in page
 
 
 def test_report_of_a_directory_without_runs_is_a_one_line_error(tmp_path, capsys):

@@ -56,13 +56,16 @@ def build_sections(runs: list[Run]) -> list[Section]:
     return [section for function in section_functions() if (section := function(runs)) is not None]
 
 
-def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, title: str | None = None) -> Path:
-    """Write the HTML report of `run_dir` (a run or a directory of runs) to `out` (default DIR/report.html)."""
+def build_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, title: str | None = None,
+                 include: list[str] | None = None) -> Path:
+    """Write the HTML report of `run_dir` (a run or a directory of runs) to `out` (default DIR/report.html).
+
+    `include` keeps only the named groups of a directory of runs (e.g. the tuned settings of a sweep)."""
     from lagoon.report.html import render_page
     from lagoon.report.runs import load_runs
 
     root = Path(run_dir)
-    runs = load_runs(root)
+    runs = load_runs(root, include)
     sections = build_sections(runs)
     heading = title or f"lagoon report: {root.resolve().name}"
     subtitle = f"{root}" + (f" · {len(runs)} runs" if len(runs) > 1 else "")

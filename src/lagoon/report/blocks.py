@@ -68,6 +68,14 @@ def render(figure: MplFigure, caption: str = "") -> Figure:
     return Figure(buffer.getvalue(), caption)
 
 
+def legend(axis) -> None:
+    """A legend that stays readable with many runs (smaller, in columns, none beyond 24 entries)."""
+    entries = len(axis.get_legend_handles_labels()[0])
+    if entries == 0 or entries > 24:
+        return
+    axis.legend(fontsize=8 if entries <= 6 else 6, ncol=1 if entries <= 8 else 2)
+
+
 def ema(values: Sequence[float], weight: float) -> np.ndarray:
     """Exponential moving average with bias correction (as TensorBoard's smoothing)."""
     out = np.empty(len(values))

@@ -67,8 +67,9 @@ class Run:
         return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")) if root.is_dir() else []
 
 
-def load_runs(path: str | Path) -> list[Run]:
-    """The run at `path`, or every run below it (sorted by name). Raises if there is none."""
+def load_runs(path: str | Path, include: list[str] | None = None) -> list[Run]:
+    """The run at `path`, or every run below it (sorted by name; only groups named in `include` when given).
+    Raises if there is none."""
     root = Path(path)
     if not root.is_dir():
         raise LagoonError(f"{root} is not a directory")
@@ -80,7 +81,8 @@ def load_runs(path: str | Path) -> list[Run]:
         name = str(run_path.relative_to(root))
         parent = run_path.parent.relative_to(root)
         group = str(parent) if str(parent) != "." else name
-        runs.append(Run(run_path, name, group, read_jsonl(metrics)))
+        if include is None or group in include:
+            runs.append(Run(run_path, name, group, read_jsonl(metrics)))
     if not runs:
         raise LagoonError(f"{root} has no {METRICS_FILE} (nor any run directory below it); is it a run directory?")
     return runs

@@ -3,7 +3,9 @@ expert load, gradient norm and throughput, and the run's events (resumes, rollba
 
 from __future__ import annotations
 
-from lagoon.report.blocks import Section, Table, Text, new_figure, plot_metric, render
+from matplotlib.ticker import FuncFormatter
+
+from lagoon.report.blocks import Section, Table, Text, legend, new_figure, plot_metric, render
 from lagoon.report.runs import Run
 from lagoon.train.metrics import EVAL_PREFIX
 
@@ -35,7 +37,7 @@ def loss_section(runs: list[Run]) -> Section | None:
         axis.plot(steps, values, color="C0", alpha=0.25, linewidth=0.8, label="raw")
     axis.set_xlabel("step")
     axis.set_ylabel("training loss (nats/token)")
-    axis.legend(fontsize=8)
+    legend(axis)
     caption = "Training cross-entropy per step" + (" (smoothed; raw in light colour)." if len(runs) == 1 else
                                                    "; bands span the runs (seeds) of a setting.")
     return Section("Training loss", [render(figure, caption)])
@@ -49,7 +51,7 @@ def learning_rate_section(runs: list[Run]) -> Section | None:
     axis.set_ylabel("learning rate")
     axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if len(runs) > 1:
-        axis.legend(fontsize=8)
+        legend(axis)
     return Section("Learning rate", [render(figure, "Peak-scaled learning rate of each step's update.")])
 
 
@@ -68,7 +70,8 @@ def eval_section(runs: list[Run]) -> Section | None:
             axis.set_title(group)
         axis.set_xlabel("step")
         axis.set_ylabel("held-out bits per byte")
-        axis.legend(fontsize=8)
+        if single or index == 0:
+            legend(axis)
     return Section("Evaluation: bits per byte per capability group",
                    [render(figure, "Document-masked held-out bits per byte (lower is better).")])
 
@@ -82,7 +85,7 @@ def expert_load_section(runs: list[Run]) -> Section | None:
     axis.axhline(1.0, color="black", linewidth=0.8, alpha=0.5)
     axis.set_xlabel("step")
     axis.set_ylabel("expert load ÷ mean load")
-    axis.legend(fontsize=8)
+    legend(axis)
     return Section("Expert load", [render(figure, "Busiest (solid) and idlest (dashed) expert's share relative to a "
                                                   "perfectly balanced router, averaged over MoE layers; 1.0 is balance.")])
 
@@ -97,9 +100,48 @@ def optimization_section(runs: list[Run]) -> Section | None:
     axes[1].set_ylabel("tokens / s")
     for axis in axes:
         axis.set_xlabel("step")
-        if len(runs) > 1:
-            axis.legend(fontsize=7)
+        if len(runs) > 1 and axis is axes[0]:
+            legend(axis)
     return Section("Gradient norm and throughput", [render(figure)])
+
+
+def _final_mean_bpb(run: Run) -> float | None:
+    for row in reversed(run.metrics):
+        values = [v for k, v in row.items() if k.startswith(EVAL_PREFIX) and isinstance(v, (int, float))]
+        if values:
+            return sum(values) / len(values)
+    return None
+
+
+def sweep_section(runs: list[Run]) -> Section | None:
+    """Final held-out bits per byte against the learning rate, one line per optimizer × model width (runs
+    of a learning-rate sweep, read from each run's resolved config.toml; seeds averaged)."""
+    points: dict[str, dict[float, list[float]]] = {}
+    for run in runs:
+        optim, model = run.config.get("optim", {}), run.config.get("model", {})
+        final = _final_mean_bpb(run)
+        if "lr" not in optim or final is None:
+            continue
+        name = optim.get("name", "?")
+        series = f"{name} d={model.get('hidden_size', '?')}"
+        rate = float(optim["lr"] if name == "muon" else optim.get("adamw_lr", optim["lr"]))
+        points.setdefault(series, {}).setdefault(rate, []).append(final)
+    if not points or max(len(rates) for rates in points.values()) < 3:
+        return None
+    figure, (axis,) = new_figure()
+    for index, (series, by_rate) in enumerate(sorted(points.items())):
+        rates = sorted(by_rate)
+        means = [sum(by_rate[r]) / len(by_rate[r]) for r in rates]
+        axis.plot(rates, means, marker="o", color=f"C{index % 10}", label=series)
+        best = min(range(len(rates)), key=means.__getitem__)
+        axis.plot([rates[best]], [means[best]], marker="*", markersize=14, color=f"C{index % 10}")
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_xlabel("peak learning rate (Muon's for Muon runs)")
+    axis.set_ylabel("final held-out bits per byte (mean of groups)")
+    legend(axis)
+    return Section("Learning-rate sweep", [render(figure, "Each setting's final evaluation (seeds averaged); a star "
+                                                          "marks each line's best rate.")])
 
 
 def events_section(runs: list[Run]) -> Section | None:
@@ -117,5 +159,5 @@ def events_section(runs: list[Run]) -> Section | None:
     return Section("Events", blocks)
 
 
-SECTIONS = [summary_section, loss_section, learning_rate_section, eval_section, expert_load_section,
+SECTIONS = [summary_section, loss_section, learning_rate_section, eval_section, sweep_section, expert_load_section,
             optimization_section, events_section]
