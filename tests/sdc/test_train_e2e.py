@@ -36,6 +36,10 @@ def _jobs(shards: Path) -> dict[str, tuple[str, int, dict]]:
         "clean2": ("torchrun", 2, train_config(shards)),
         # Three replicas: the vote names rank 0 → roll back to checkpoint 2 → train on.
         "majority": ("ranks", 3, train_config(shards, sdc={"faults": [{**flip, "step": 4, "rank": 0, "bit": "exponent"}]})),
+        # Distributed Muon: rank 1's Newton–Schulz result is corrupted before it is shared; every replica applies
+        # it (their fingerprints agree), owner verification names rank 1 and the run rolls back.
+        "owner": ("ranks", 2, train_config(shards, optim={"distributed": "ddp"}, sdc={"owner_verify_every": 1, "faults": [
+            {"kind": "ns_corrupt", "step": 4, "rank": 1, "bit": "exponent"}]})),
         "fail": ("ranks", 3, train_config(shards, sdc={"policy": "fail", "faults": [
             {**flip, "step": 2, "rank": 2, "bit": "sign"}]})),
         "persistent": ("ranks", 2, train_config(shards, sdc={"faults": [
@@ -133,3 +137,16 @@ def test_a_dead_rank_ends_the_job_with_a_line_naming_it(jobs):
     line = next(line for line in job.stderr.splitlines() if line.startswith("lagoon: error: rank 1 (host"))
     assert "gone" in line or "dead" in line, line
     assert "Traceback" not in job.stderr
+
+
+@pytest.mark.timeout(600)
+def test_owner_verification_under_distributed_muon_names_the_owner_and_rolls_back(jobs):
+    job = jobs["owner"]
+    assert job.codes == [0, 0], job.stderr[-3000:]
+    run = events(job.run_dir)
+    injected = next(e for e in run if e["event"] == "sdc_fault_injected")
+    mismatch = next(e for e in run if e["event"] == "sdc_owner_mismatch")
+    assert (mismatch["step"], mismatch["owner"], mismatch["ranks"]) == (4, 1, [1])
+    assert [name.split("[")[0] for name in mismatch["parameters"]] == [injected["parameters"][0]]
+    assert any(e["event"] == "rollback" and e["step"] == 2 for e in run)
+    assert not [e for e in run if e["event"] in ("sdc_corruption", "sdc_unresolved")]  # replicas always agreed

@@ -81,6 +81,7 @@ class SDCHooks(Hooks):
         self.verified: tuple[int, list[str], torch.Tensor] | None = None
         self.last_checkpoint: int | None = None
         self.last_result: CheckResult | None = None
+        self._injections_logged = 0
         self.expected: tuple[int, str] | None = None
         """(step, digest-table hash) the healthy replicas had when a rollback was requested; the replay must
         reproduce it."""
@@ -134,10 +135,12 @@ class SDCHooks(Hooks):
     def after_optimizer_step(self, ctx: HookContext) -> None:
         self._setup(ctx)
         step = ctx.step
-        for record in self.injector.after_step(step, ctx.model):
+        self.injector.after_step(step, ctx.model)
+        for record in self.injector.log[self._injections_logged:]:  # this step's flips and Newton–Schulz faults
             # Only the injecting rank knows; it writes the line itself.
-            self.events.record("sdc_fault_injected", step, write=True, ranks=[record["rank"]],
+            self.events.record("sdc_fault_injected", record["step"], write=True, ranks=[record["rank"]],
                                parameters=[record["parameter"]], detail=record)
+        self._injections_logged = len(self.injector.log)
         for kind, fields in self.precheck.take_events():
             self.events.record(kind, fields.pop("step"), **fields)
         if self.owner is not None:
@@ -256,13 +259,14 @@ class SDCHooks(Hooks):
 
     def _react_owner(self, ctx: HookContext, fields: dict[str, Any]) -> None:
         policy = self.config.policy
-        what = fields.get("detail", "an owner's Newton–Schulz result differs from its recomputation")
+        what = fields["detail"]
         self._say(what)
         if policy == "fail":
             raise SDCError(f"{what}; exclude the node", ranks=fields.get("ranks"), hosts=fields.get("hosts"),
                            parameters=fields.get("parameters"), step=ctx.step)
         if policy == "rollback" and ctx.rollback_reason is None:
-            self._rollback(ctx, what)
+            self._rollback(ctx, f"owner rank {fields['owner']}'s Newton–Schulz result for "
+                                f"{_listed(fields['parameters'], 1)} was wrong in step {ctx.step}")
 
     # ----------------------------------------------------------------------------------------------
     def before_checkpoint_save(self, ctx: HookContext) -> None:

@@ -47,7 +47,8 @@ from lagoon.sdc.replicas import ReplicaGroup
 class _Kept:
     names: list[str]
     input_mRC: torch.Tensor
-    digest: list[int]
+    digest: list[list[int]]
+    """One fingerprint per matrix of the result, so a mismatch names the very matrix."""
 
 
 @dataclass
@@ -104,6 +105,9 @@ class OwnerVerifier:
         config = self.optimizer.config
         return muon_direction(grad_mRC, momentum_mRC.clone(), config.momentum, config.nesterov)
 
+    def _digests(self, output_mRC: torch.Tensor) -> list[list[int]]:
+        return self.fingerprinter.digest(list(output_mRC.unbind(0))).tolist()
+
     def recompute(self, input_mRC: torch.Tensor) -> torch.Tensor:
         from lagoon.optim.newton_schulz import newton_schulz
 
@@ -126,7 +130,7 @@ class OwnerVerifier:
             self.kept, self.seen = [], 0
             self._rng = random.Random(self.step * 1_000_003 + self.replicas.rank)
         self.seen += 1
-        entry = _Kept(names, pending[0], self.fingerprinter.digest([updates_mRC])[0].tolist())
+        entry = _Kept(names, pending[0], self._digests(updates_mRC))
         limit = self.config.owner_verify_samples
         if len(self.kept) < limit:
             self.kept.append(entry)
@@ -163,7 +167,7 @@ class OwnerVerifier:
                 work.wait()
         results = []
         for (names, _, _, digest), input_mRC in zip(headers[source], inbox):
-            recomputed = self.fingerprinter.digest([self.recompute(input_mRC)])[0].tolist()
+            recomputed = self._digests(self.recompute(input_mRC))
             results.append((source, names, digest, recomputed))
             self.verified += 1
         verdicts: list[Any] = [None] * size
@@ -177,7 +181,7 @@ class OwnerVerifier:
     def _localize(self, step: int, mismatches: list, kept: list[_Kept], verifier_of: list[int]) -> list[tuple[str, dict]]:
         """On a mismatch the owner recomputes once: tells a transient owner fault from a persistent disagreement."""
         replicas, me = self.replicas, self.replicas.position
-        second = [(names, self.fingerprinter.digest([self.recompute(entry.input_mRC)])[0].tolist())
+        second = [(names, self._digests(self.recompute(entry.input_mRC)))
                   for owner, names, _, _ in mismatches if owner == me
                   for entry in kept if entry.names == names]
         everyone: list[Any] = [None] * replicas.size
@@ -192,11 +196,12 @@ class OwnerVerifier:
                 positions, verdict = [owner, verifier], "owner and verifier persistently disagree"
             else:
                 positions, verdict = [owner], "the owner's results are unstable"
+            wrong = [name for name, ours, other in zip(names, digest, theirs) if ours != other]
             events.append(("sdc_owner_mismatch", {
                 "ranks": [replicas.ranks[p] for p in positions], "hosts": [replicas.hosts[p] for p in positions],
-                "parameters": list(names), "owner": replicas.ranks[owner], "verifier": replicas.ranks[verifier],
+                "parameters": wrong, "owner": replicas.ranks[owner], "verifier": replicas.ranks[verifier],
                 "action": self.config.policy,
-                "detail": f"the Newton–Schulz result for {', '.join(names[:3])} computed by its owner "
+                "detail": f"the Newton–Schulz result for {', '.join(wrong[:3])} computed by its owner "
                           f"{replicas.name(owner)} in step {step} differs from {replicas.name(verifier)}'s "
                           f"recomputation: {verdict}"}))
         return events
