@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 SECTION_MODULES = [
     "lagoon.report.training",
     "lagoon.report.sdc",
+    "lagoon.report.rl",
 ]
 
 # Imported on first use, so that `lagoon --help` does not load matplotlib.

@@ -18,7 +18,8 @@ no-op that returns the result.
 Run directory: ``config.toml`` (the resolved config the roles read), ``metrics.jsonl``/``events.jsonl``
 (trainer and supervisor), ``checkpoints/``, ``weights/`` (published versions and ``updates.jsonl``),
 ``trajectories/`` (the Iceberg catalog and warehouse), ``actors/`` (per-actor group logs), ``logs/``
-(each process's output), ``sft/`` (the warm-up), ``servers.json``.
+(each process's output), ``sft/`` (the warm-up), ``servers.json``, ``pids.json`` (the roles' process ids),
+``eval_before.json``/``eval_after.json``, ``result.json``, ``report.html``.
 """
 
 from __future__ import annotations
@@ -103,6 +104,12 @@ class Supervisor:
             self.actors[index] = self._spawn([sys.executable, *self._role("actor", "--index", str(index))],
                                              f"actor-{index}.log")
 
+    def write_pids(self) -> None:
+        """``pids.json``: the process ids of this run's roles (for operators, and for the crash tests)."""
+        pids = {"supervisor": os.getpid(), "trainer": self.trainer.pid if self.trainer else None,
+                "actors": {str(i): p.pid for i, p in self.actors.items()}}
+        _write_json(self.run_dir / "pids.json", pids)
+
     def start(self) -> None:
         self.start_trainer()
         if self.config.rl.actor.backend == "ray":
@@ -112,6 +119,7 @@ class Supervisor:
             self.ray = RayActors(self.config, to_dict(self.config), self.run_dir, self.urls)
         for index in range(self.config.rl.actor.num_actors):
             self.start_actor(index)
+        self.write_pids()
 
     def check(self) -> bool:
         """Restart what died; True once the trainer has finished."""
@@ -120,10 +128,12 @@ class Supervisor:
             exited.update({i: (0 if error is None else 1) for i, error in self.ray.finished()})
         for index, code in exited.items():
             self.actors.pop(index, None)
-            if self.trainer is not None and self.trainer.poll() is None:
+            # Exit 0: the actor ran out of slots or saw the trainer finish. Anything else is a crash.
+            if code != 0 and self.trainer is not None and self.trainer.poll() is None:
                 self.events.event("actor_restart", actor=index, exit_code=code)
                 self.say(f"actor-{index} exited with code {code}; restarting it")
                 self.start_actor(index)
+                self.write_pids()
             else:
                 self.finished_actors.add(index)
         code = self.trainer.poll() if self.trainer is not None else None
@@ -139,6 +149,7 @@ class Supervisor:
         self.events.event("trainer_restart", exit_code=code)
         self.say(f"trainer exited with code {code}; restarting it from its last checkpoint")
         self.start_trainer()
+        self.write_pids()
         return False
 
     def stop(self) -> None:
