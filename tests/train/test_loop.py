@@ -122,3 +122,16 @@ def test_packed_document_masked_bpb_equals_each_piece_alone(finished_run, shard_
     whole = shards.eval_set("math")
     covered = evaluate_bpb(model, shards, groups=["math"], max_tokens=whole.num_tokens, seq_len=64)
     assert math.isfinite(covered["math"]) and whole.num_bytes > 0
+
+
+def test_gradient_accumulation_and_bf16_autocast(shard_dir, tmp_path):
+    short = {"steps": 4, "eval_every": 0, "checkpoint_every": 0, "checkpoint_at_end": False}
+    whole = run_training(from_dict(LagoonConfig, train_config(shard_dir, train=short)), tmp_path / "whole")
+    split = run_training(from_dict(LagoonConfig, train_config(shard_dir, train={**short, "grad_accum": 4})),
+                         tmp_path / "split")
+    for (step, a), (_, b) in zip(losses(tmp_path / "whole"), losses(tmp_path / "split"), strict=True):
+        assert abs(a - b) < 1e-5, (step, a, b)   # 4 micro-batches of 2 rows = one batch of 8
+    assert whole.checkpoint is None and split.step == 4
+    bf16 = run_training(from_dict(LagoonConfig, train_config(shard_dir, train={**short, "dtype": "bfloat16"})),
+                        tmp_path / "bf16")
+    assert math.isfinite(bf16.loss) and abs(bf16.loss - whole.loss) < 0.1
