@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each path first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -48,7 +49,8 @@ def main() -> None:
         def recompute():
             outputs["recompute"] = generate_without_cache(model, prompt, params).token_ids
 
-        times = interleaved_clocks({"cached": cached, "recompute": recompute}, rounds=args.rounds, warmup=1)
+        times = interleaved_clocks({"cached": cached, "recompute": recompute}, rounds=args.rounds,
+                                   warmup=args.warmup)
         assert outputs["cached"] == outputs["recompute"], "the cached and recomputed generations differ"
         fast, slow = (args.new_tokens / median(times[k]["cpu"]) for k in ("cached", "recompute"))
         wall = median(times["recompute"]["wall"]) / median(times["cached"]["wall"])

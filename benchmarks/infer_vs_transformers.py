@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each path first")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -33,8 +34,8 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines = ["| preset | batch | prompt + new | lagoon tok/CPU-s | transformers tok/CPU-s | ratio (CPU) | ratio (wall) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| preset | batch | prompt + new | lagoon tok/CPU-s | transformers tok/CPU-s | ratio (CPU) "
+             "| ratio (wall) |", "|---|---|---|---|---|---|---|"]
     for preset in args.presets:
         torch.manual_seed(0)
         model = LagunaForCausalLM(preset_config(preset)).eval()
@@ -44,7 +45,8 @@ def main() -> None:
                 warnings.simplefilter("ignore")
                 reference = transformers.LagunaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
         for batch in args.batches:
-            prompts = [[2] + torch.randint(32, model.config.vocab_size, (args.prompt - 1,)).tolist() for _ in range(batch)]
+            vocab = model.config.vocab_size
+            prompts = [[2] + torch.randint(32, vocab, (args.prompt - 1,)).tolist() for _ in range(batch)]
             engine = Engine(model, max_batch=batch)
             params = SamplingParams(max_tokens=args.new_tokens, temperature=0.0, ignore_eos=True)
             outputs = {}
@@ -54,12 +56,13 @@ def main() -> None:
 
             def run_transformers():
                 with torch.no_grad():
-                    out = reference.generate(torch.tensor(prompts), attention_mask=torch.ones(batch, args.prompt, dtype=torch.long),
+                    out = reference.generate(torch.tensor(prompts), attention_mask=torch.ones(batch, args.prompt).long(),
                                              max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                                              do_sample=False, pad_token_id=9)
                 outputs["transformers"] = out[:, args.prompt:].tolist()
 
-            times = interleaved_clocks({"lagoon": run_lagoon, "transformers": run_transformers}, rounds=args.rounds)
+            times = interleaved_clocks({"lagoon": run_lagoon, "transformers": run_transformers},
+                                       rounds=args.rounds, warmup=args.warmup)
             assert outputs["lagoon"] == outputs["transformers"], "lagoon and transformers generated different tokens"
             tokens = batch * args.new_tokens
             ours, theirs = (tokens / median(times[k]["cpu"]) for k in ("lagoon", "transformers"))

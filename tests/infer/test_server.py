@@ -171,6 +171,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "x", "max_tokens": 10**7}, 400),
     ("/v1/completions", {"prompt": "x", "logprobs": 99}, 400),
     ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404),
+    ("/v1/completions", {"prompt": "x", "frequency_penalty": 0.5}, 400),
     ("/v1/chat/completions", {"messages": []}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, 400),

@@ -134,6 +134,16 @@ def test_mismatched_weights_are_refused_and_nothing_changes(server, tmp_path):
     save_pretrained(wider, tmp_path / "wider")
     refused = httpx.post(server.url + "/v1/weights/load", json={"path": str(tmp_path / "wider"), "version": 99})
     assert refused.status_code == 400 and "hidden_size" in refused.json()["error"]["message"]
+    # A checkpoint whose weights no longer match its manifest (a torn copy) is refused too.
+    from lagoon.train.checkpoint import write_manifest
+
+    torn = save_pretrained(tiny_model(sliding_window=16, seed=4), tmp_path / "torn")
+    write_manifest(torn, step=1)
+    with (torn / "model.safetensors").open("r+b") as handle:
+        handle.seek(-4, 2)
+        handle.write(b"\x00\x01\x02\x03")
+    refused = httpx.post(server.url + "/v1/weights/load", json={"path": str(torn), "version": 99})
+    assert refused.status_code == 400 and "SHA-256" in refused.json()["error"]["message"]
     after = httpx.get(server.url + "/v1/weights").json()
     assert (after["digest"], after["policy_version"], after["paused"]) == (before["digest"], before["policy_version"],
                                                                           False)

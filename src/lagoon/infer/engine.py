@@ -74,6 +74,7 @@ class Engine:
         self._stopping = False
         self._pause_request: str | None = None
         self.paused = False
+        self._held = False                         # paused by `pause` (not just around a weight update)
         self._weights_changed = False
         self.weights_complete = True               # False after a transfer failed halfway
         self._admitted: list[Request] = []         # taken from the queue, not yet running (during a prefill)
@@ -145,7 +146,8 @@ class Engine:
                 request.done.wait()
         else:
             while not all(r.finished for r in requests):
-                self.step()
+                if not self.step() and self.paused:
+                    raise LagoonError("the engine is paused; resume it before generating")
         return [r.completion() for r in requests]
 
     # ------------------------------------------------------------------------------------------------
@@ -188,9 +190,14 @@ class Engine:
     # Pause, weight updates, resume
 
     def pause(self, mode: Literal["keep", "abort"] = "keep") -> None:
-        """Park the engine between steps. "abort" ends every request accepted so far with finish_reason "abort"."""
+        """Park the engine between steps until `resume`. "abort" ends every request accepted so far with
+        finish_reason "abort" and the tokens it has."""
         if mode not in ("keep", "abort"):
             raise ValueError(f"pause mode must be 'keep' or 'abort', got {mode!r}")
+        self._held = True  # a weight update in progress will not resume on its own now
+        self._pause(mode)
+
+    def _pause(self, mode: str) -> None:
         if self._thread is None:
             with self._driver, self._cond:  # same lock order as `step`
                 self._pause_request = mode
@@ -217,6 +224,10 @@ class Engine:
 
     def resume(self) -> None:
         """Continue; kept requests are re-prefilled first if the weights changed while paused."""
+        self._held = False
+        self._resume()
+
+    def _resume(self) -> None:
         with self._cond:
             if not self.weights_complete:
                 raise LagoonError("the last weight transfer failed halfway; load complete weights before resuming")
@@ -231,7 +242,7 @@ class Engine:
         """Run `apply(model)` while paused (pausing with "keep" around it if the engine is running)."""
         auto = not self.paused
         if auto:
-            self.pause("keep")
+            self._pause("keep")
         try:
             with self._driver, torch.no_grad():
                 self.weights_complete = False
@@ -240,8 +251,8 @@ class Engine:
                 self._weights_changed = True
                 self.policy_version = version
         finally:
-            if auto and self.weights_complete:
-                self.resume()
+            if auto and self.weights_complete and not self._held:
+                self._resume()
 
     def load_state_dict(self, state: dict[str, torch.Tensor], version: int) -> None:
         """Copy a full runtime-named state dict into the served model (shapes checked before anything changes)."""

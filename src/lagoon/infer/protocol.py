@@ -9,7 +9,7 @@ Extra body fields beyond OpenAI's (vLLM's names): ``top_k``, ``stop_token_ids``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from lagoon.infer.chat import tool_call_arguments
@@ -76,7 +76,6 @@ class GenerationRequest:
     # Chat only
     enable_thinking: bool = False
     tools_enabled: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _sampling(body: dict) -> SamplingParams:
@@ -119,6 +118,13 @@ def _common(body: Any, max_logprobs: int) -> tuple[int, bool, bool, bool]:
         raise RequestError(f"'n' must be between 1 and 64, got {n}", "n")
     if _field(body, "best_of", int, None) not in (None, n, 1):
         raise RequestError("'best_of' is not supported", "best_of")
+    # Reject what lagoon does not implement rather than ignore it: the logprobs must describe the real sampler.
+    for name, neutral in (("presence_penalty", 0), ("frequency_penalty", 0), ("repetition_penalty", 1), ("min_p", 0)):
+        value = body.get(name)
+        if value is not None and value != neutral:
+            raise RequestError(f"'{name}' is not supported (only {neutral})", name)
+    if body.get("logit_bias"):
+        raise RequestError("'logit_bias' is not supported", "logit_bias")
     stream = _field(body, "stream", bool, False)
     options = _field(body, "stream_options", dict, {})
     include_usage = bool(options.get("include_usage", False))

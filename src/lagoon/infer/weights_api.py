@@ -6,6 +6,8 @@
     POST /v1/weights/resume
     GET  /v1/weights          {"policy_version", "digest", "paused", "complete", "last_update", ...}
 
+``load`` checks the directory's config.json against the served architecture and, when a lagoon
+``manifest.json`` is present (training checkpoints have one), the SHA-256 of config.json and the weight files.
 ``load`` and ``receive`` may be called without a pause: they then pause with "keep" around the swap.
 Requests that arrive while paused queue and run after ``resume``. One weight operation runs at a time
 (a second one gets 409). If a transfer fails after weights started to change, the server stays paused
@@ -71,6 +73,33 @@ def _config_mismatch(served: dict[str, Any], incoming: dict[str, Any]) -> str | 
     return None
 
 
+def _manifest_problem(directory: Path) -> tuple[bool, str | None]:
+    """(checked, problem): when a lagoon ``manifest.json`` is present, the weight files must match its SHA-256."""
+    import hashlib
+    import json
+
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        return False, None
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        return True, "manifest.json is not a valid lagoon manifest"
+    for name, entry in sorted(files.items()):
+        if not (name == "config.json" or name.startswith("model") and ".safetensors" in name):
+            continue
+        digest = hashlib.sha256()
+        try:
+            with (directory / name).open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+        except OSError:
+            return True, f"{name} is listed in manifest.json but missing"
+        if digest.hexdigest() != entry.get("sha256"):
+            return True, f"{name} does not match its SHA-256 in manifest.json"
+    return True, None
+
+
 def load_checkpoint(state: ServerState, path: str, version: int) -> dict[str, Any]:
     """Read a checkpoint directory, check it fits the served model, swap its weights in (blocking)."""
     from lagoon.model.hf import from_hub_state_dict, read_config, read_weights
@@ -79,6 +108,9 @@ def load_checkpoint(state: ServerState, path: str, version: int) -> dict[str, An
     if not directory.is_dir():
         raise RequestError(f"checkpoint directory {path} does not exist", "path")
     started = time.perf_counter()
+    verified, problem = _manifest_problem(directory)
+    if problem:
+        raise RequestError(f"{path}: {problem}", "path")
     try:
         config = read_config(directory)
         mismatch = _config_mismatch(state.engine.config.to_hf_dict(), config.to_hf_dict())
@@ -92,6 +124,7 @@ def load_checkpoint(state: ServerState, path: str, version: int) -> dict[str, An
     num_bytes = sum(t.numel() * t.element_size() for t in weights.values())
     state.forget_digest()
     state.last_update = {"source": "load", "path": str(directory), "version": version, "num_bytes": num_bytes,
+                         "manifest_verified": verified,
                          "seconds": seconds, "gb_per_s": num_bytes / max(seconds, 1e-9) / 1e9, "at": time.time()}
     return state.last_update
 
