@@ -23,16 +23,17 @@ from typing import Any
 from benchmarks.common import record
 from benchmarks.muon_vs_adamw import ensure_shards
 
-WIDE = {"hidden_size": 256, "head_dim": 64, "intermediate_size": 768, "moe_intermediate_size": 256,
-        "shared_expert_intermediate_size": 256}
-WIDTHS = {"d128": {}, "d256": WIDE}
+WIDE = {"d256": {"hidden_size": 256, "head_dim": 64, "intermediate_size": 768, "moe_intermediate_size": 256,
+                 "shared_expert_intermediate_size": 256},
+        "d192": {"hidden_size": 192, "head_dim": 48, "intermediate_size": 576, "moe_intermediate_size": 192,
+                 "shared_expert_intermediate_size": 192}}
 
 
 def run_config(args, width: str, optimizer: str, lr: float) -> dict[str, Any]:
     optim = ({"name": "muon", "lr": lr, "adamw_lr": args.muon_adamw_lr, "muon_scaling": "spectral"}
              if optimizer == "muon" else {"name": "adamw", "lr": lr, "adamw_lr": lr})
     return {
-        "model": {"preset": "tiny", **WIDTHS[width]},
+        "model": {"preset": "tiny", **({} if width == "d128" else WIDE[width])},
         "data": {"shards": args.shards, "seq_len": args.seq_len, "global_batch_size": args.batch, "seed": 0},
         "optim": {**optim, "weight_decay": 0.1},
         "train": {"steps": args.steps, "schedule": "wsd", "warmup_fraction": 0.05, "decay_fraction": 0.2,
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.04])
     parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[0.001, 0.002, 0.004, 0.008])
     parser.add_argument("--muon-adamw-lr", type=float, default=0.004, help="Muon runs' AdamW-group rate (fixed)")
+    parser.add_argument("--wide", choices=sorted(WIDE), default="d256", help="the wider model's width")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", default="runs/demo/data")
     parser.add_argument("--out", default="runs/bench/lr_transfer")
@@ -61,17 +63,19 @@ def main() -> None:
     from lagoon.train.sweep import run_sweep, validation_curve
 
     ensure_shards(args.shards)
+    widths = ["d128", args.wide]
     grids = {"muon": sorted(args.muon_lrs), "adamw": sorted(args.adamw_lrs)}
-    names = {(width, opt, lr): f"{width}_{opt}_lr{lr:g}/seed0" for width in WIDTHS for opt, grid in grids.items()
+    names = {(width, opt, lr): f"{width}_{opt}_lr{lr:g}/seed0" for width in widths for opt, grid in grids.items()
              for lr in grid}
     # Wide runs first: they are the long ones, so the pool ends with short runs and both workers stay busy.
-    order = sorted(names, key=lambda key: key[0] != "d256")
+    order = sorted(names, key=lambda key: key[0] == "d128")
     run_sweep({names[key]: run_config(args, *key) for key in order}, args.out, workers=args.workers)
     final = {key: validation_curve(Path(args.out) / name)[-1][1] for key, name in names.items()}
 
     lines = [
         f"Embedded corpus, {args.steps} steps of {args.batch} × {args.seq_len} tokens, warmup-stable-decay, one seed; "
-        f"`tiny` (d=128) vs the same model at twice the width (d=256). Final held-out bits per byte (mean of 4 groups).",
+        f"`tiny` (d=128) vs the same model with every width ×{int(args.wide[1:]) / 128:g} ({args.wide}). Final held-out "
+        f"bits per byte (mean of 4 groups).",
         "",
     ]
     verdicts = []
@@ -80,19 +84,20 @@ def main() -> None:
         lines += [f"| {label} | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | best |",
                   "|---|" + "---|" * (len(grid) + 1)]
         best = {}
-        for width in WIDTHS:
+        for width in widths:
             values = {lr: final[(width, opt, lr)] for lr in grid}
             best[width] = min(values, key=values.get)
             lines.append(f"| {width} | " + " | ".join(f"{values[lr]:.4f}" for lr in grid) + f" | {best[width]:g} |")
         lines.append("")
-        regret = final[("d256", opt, best["d128"])] - final[("d256", opt, best["d256"])]
-        edge = any(best[w] in (grid[0], grid[-1]) for w in WIDTHS)
-        verdicts.append(f"- {label}: best rate {best['d128']:g} at d=128, {best['d256']:g} at d=256 — "
-                        f"{'transfers' if best['d128'] == best['d256'] else 'does not transfer exactly'}; "
-                        f"transfer regret at d=256: {regret:+.4f} bpb"
+        wide = args.wide
+        regret = final[(wide, opt, best["d128"])] - final[(wide, opt, best[wide])]
+        edge = any(best[w] in (grid[0], grid[-1]) for w in widths)
+        verdicts.append(f"- {label}: best rate {best['d128']:g} at d=128, {best[wide]:g} at {wide} — "
+                        f"{'transfers' if best['d128'] == best[wide] else 'does not transfer exactly'}; "
+                        f"transfer regret at {wide}: {regret:+.4f} bpb"
                         + (" (a best rate sits at the grid's edge: widen the grid)" if edge else "") + ".")
     lines += verdicts
-    page = build_report(args.out, Path(args.out) / "report.html", title="Learning-rate transfer, d=128 → d=256")
+    page = build_report(args.out, Path(args.out) / "report.html", title=f"Learning-rate transfer, d128 → {args.wide}")
     lines.append(f"- Loss curves of every run: `{page}`.")
     print("\n".join(lines))
     if not args.no_record:

@@ -6,6 +6,8 @@ import base64
 import math
 import re
 
+import pytest
+
 from lagoon.cli import main
 from lagoon.report import build_report
 from lagoon.train.metrics import MetricsWriter
@@ -78,3 +80,44 @@ def test_report_of_a_directory_without_runs_is_a_one_line_error(tmp_path, capsys
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no metrics.jsonl" in err and "Traceback" not in err
     assert not (tmp_path / "report.html").exists()
+
+
+def test_tensorboard_event_files_decode_with_protobuf(tmp_path, capsys):
+    """The hand-written event file parses as TFRecords of TensorFlow's Event/Summary messages."""
+    import struct
+
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    from lagoon.report.tensorboard import crc32c
+
+    assert crc32c(b"123456789") == 0xE3069283   # the CRC-32C check value (RFC 3720 §B.4)
+    run = tmp_path / "run"
+    _fake_run(run, seed=0, speed=0.1, steps=12)
+    assert main(["report", str(run), "--tensorboard"]) == 0
+    (path,) = (run / "tensorboard").glob("events.out.tfevents.*")
+
+    # Event and Summary as in tensorflow/core/util/event.proto and framework/summary.proto (the fields used).
+    proto = descriptor_pb2.FileDescriptorProto(name="event_test.proto", package="t")
+    value = proto.message_type.add(name="Value")
+    value.field.add(name="tag", number=1, type=9, label=1)
+    value.field.add(name="simple_value", number=2, type=2, label=1)
+    summary = proto.message_type.add(name="Summary")
+    summary.field.add(name="value", number=1, type=11, label=3, type_name=".t.Value")
+    event = proto.message_type.add(name="Event")
+    event.field.add(name="wall_time", number=1, type=1, label=1)
+    event.field.add(name="step", number=2, type=3, label=1)
+    event.field.add(name="file_version", number=3, type=9, label=1)
+    event.field.add(name="summary", number=5, type=11, label=1, type_name=".t.Summary")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    Event = message_factory.GetMessageClass(pool.FindMessageTypeByName("t.Event"))
+
+    data, events, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<Q", data, offset)
+        events.append(Event.FromString(data[offset + 12 : offset + 12 + length]))
+        offset += 12 + length + 4
+    assert events[0].file_version == "brain.Event:2"
+    assert [e.step for e in events[1:]] == list(range(1, 13))
+    tags = {v.tag: v.simple_value for v in events[10].summary.value}
+    assert tags["eval_bpb/code"] == pytest.approx(3 - 10 / 40) and "loss" in tags

@@ -12,6 +12,8 @@ def register(subparsers) -> None:
     report.add_argument("--title", default=None, help="page title")
     report.add_argument("--include", nargs="+", default=None, metavar="GROUP",
                         help="only these settings of a directory of runs (a run NAME/seedK belongs to group NAME)")
+    report.add_argument("--tensorboard", action="store_true",
+                        help="also write TensorBoard event files to DIR/tensorboard (tensorboard --logdir DIR/tensorboard)")
     report.set_defaults(handler=run_report)
 
 
@@ -20,4 +22,9 @@ def run_report(args: argparse.Namespace) -> int:
 
     path = build_report(args.run_dir, args.out, args.title, args.include)
     print(f"wrote {path}")
+    if args.tensorboard:
+        from lagoon.report.tensorboard import export_tensorboard
+
+        files = export_tensorboard(args.run_dir, include=args.include)
+        print(f"wrote {len(files)} TensorBoard event file(s) under {files[0].parents[0 if len(files) == 1 else 1]}")
     return 0
