@@ -83,6 +83,11 @@ def test_budgets_each_have_their_exit_reason(tmp_path):
         episode = run_episode(task, ChatClient(server.base_url), config)
     assert episode.exit_reason == "max_tokens" and episode.end["completion_tokens"] >= 30
 
+    config = AgentConfig(budgets=BudgetConfig(max_wall_s=2.0))  # an action may not outlive the episode
+    with ScriptedChatServer(["```bash\nsleep 30\n```", "never reached"]) as server:
+        episode = run_episode(task, ChatClient(server.base_url), config)
+    assert episode.exit_reason == "max_wall_s" and episode.turns[0]["execution"]["timed_out"]
+
     with ScriptedChatServer([]) as server:  # the endpoint fails
         episode = run_episode(task, ChatClient(server.base_url, max_retries=0), config)
     assert episode.exit_reason == "model_error" and "500" in episode.end["error"]
