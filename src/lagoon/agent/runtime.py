@@ -72,7 +72,7 @@ def python_runtime(setting: str) -> PythonRuntime:
                     base = Path(value.strip()).resolve().parent
     version = f"python{sys.version_info.major}.{sys.version_info.minor}" if setting == "host" else "python3"
     mounts: list[tuple[str, str]] = []
-    if not str(base).startswith("/usr/"):
+    if not (base == Path("/usr") or base.is_relative_to("/usr")):  # /usr is bound already
         mounts.append((str(base), str(base)))
     if prefix != base:  # a virtualenv: its real path may be inside the user's checkout, so it moves
         mounts.append((str(prefix), VENV_MOUNT))
