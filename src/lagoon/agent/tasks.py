@@ -170,7 +170,8 @@ def builtin_dir(name: str) -> Path:
     return Path(str(resources.files("lagoon.agent").joinpath("tasksets", name)))
 
 
-def _parse_options(text: str, where: str) -> dict[str, int]:
+def parse_options(text: str, where: str) -> dict[str, int]:
+    """``n=100,level=2`` → {"n": 100, "level": 2} (the options of a generated task set's spec)."""
     options = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
@@ -186,7 +187,7 @@ def load_task_set(spec: str) -> list[Task]:
     if name == "arith-code":
         from lagoon.agent.arith import generate_tasks
 
-        opts = _parse_options(options, spec)
+        opts = parse_options(options, spec)
         unknown = set(opts) - {"n", "level", "seed"}
         if unknown:
             raise LagoonError(f"{spec}: unknown option {sorted(unknown)[0]!r} (known: n, level, seed)")
@@ -203,3 +204,6 @@ def load_task_set(spec: str) -> list[Task]:
     if not tasks:
         raise LagoonError(f"{directory} holds no task directories (each needs a task.toml)")
     return tasks
+
+
+_parse_options = parse_options  # the name lagoon.rl first imported
