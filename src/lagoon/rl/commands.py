@@ -66,7 +66,7 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     run_dir = Path(args.run_dir)
     if role is None:
-        from lagoon.rl.run import run
+        from lagoon.rl import run
 
         result = run(config, run_dir)
         print(json.dumps(result, indent=2))

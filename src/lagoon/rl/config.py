@@ -291,6 +291,9 @@ class RLConfig:
     """Identifier written into every trajectory; empty: the run directory's name."""
     total_steps: int = 50
     """Trainer steps (policy versions) to run."""
+    time_limit_s: float = 0.0
+    """Stop the trainer after this many seconds of RL (0: no limit); `lagoon rl` then finishes the run as
+    usual (held-out evaluation of the last published version, result). Benchmarks compare runs this way."""
     tasks: TasksConfig = field(default_factory=TasksConfig)
     """The task stream."""
     actor: ActorConfig = field(default_factory=ActorConfig)
@@ -310,3 +313,4 @@ class RLConfig:
 
     def validate(self) -> None:
         check(self.total_steps >= 1, "total_steps", "must be >= 1")
+        check(self.time_limit_s >= 0, "time_limit_s", "must be >= 0 (0: no limit)")

@@ -218,6 +218,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     supervisor = None
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": rl.total_steps}
+    rl_seconds = 0.0
     try:
         urls = rl.servers.urls or servers.start()
         say(f"servers: {', '.join(urls)}")
@@ -233,17 +234,25 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
             say(f"held-out reward before RL: {before['reward_mean']:.3f} ({before['episodes']} episodes)")
         supervisor = Supervisor(config, run_dir, config_path, urls, say)
         supervisor.start()
+        rl_started = time.monotonic()
+        time_up = False
         columns = [TextColumn("[bold]RL[/bold] version {task.completed:.0f}/{task.total:.0f}"), BarColumn(),
                    TextColumn("{task.fields[reward]}"), TimeElapsedColumn()]
         with Progress(*columns, transient=False) as progress:
             bar = progress.add_task("rl", total=rl.total_steps, reward="")
             while not supervisor.check():
+                if rl.time_limit_s and not time_up and time.monotonic() - rl_started > rl.time_limit_s:
+                    time_up = True
+                    say(f"time limit of {rl.time_limit_s:.0f} s reached: stopping the trainer")
+                    supervisor.events.event("time_limit", seconds=rl.time_limit_s)
+                    supervisor.trainer.terminate()   # it finishes its step, checkpoints and exits 0
                 version, reward = _trainer_version(run_dir)
                 progress.update(bar, completed=version,
                                 reward="" if reward is None else f"batch reward {reward:.3f}")
                 time.sleep(0.5)
             version, reward = _trainer_version(run_dir)
             progress.update(bar, completed=version)
+        rl_seconds = time.monotonic() - rl_started
         supervisor.stop()
         supervisor = None
         if rl.eval.num_tasks:
@@ -262,6 +271,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     if rl.weights.transfer == "shm":   # the RAM copy of the weights is not needed once the run is over
         shutil.rmtree(store_root(rl.weights, run_dir), ignore_errors=True)
     result["version"] = _trainer_version(run_dir)[0]
+    result["rl_s"] = rl_seconds
     result["wall_s"] = time.perf_counter() - started
     _write_json(run_dir / RESULT, result)
     try:
