@@ -34,42 +34,68 @@ def _torchrun(config_path: Path, run_dir: Path, ranks: int, *overrides: str) -> 
     return result
 
 
-@pytest.mark.timeout(600)
-def test_checkpoint_from_4_ranks_resumes_on_2(shard_dir, tmp_path):
+def _config(shard_dir: Path, distributed: str) -> dict:
     # A constant learning rate, so that a run of 4 steps and one of 8 follow the same schedule.
-    config = train_config(shard_dir, optim={"distributed": "ddp"},
-                          train={"steps": 8, "schedule": "constant", "warmup_fraction": 0.0, "checkpoint_every": 4,
-                                 "eval_every": 0, "max_grad_norm": 1.0})
-    config_path = write_config(tmp_path / "run.toml", config)
+    return train_config(shard_dir, optim={"distributed": distributed},
+                        train={"steps": 8, "schedule": "constant", "warmup_fraction": 0.0, "checkpoint_every": 4,
+                               "eval_every": 4, "max_grad_norm": 1.0})
 
+
+@pytest.fixture(scope="module")
+def single(shard_dir, tmp_path_factory) -> Path:
+    """The single-process reference run (8 steps, checkpoints at 4 and 8)."""
+    run_dir = tmp_path_factory.mktemp("single") / "run"
     threads = torch.get_num_threads()
     try:
-        run_training(from_dict(LagoonConfig, {**config, "optim": {**config["optim"], "distributed": "none"}}),
-                     tmp_path / "single")
+        run_training(from_dict(LagoonConfig, _config(shard_dir, "none")), run_dir)
     finally:
         torch.set_num_threads(threads)
-    expected = losses(tmp_path / "single")
+    return run_dir
 
-    run_dir = tmp_path / "run"
-    _torchrun(config_path, run_dir, 4, "train.steps=4")
-    four = torch.load(run_dir / "checkpoints" / "step_00000004" / "train_state" / "optimizer.pt")
-    single = torch.load(tmp_path / "single" / "checkpoints" / "step_00000004" / "train_state" / "optimizer.pt")
-    # The saved optimizer state has one form whatever the world size: full tensors by parameter name.
-    assert four["step"] == single["step"] == 4
-    for section in ("muon", "adamw"):
-        assert set(four[section]) == set(single[section])
-        for name, entry in four[section].items():
-            for key, tensor in entry.items():
-                torch.testing.assert_close(tensor, single[section][name][key], rtol=1e-4, atol=1e-5)
 
-    resumed = _torchrun(config_path, run_dir, 2)
-    assert "resuming from step_00000004" in resumed.stderr
-    got = losses(run_dir)
+def _assert_follows(run_dir: Path, single: Path) -> None:
+    got, expected = losses(run_dir), losses(single)
     assert [step for step, _ in got] == list(range(1, 9))
     for (step, a), (_, b) in zip(got, expected, strict=True):
         assert abs(a - b) < 1e-5, (step, a, b)
+    ours, theirs = (json.loads((d / "metrics.jsonl").read_text().splitlines()[-1]) for d in (run_dir, single))
+    evals = [key for key in theirs if key.startswith("eval_bpb/")]
+    assert evals and all(abs(ours[key] - theirs[key]) < 1e-4 for key in evals)
+
+
+@pytest.mark.timeout(600)
+def test_checkpoint_from_4_ranks_resumes_on_2(shard_dir, single, tmp_path):
+    config_path = write_config(tmp_path / "run.toml", _config(shard_dir, "ddp"))
+    run_dir = tmp_path / "run"
+    _torchrun(config_path, run_dir, 4, "train.steps=4")
+    four = torch.load(run_dir / "checkpoints" / "step_00000004" / "train_state" / "optimizer.pt")
+    one = torch.load(single / "checkpoints" / "step_00000004" / "train_state" / "optimizer.pt")
+    # The saved optimizer state has one form whatever the world size: full tensors by parameter name.
+    assert four["step"] == one["step"] == 4
+    for section in ("muon", "adamw"):
+        assert set(four[section]) == set(one[section])
+        for name, entry in four[section].items():
+            for key, tensor in entry.items():
+                torch.testing.assert_close(tensor, one[section][name][key], rtol=1e-4, atol=1e-5)
+
+    resumed = _torchrun(config_path, run_dir, 2)
+    assert "resuming from step_00000004" in resumed.stderr
+    _assert_follows(run_dir, single)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
     assert all("grad_norm" in row for row in rows)
+
+
+@pytest.mark.timeout(600)
+def test_fsdp2_trains_checkpoints_and_resumes(shard_dir, single, tmp_path):
+    """FSDP2 sharding through `lagoon train`: gathered checkpoints, evaluation, resume — same as one process."""
+    config = _config(shard_dir, "fsdp2")
+    config["sdc"] = {"enabled": False}  # FSDP2 without a replicate dimension has no replicas to compare
+    config_path = write_config(tmp_path / "run.toml", config)
+    run_dir = tmp_path / "run"
+    _torchrun(config_path, run_dir, 2, "train.steps=4")
+    resumed = _torchrun(config_path, run_dir, 2)
+    assert "resuming from step_00000004" in resumed.stderr
+    _assert_follows(run_dir, single)
 
 
 @pytest.mark.timeout(180)

@@ -54,9 +54,40 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     from torch.distributed.tensor import distribute_tensor
 
     for name, target in model.state_dict().items():
+        if name not in state:  # a tied LM head is stored once, as the embedding
+            continue
         source = state[name]
         if hasattr(target, "to_local"):
             local = distribute_tensor(source.to(target.dtype), target.device_mesh, target.placements).to_local()
             target.to_local().copy_(local)
         else:
             target.copy_(source)
+
+
+class FullWeights:
+    """An FSDP2 model's weights gathered in full, with the ``config`` and ``state_dict()`` a checkpoint writer reads.
+
+    Building it is a collective (every rank calls it); the tensors are full on every rank.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.config = model.config
+        self._state = full_state_dict(model)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
+
+
+def unsharded_copy(model: nn.Module) -> nn.Module:
+    """A plain (unsharded) copy of a sharded Laguna model, for work that must not run FSDP2 collectives
+    (each rank evaluating its own batches). A collective: every rank calls it."""
+    from lagoon.model import LagunaForCausalLM
+
+    state = full_state_dict(model)
+    with torch.device("meta"):
+        copy = LagunaForCausalLM(model.config)
+    copy.to_empty(device=next(iter(state.values())).device)
+    copy.tie_weights()
+    copy.load_state_dict(state, strict=False)
+    copy.reset_rotary()
+    return copy

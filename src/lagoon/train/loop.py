@@ -177,6 +177,15 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
                                seed=data.seed, rank=dist_info.rank, world_size=dist_info.world_size,
                                repetition_cap=data.repetition_cap)
         data_parallel = DataParallel.from_group(dist_info.group) if dist_info.world_size > 1 else None
+        if config.optim.distributed == "fsdp2" and data_parallel is not None:
+            # Distributed Muon over FSDP2 shards: shard before the optimizer sees the parameters.
+            from lagoon.optim.fsdp import shard_model
+
+            if any(isinstance(hook, Hooks) and type(hook).__name__ == "SDCHooks" for hook in hooks):
+                raise ConfigError("sdc.enabled", "FSDP2 (optim.distributed = \"fsdp2\") holds no replicated weights "
+                                                 "for the SDC replica check to compare; set sdc.enabled = false or use "
+                                                 "optim.distributed = \"ddp\"")
+            shard_model(model, data_parallel, dist_info.device.type)
         optimizer = build_optimizer(model, config.optim, data_parallel=data_parallel)
         _seed_everything(train.seed)
         if dist_info.is_main:

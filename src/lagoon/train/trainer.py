@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lagoon.errors import LagoonError
 from lagoon.model import IGNORE_INDEX, LagunaForCausalLM
+from lagoon.optim.fsdp import FullWeights, is_sharded, load_full_state_dict, unsharded_copy
 from lagoon.train import checkpoint as ckpt
 from lagoon.train.distributed import Distributed, all_sum, broadcast_object, gather_objects
 from lagoon.train.evaluate import evaluate_bpb
@@ -151,7 +152,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         train = self.train
-        results = evaluate_bpb(self.model, self.shards, groups=train.eval_groups, max_tokens=train.eval_tokens,
+        # FSDP2's forward is a collective; each rank evaluates its own batches on a gathered, unsharded copy.
+        model = unsharded_copy(self.model) if is_sharded(self.model) else self.model
+        results = evaluate_bpb(model, self.shards, groups=train.eval_groups, max_tokens=train.eval_tokens,
                                seq_len=self.config.data.seq_len, batch_size=train.eval_batch_size, device=self.dist.device,
                                autocast_dtype=self.autocast_dtype, group=self.dist.group)
         self.last_eval = results
@@ -164,6 +167,7 @@ class Trainer:
         call_hooks(self.hooks, "before_checkpoint_save", ctx)
         self.sdc_digest = ctx.sdc_digest
         optimizer_state = self.optimizer.state_dict()   # a collective for distributed Muon
+        weights = FullWeights(self.model) if is_sharded(self.model) else self.model   # FSDP2: a collective gather
         rank_rngs = gather_objects(capture_rng(), self.dist)
         path = None
         if self.dist.is_main:
@@ -172,7 +176,7 @@ class Trainer:
             state = ckpt.CheckpointState(step=self.step, tokens_seen=self.tokens_seen, world_size=self.dist.world_size,
                                          sdc_digest=self.sdc_digest, last_metrics=self.summary(),
                                          config=to_dict(self.config))
-            path = ckpt.save_checkpoint(self.run_dir, self.model, state, optimizer_state, self.loader.state_dict(),
+            path = ckpt.save_checkpoint(self.run_dir, weights, state, optimizer_state, self.loader.state_dict(),
                                         rank_rngs, self.shards.tokenizer_dir, self.train.keep_last)
             self.metrics.event("checkpoint", step=self.step, path=str(path.relative_to(self.run_dir)))
         self.dist.barrier()
@@ -198,8 +202,10 @@ class Trainer:
             raise LagoonError(f"checkpoint {path} holds a different model than [model] describes; "
                               f"use a new --run-dir or the checkpoint's architecture")
         with torch.no_grad():
+            if is_sharded(self.model):  # FSDP2: each rank keeps its rows of the full tensors
+                load_full_state_dict(self.model, weights)
             for name, tensor in self.model.state_dict().items():
-                if name in weights:
+                if name in weights and not is_sharded(self.model):
                     tensor.copy_(weights[name])
         self.optimizer.load_state_dict(ckpt.read_optimizer_state(path))
         self.loader.load_state_dict(ckpt.read_loader_state(path))
