@@ -20,6 +20,7 @@ class ScriptedChatServer:
     def __init__(self, replies: list[Reply], delay_after: int | None = None, delay_s: float = 0.0):
         self.replies = list(replies)
         self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []
         self.delay_after, self.delay_s = delay_after, delay_s
         server = self
 
@@ -44,6 +45,7 @@ class ScriptedChatServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append(body)
+                server.authorizations.append(self.headers.get("Authorization"))
                 if server.delay_after is not None and len(server.requests) > server.delay_after:
                     time.sleep(server.delay_s)
                 if not server.replies:

@@ -140,3 +140,25 @@ def test_a_crash_loses_no_finished_step(tmp_path):
     episode = Episode.load(trajectory)
     assert episode.end is None and [t["observation"] for t in episode.turns] == ["1", "2"]
     assert json.loads(trajectory.read_text().splitlines()[0])["schema"] == "lagoon.trajectory/1"
+
+
+@pytest.mark.timeout(90)
+def test_agent_run_command_against_a_chat_endpoint(tmp_path, capsys, monkeypatch):
+    from lagoon.cli import main
+
+    task = load_task_set("pybugs")[0]
+    fix = {str(p.relative_to(task.reference_dir)): p.read_text() for p in task.reference_dir.rglob("*.py")}
+    monkeypatch.setenv("LAGOON_TEST_KEY", "secret-token")
+    with ScriptedChatServer([_write_files_code(fix), "ANSWER: done"]) as server:
+        code = main(["agent", "run", "--task", task.id, "--model", server.base_url, "--api-key-env", "LAGOON_TEST_KEY",
+                     "--out", str(tmp_path / "run")])
+    printed = capsys.readouterr().out
+    assert code == 0 and "exit: submitted · reward 1.0" in printed and "fail_to_pass" in printed
+    assert server.authorizations == ["Bearer secret-token"] * 2
+    assert (tmp_path / "run" / "workspace" / "tests").is_dir()  # --out keeps the workspace
+    episode = Episode.load(tmp_path / "run" / "trajectory.jsonl")
+    assert episode.header["mode"] == "chat" and episode.header["model"]["model"] == "scripted"
+
+    code = main(["agent", "tasks", "pybugs", "--export", str(tmp_path / "exported")])
+    assert code == 0 and len(list((tmp_path / "exported").glob("*/task.toml"))) == len(load_task_set("pybugs"))
+    assert load_task_set(str(tmp_path / "exported"))[0].grading == task.grading
