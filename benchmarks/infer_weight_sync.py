@@ -25,7 +25,7 @@ from lagoon.model import LagunaForCausalLM, preset_config, save_pretrained
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--bucket-mb", type=int, default=64)
+    parser.add_argument("--bucket-mb", type=float, default=None, help="bucket size (default: gloo's, 4 MiB)")
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
@@ -35,7 +35,7 @@ def main() -> None:
     models = [LagunaForCausalLM(config) for _ in range(3)]
     size_gb = sum(t.numel() * t.element_size() for t in models[0].state_dict().values()) / 1e9
     lines = [f"Preset `{args.preset}`: {size_gb * 1e3:,.0f} MB of fp32 weights; gloo over loopback, "
-             f"{args.bucket_mb} MiB buckets; server torch threads: {args.threads}.", "",
+             f"{args.bucket_mb or 4:g} MiB buckets; server torch threads: {args.threads}.", "",
              "| path | seconds (request → reply) | transfer rate | digest matches |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as directory:
         first = save_pretrained(models[0], Path(directory) / "v0")
@@ -53,7 +53,8 @@ def main() -> None:
             print(lines[-1], flush=True)
 
             started = time.perf_counter()
-            stats = push_weights(models[2], [url], version=2, bucket_bytes=args.bucket_mb << 20)
+            bucket_bytes = int(args.bucket_mb * 2**20) if args.bucket_mb else None
+            stats = push_weights(models[2], [url], version=2, bucket_bytes=bucket_bytes)
             seconds = time.perf_counter() - started
             digest = httpx.get(url + "/v1/weights", timeout=600).json()["digest"]
             lines.append(f"| gloo broadcast from a trainer process | {seconds:.2f} | {stats.gb_per_s:.2f} GB/s "

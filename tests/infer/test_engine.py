@@ -14,6 +14,8 @@ from lagoon.infer.reference import generate_without_cache
 from lagoon.infer.tokenizer import Tokenizer
 from tests.infer.conftest import VOCAB, tiny_model
 
+pytestmark = pytest.mark.timeout(300)
+
 WINDOW = 8
 
 

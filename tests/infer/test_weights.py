@@ -124,6 +124,10 @@ def test_gloo_broadcast_from_a_trainer_process(server):
     assert weights["last_update"]["source"] == "broadcast" and weights["last_update"]["gb_per_s"] > 0
     body = _complete(server.url)
     assert body["policy_version"] == 5 and body["choices"][0]["token_ids"] == _greedy(trained)
+    # Many small buckets between lone tensors exercise the double-buffered staging on both sides.
+    again = tiny_model(sliding_window=16, seed=22)
+    push_weights(again, [server.url], version=6, bucket_bytes=200_000)
+    assert httpx.get(server.url + "/v1/weights").json()["digest"] == weights_digest(again)
 
 
 def test_mismatched_weights_are_refused_and_nothing_changes(server, tmp_path):

@@ -16,7 +16,8 @@ Wire protocol of one broadcast, in order:
   2. a MAX all-reduce of one int: each server's verdict on the header (0 = every name and shape matches its model),
      so a mismatch stops everyone before any weight changes;
   3. the buckets: consecutive tensors of one dtype concatenated into flat buffers of at most ``bucket_bytes``
-     (a larger tensor goes alone), each broadcast from rank 0;
+     (a larger tensor goes alone, sent from and received into its own memory without a copy), each broadcast
+     from rank 0; two staging buffers per side let one bucket be packed or unpacked while the next is in flight;
   4. a MAX all-reduce of one int: each server's verdict after copying the weights in.
 
 `weights_digest` is the SHA-256 over, for every tensor in the same sorted order, its name, dtype, shape
@@ -33,6 +34,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -40,7 +42,9 @@ from torch import nn
 
 from lagoon.errors import LagoonError
 
-DEFAULT_BUCKET_BYTES = 256 * 2**20
+# Bucket sizes by backend. Gloo over TCP moved the `small` preset 2-7x faster in 1-8 MiB buckets than in
+# 64 MiB+ ones on the development machine (docs/LOG.md, 2026-11-29); NCCL favours large messages.
+DEFAULT_BUCKET_BYTES = {"gloo": 4 * 2**20, "nccl": 256 * 2**20}
 _OK, _REJECTED = 0, 1
 _JOINED = "lagoon-weights-joined"
 
@@ -126,9 +130,13 @@ class WeightGroup:
             raise LagoonError(f"cannot join the weight group at {master_addr}:{master_port}: {error}") from None
 
     def broadcast(self, tensor: torch.Tensor, root: int = 0) -> None:
+        self.broadcast_async(tensor, root).wait()
+
+    def broadcast_async(self, tensor: torch.Tensor, root: int = 0):
+        """Start a broadcast; returns its work handle (collectives run in the order they are started)."""
         options = dist.BroadcastOptions()
         options.rootRank = root
-        self.group.broadcast([tensor], options).wait()
+        return self.group.broadcast([tensor], options)
 
     def max(self, value: int) -> int:
         tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
@@ -161,6 +169,20 @@ def _buckets(entries: list[tuple[str, str, list[int]]], bucket_bytes: int) -> li
     return buckets
 
 
+class _Staging:
+    """Two reusable flat buffers per dtype (allocated once per transfer, grown on demand)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.buffers: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def buffer(self, slot: int, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        key = (slot, dtype)
+        if key not in self.buffers or self.buffers[key].numel() < numel:
+            self.buffers[key] = torch.empty(numel, dtype=dtype, device=self.device)
+        return self.buffers[key][:numel]
+
+
 def _numel(shape: list[int]) -> int:
     count = 1
     for dim in shape:
@@ -173,9 +195,13 @@ def _numel(shape: list[int]) -> int:
 
 
 def broadcast_weights(source: nn.Module | Mapping[str, torch.Tensor], group: WeightGroup, version: int,
-                      bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> TransferStats:
-    """Rank 0: send every weight of `source` to the other ranks (see the module docstring for the protocol)."""
+                      bucket_bytes: int | None = None) -> TransferStats:
+    """Rank 0: send every weight of `source` to the other ranks (see the module docstring for the protocol).
+
+    `bucket_bytes` None picks the backend's default (`DEFAULT_BUCKET_BYTES`).
+    """
     assert group.rank == 0, "the trainer broadcasts from rank 0"
+    bucket_bytes = bucket_bytes or DEFAULT_BUCKET_BYTES[group.backend]
     tensors = sync_tensors(source)
     entries = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in tensors]
     header = json.dumps({"version": version, "tensors": entries, "bucket_bytes": bucket_bytes}).encode()
@@ -186,11 +212,28 @@ def broadcast_weights(source: nn.Module | Mapping[str, torch.Tensor], group: Wei
     started = time.perf_counter()
     buckets = _buckets(entries, bucket_bytes)
     total = 0
+    staging = _Staging(group.device)
+    in_flight: list = []
+    slot_work: dict[int, Any] = {}  # staging slot -> the broadcast still reading it
     with torch.no_grad():
-        for bucket in buckets:
-            flat = torch.cat([tensors[i][1].reshape(-1).to(group.device) for i in bucket])
-            group.broadcast(flat)
-            total += flat.numel() * flat.element_size()
+        for index, bucket in enumerate(buckets):
+            if len(bucket) == 1:  # a tensor alone travels as itself, no copy
+                payload = tensors[bucket[0]][1].to(group.device).contiguous().reshape(-1)
+                work = group.broadcast_async(payload)
+            else:
+                # Two staging buffers: fill one while the other's broadcast is still in flight.
+                slot = index % 2
+                if slot in slot_work:
+                    slot_work.pop(slot).wait()
+                parts = [tensors[i][1] for i in bucket]
+                payload = staging.buffer(slot, sum(t.numel() for t in parts), parts[0].dtype)
+                for piece, tensor in zip(payload.split([t.numel() for t in parts]), parts):
+                    piece.copy_(tensor.reshape(-1))
+                work = slot_work[slot] = group.broadcast_async(payload)
+            in_flight.append((work, payload))  # keeps a moved-to-device payload alive until sent
+            total += payload.numel() * payload.element_size()
+        for work, _ in in_flight:
+            work.wait()
     if group.max(_OK) != _OK:
         raise LagoonError("a server failed while applying the broadcast weights")
     seconds = time.perf_counter() - started
@@ -249,20 +292,39 @@ def receive_buckets(group: WeightGroup, model: nn.Module, incoming: IncomingWeig
     buckets = _buckets(incoming.entries, incoming.bucket_bytes)
     started = time.perf_counter()
     total, failed = 0, None
-    with torch.no_grad():
-        for bucket in buckets:
-            dtype = getattr(torch, incoming.entries[bucket[0]][1])
+    staging = _Staging(group.device)
+    pending = None  # (bucket, payload, work, direct): received next, unpacked one step later
+
+    def unpack(bucket: list[int], payload: torch.Tensor, direct: bool) -> None:
+        nonlocal failed
+        if direct or failed is not None:
+            return
+        try:
             numels = [_numel(incoming.entries[i][2]) for i in bucket]
-            flat = torch.empty(sum(numels), dtype=dtype, device=group.device)
-            group.broadcast(flat)
-            total += flat.numel() * flat.element_size()
-            if failed is None:
-                try:
-                    for i, piece in zip(bucket, flat.split(numels)):
-                        name, _, shape = incoming.entries[i]
-                        targets[name].copy_(piece.view(shape))
-                except RuntimeError as error:
-                    failed = str(error)  # keep receiving so the trainer is not left hanging
+            for i, piece in zip(bucket, payload.split(numels)):
+                name, _, shape = incoming.entries[i]
+                targets[name].copy_(piece.view(shape))
+        except RuntimeError as error:
+            failed = str(error)  # keep receiving so the trainer is not left hanging
+
+    with torch.no_grad():
+        for index, bucket in enumerate(buckets):
+            dtype = getattr(torch, incoming.entries[bucket[0]][1])
+            numel = sum(_numel(incoming.entries[i][2]) for i in bucket)
+            target = targets[incoming.entries[bucket[0]][0]] if len(bucket) == 1 else None
+            # A lone tensor lands straight in the parameter when its dtype, device and layout allow.
+            direct = (target is not None and target.dtype == dtype and target.device == group.device
+                      and target.is_contiguous())
+            payload = target.view(-1) if direct else staging.buffer(index % 2, numel, dtype)
+            work = group.broadcast_async(payload)
+            if pending is not None:
+                pending[2].wait()
+                unpack(pending[0], pending[1], pending[3])
+            pending = (bucket, payload, work, direct)
+            total += payload.numel() * payload.element_size()
+        if pending is not None:
+            pending[2].wait()
+            unpack(pending[0], pending[1], pending[3])
     if group.max(_REJECTED if failed else _OK) != _OK or failed:
         raise LagoonError(f"applying the broadcast weights failed: {failed or 'on another server'}")
     seconds = time.perf_counter() - started
@@ -276,7 +338,7 @@ def receive_buckets(group: WeightGroup, model: nn.Module, incoming: IncomingWeig
 
 def push_weights(source: nn.Module | Mapping[str, torch.Tensor], server_urls: list[str], version: int, *,
                  master_addr: str = "127.0.0.1", master_port: int = 0, backend: str = "gloo",
-                 bucket_bytes: int = DEFAULT_BUCKET_BYTES, timeout_s: float = 300.0) -> TransferStats:
+                 bucket_bytes: int | None = None, timeout_s: float = 300.0) -> TransferStats:
     """Broadcast `source` to every server in `server_urls` (``http://host:port``) as policy `version`.
 
     Each server pauses (keeping its requests), receives, checks, and resumes with the new weights.
