@@ -178,6 +178,7 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "reasoning_effort": "max"}, 400),
     ("/v1/weights/pause", {"mode": "sometimes"}, 400),
     ("/v1/weights/load", {"path": "/no/such/checkpoint"}, 400),
+    ("/v1/weights/receive", {"master_addr": "127.0.0.1", "master_port": 1, "world_size": 2, "rank": 0}, 400),
     ("/v1/nothing-here", {}, 404),
 ]
 
@@ -190,6 +191,20 @@ def test_malformed_requests_get_json_errors_and_the_server_keeps_serving(server,
     error = response.json()["error"]
     assert error["message"] and error["code"] == status
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_a_client_that_hangs_up_mid_stream_frees_its_row(server):
+    body = {"prompt": [2, 7, 8, 9], "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk, then hang up
+    for _ in range(600):
+        health = httpx.get(server.url + "/health").json()
+        if health["running"] == 0 and health["waiting"] == 0:
+            break
+        threading.Event().wait(0.05)
+    assert health["running"] == 0 and health["waiting"] == 0
 
 
 def test_the_openai_client_raises_its_own_errors(server):
