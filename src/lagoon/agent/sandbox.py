@@ -40,7 +40,7 @@ from lagoon.agent.cgroups import CgroupSupport, SandboxCgroup
 from lagoon.agent.config import SandboxConfig
 from lagoon.agent.runtime import (SANDBOX_GID, SANDBOX_UID, WORKDIR, SandboxError, generated_etc, probe_bwrap,
                                   find_bwrap, python_runtime)
-from lagoon.agent.workspace import open_private_file, write_private_file
+from lagoon.agent.workspace import open_private_files, write_private_file
 
 OUTPUT_DIR = ".lagoon/outputs"
 """Workspace-relative directory of every action's full stdout and stderr."""
@@ -226,8 +226,8 @@ class Sandbox:
         cgroup = None
         try:
             # Our own descriptors: what we read back is what the command wrote, even if it swaps the files.
-            stdout_fd = open_private_file(self.workspace, OUTPUT_PARTS, f"{name}.stdout", readable=True)
-            stderr_fd = open_private_file(self.workspace, OUTPUT_PARTS, f"{name}.stderr", readable=True)
+            stdout_fd, stderr_fd = open_private_files(self.workspace, OUTPUT_PARTS, [f"{name}.stdout", f"{name}.stderr"],
+                                                      readable=True)
             if self.bwrap is not None:
                 # bwrap writes its child's pid here once the sandbox is set up: no write means it never started.
                 info_read, info_write = os.pipe()

@@ -59,15 +59,31 @@ def private_dir_fd(root: Path, *parts: str) -> int:
         raise
 
 
-def open_private_file(root: Path, parts: tuple[str, ...], name: str, readable: bool = False) -> int:
-    """A new, empty, regular file ``root/parts/name`` opened for writing (and reading), replacing whatever was there."""
+def open_private_files(root: Path, parts: tuple[str, ...], names: list[str], readable: bool = False) -> list[int]:
+    """New, empty, regular files ``root/parts/<name>`` opened for writing (and reading), replacing whatever was
+    there (one walk down the directories for all of them)."""
     dir_fd = private_dir_fd(root, *parts)
+    fds: list[int] = []
     try:
-        _remove_entry(name, dir_fd)
-        mode = os.O_RDWR if readable else os.O_WRONLY
-        return os.open(name, mode | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        mode = (os.O_RDWR if readable else os.O_WRONLY) | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for name in names:
+            try:
+                fds.append(os.open(name, mode, 0o644, dir_fd=dir_fd))
+            except FileExistsError:
+                _remove_entry(name, dir_fd)
+                fds.append(os.open(name, mode, 0o644, dir_fd=dir_fd))
+        return fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
     finally:
         os.close(dir_fd)
+
+
+def open_private_file(root: Path, parts: tuple[str, ...], name: str, readable: bool = False) -> int:
+    """A new, empty, regular file ``root/parts/name`` opened for writing (and reading), replacing whatever was there."""
+    return open_private_files(root, parts, [name], readable)[0]
 
 
 def write_private_file(root: Path, parts: tuple[str, ...], name: str, data: bytes) -> None:
