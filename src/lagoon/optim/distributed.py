@@ -53,6 +53,11 @@ from lagoon.optim.sharded_adamw import FlatShardedAdamW, LocalShardAdamW, gather
 from lagoon.optim.transport import DDPTransport, FSDPTransport
 
 
+def _squared(tensor: torch.Tensor) -> torch.Tensor:
+    """‖t‖² accumulated in float64 (the norm itself in the tensor's dtype, without a float64 copy)."""
+    return torch.linalg.vector_norm(tensor).double() ** 2
+
+
 class DistributedMuon(LagoonOptimizer):
     """Muon + AdamW sharded over data-parallel ranks (``optim.distributed = "ddp"`` or ``"fsdp2"``)."""
 
@@ -152,26 +157,55 @@ class DistributedMuon(LagoonOptimizer):
     # ---------------------------------------------------------------------------------------------
     def _step_ddp(self, max_grad_norm: float | None) -> dict[str, float]:
         W, rank = self.dp.world_size, self.dp.rank
-        # 1. Every reduce-scatter at once, smallest bucket first, then AdamW's.
-        received = [self.transport.start_to_owners(bucket) for bucket in self.buckets]
+        # 1. Every reduce-scatter at once: AdamW's slice first (its all-gather is the biggest to hide), then
+        #    the Muon buckets, smallest first.
         adamw_grad_S, adamw_work = self.adamw.start_reduce()
-        # 2. As each lands: momentum + Newton–Schulz (assuming no clipping), then the all-gather.
+        received = [self.transport.start_to_owners(bucket) for bucket in self.buckets]
         squared = torch.zeros((), dtype=torch.float64)
+        landed = [False] * len(self.buckets)
+
+        def land(k: int) -> torch.Tensor:
+            """Bucket k's averaged gradients of the owned blocks, counted into the norm once."""
+            nonlocal squared
+            grads_mRC = received[k][0][: len(self.buckets[k].segments[rank])]
+            if not landed[k]:
+                self._wait(received[k][1])
+                grads_mRC.div_(W)
+                squared += _squared(grads_mRC)
+                landed[k] = True
+            return grads_mRC
+
+        def start_norm() -> tuple[torch.Tensor, dist.Work]:
+            """Count every bucket and the AdamW slice into ‖g‖² (waiting where needed) and all-reduce it."""
+            for k in range(len(self.buckets)):
+                land(k)
+            self._wait(adamw_work)
+            adamw_grad_S.div_(W)
+            return self._start_norm(squared + _squared(adamw_grad_S))
+
+        # 2. As each bucket lands: momentum + Newton–Schulz assuming no clipping, then its all-gather. As soon
+        #    as every gradient has landed, the norm's all-reduce goes out; once it is back and says "no
+        #    clipping", AdamW updates its slice and all-gathers it behind the remaining Newton–Schulz.
+        norm: tuple[torch.Tensor, dist.Work] | None = None
+        adamw_gather = None
         backups, gathers = [], []
         for k, bucket in enumerate(self.buckets):
-            grads_MRC, work = received[k]
-            self._wait(work)
-            grads_mRC = grads_MRC[: len(bucket.segments[rank])].div_(W)
-            squared += grads_mRC.double().square().sum()
+            grads_mRC = land(k)
             backups.append(self.momentum[k].clone())
             gathers.append(self.transport.start_to_all(bucket, self._orthogonalize(grads_mRC, self.momentum[k])))
-        self._wait(adamw_work)
-        adamw_grad_S.div_(W)
-        squared += adamw_grad_S.double().square().sum()
-        # 3. Clipping decides whether the speculative updates stand.
-        grad_norm = self._finish_norm(self._start_norm(squared))
+            if norm is None and all(work is None or work.is_completed() for _, work in [*received, (None, adamw_work)]):
+                norm = start_norm()
+            if norm is not None and adamw_gather is None and norm[1].is_completed():
+                grad_norm = self._finish_norm(norm)
+                if math.isfinite(grad_norm) and clip_coefficient(grad_norm, max_grad_norm) == 1.0:
+                    self.step_count += 1
+                    adamw_gather = self.adamw.start_gather(self._adamw_step(adamw_grad_S, 1.0))
+        if norm is None:
+            norm = start_norm()
+        grad_norm = self._finish_norm(norm)
         coefficient = clip_coefficient(grad_norm, max_grad_norm)
         metrics = self._metrics(grad_norm, coefficient)
+        # 3. Clipping (or a non-finite norm) means the speculative updates are discarded and redone (or not).
         if not math.isfinite(grad_norm) or coefficient < 1.0:
             for (_, work), momentum, backup in zip(gathers, self.momentum, backups):
                 self._wait(work)
@@ -180,18 +214,19 @@ class DistributedMuon(LagoonOptimizer):
                 return metrics
             gathers = []
             for k, bucket in enumerate(self.buckets):
-                grads_mRC = received[k][0][: len(bucket.segments[rank])].mul_(coefficient)
+                grads_mRC = land(k).mul_(coefficient)
                 gathers.append(self.transport.start_to_all(bucket, self._orthogonalize(grads_mRC, self.momentum[k])))
         del backups
-        self.step_count += 1
-        # 4. AdamW on this rank's slice while the updates travel; then every replica applies everything.
-        params_S = self._adamw_step(adamw_grad_S, coefficient)
-        adamw_flat, adamw_gather = self.adamw.start_gather(params_S)
+        if adamw_gather is None:
+            self.step_count += 1
+            adamw_gather = self.adamw.start_gather(self._adamw_step(adamw_grad_S, coefficient))
+        # 4. Every replica applies the decay and the gathered updates.
         self._apply_decay()
         for bucket, (updates, work) in zip(self.buckets, gathers):
             self._wait(work)
             self.transport.apply(bucket, updates, self._scale(bucket))
-        self._wait(adamw_gather)
+        adamw_flat, adamw_work_gather = adamw_gather
+        self._wait(adamw_work_gather)
         self.adamw.finish(adamw_flat)
         return metrics
 
@@ -201,7 +236,7 @@ class DistributedMuon(LagoonOptimizer):
         adamw_grads = self.adamw.local_grads()
         squared = torch.zeros((), dtype=torch.float64)
         for grad in [*local_grads.values(), *adamw_grads.values()]:
-            squared += grad.double().square().sum()
+            squared += _squared(grad)
         pending_norm = self._start_norm(squared)
         # 2. Row shards to their owners, smallest bucket first.
         received = [self.transport.start_to_owners(bucket, local_grads) for bucket in self.buckets]

@@ -45,10 +45,23 @@ class FlatShardedAdamW:
         self.exp_avg_sq_S = torch.zeros(self.shard, dtype=self.dtype, device=self.device)
 
     def _flat(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        flat = torch.zeros(self.shard * self.dp.world_size, dtype=self.dtype, device=self.device)
+        flat = torch.empty(self.shard * self.dp.world_size, dtype=self.dtype, device=self.device)
+        flat[self.total :].zero_()
         if tensors:
             torch.cat([t.reshape(-1) for t in tensors], out=flat[: self.total])
         return flat
+
+    def _slice(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Elements [start, start + S) of the flat concatenation of `tensors` (zero past the end)."""
+        out = torch.zeros(self.shard, dtype=self.dtype, device=self.device)
+        offset, stop = 0, self.start + self.shard
+        for tensor in tensors:
+            size = tensor.numel()
+            low, high = max(offset, self.start), min(offset + size, stop)
+            if low < high:
+                out[low - self.start : high - self.start] = tensor.reshape(-1)[low - offset : high - offset]
+            offset += size
+        return out
 
     def start_reduce(self) -> tuple[torch.Tensor, dist.Work | None]:
         """Issue the reduce-scatter of the summed gradients; returns (this rank's slice, its work handle)."""
@@ -62,7 +75,7 @@ class FlatShardedAdamW:
     def update(self, grad_S: torch.Tensor, *, step: int, lr: float, betas: tuple[float, float], eps: float,
                weight_decay: float) -> torch.Tensor:
         """AdamW on this rank's slice; returns the updated parameter slice."""
-        params_S = self._flat([p.detach() for _, p in self.entries])[self.start : self.start + self.shard].clone()
+        params_S = self._slice([p.detach() for _, p in self.entries])
         # The slice may straddle the decayed / undecayed boundary: update each part with its own decay.
         split = min(max(self.decayed_elements - self.start, 0), self.shard)
         for piece, decay in ((slice(0, split), weight_decay), (slice(split, self.shard), 0.0)):
@@ -100,8 +113,7 @@ class FlatShardedAdamW:
 
     def load_full_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         for key, slice_S in (("exp_avg", self.exp_avg_S), ("exp_avg_sq", self.exp_avg_sq_S)):
-            flat = self._flat([state[name][key].to(self.device, self.dtype) for name, _ in self.entries])
-            slice_S.copy_(flat[self.start : self.start + self.shard])
+            slice_S.copy_(self._slice([state[name][key].to(self.device, self.dtype) for name, _ in self.entries]))
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,9 @@ class DDPTransport(_Transport):
     def start_to_owners(self, bucket: Bucket) -> tuple[torch.Tensor, dist.Work]:
         """Reduce-scatter: returns (the summed gradients of this rank's slots [M, R, C], work)."""
         first = self.matrices[next(b for segment in bucket.segments for b in segment).param].param
-        send = torch.zeros((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype)
+        send = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype)
+        for rank, segment in enumerate(bucket.segments):  # only the padding slots need zeros
+            send[rank * bucket.slots + len(segment) : (rank + 1) * bucket.slots].zero_()
         for p, (indices, slots) in self.per_param(bucket).items():
             matrix = self.matrices[p]
             grad = _grad_or_zeros(matrix.param).view(matrix.count, matrix.rows, matrix.cols)
