@@ -13,7 +13,7 @@ VOCAB = 640
 
 
 def build_tokenizer(directory: Path, vocab_size: int = VOCAB) -> Path:
-    """lagoon's own tokenizer (`lagoon.data.tokenizer`), trained on Python's bundled docs, saved with Laguna's template."""
+    """lagoon's own tokenizer (`lagoon.data.tokenizer`) trained on Python's bundled docs, with Laguna's template."""
     import pydoc_data.topics
 
     from lagoon.data.tokenizer import save_tokenizer, train_tokenizer

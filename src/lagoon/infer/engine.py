@@ -60,7 +60,8 @@ class Engine:
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.max_batch = max_batch
-        self.max_model_len = min(max_model_len or self.config.max_position_embeddings, self.config.max_position_embeddings)
+        longest = self.config.max_position_embeddings
+        self.max_model_len = min(max_model_len or longest, longest)
         self.max_prefill_tokens = max_prefill_tokens
         self.policy_version = policy_version
         self.cache = KVCache(self.config, max_batch, self.max_model_len, self.dtype, self.device)
@@ -328,7 +329,8 @@ class Engine:
                                     return_logits=False, return_hidden_states=True).hidden_states
         finally:
             self.cache.end_step()
-        last_BD = hidden_BTD[torch.arange(len(requests), device=self.device), torch.tensor(lengths, device=self.device) - 1]
+        last_B = torch.tensor(lengths, device=self.device) - 1
+        last_BD = hidden_BTD[torch.arange(len(requests), device=self.device), last_B]
         for row, request in zip(rows, requests):
             request.row = row
             self._running.append(request)

@@ -190,8 +190,10 @@ def create_app(state: ServerState) -> FastAPI:
                 choice: dict[str, Any] = {
                     "index": index, "text": update.text,
                     "finish_reason": update.finish_reason if update.finished else None,
-                    "logprobs": completion_logprobs(update.token_ids, update.logprobs, update.top_logprobs,
-                                                    update.text_offsets, state.tokenizer) if parsed.want_logprobs else None}
+                    "logprobs": None}
+                if parsed.want_logprobs:
+                    choice["logprobs"] = completion_logprobs(update.token_ids, update.logprobs, update.top_logprobs,
+                                                             update.text_offsets, state.tokenizer)
                 if parsed.return_token_ids:
                     choice["token_ids"] = update.token_ids
                     if index not in sent_prompt:

@@ -120,7 +120,7 @@ class WeightGroup:
             prefixed = dist.PrefixStore("lagoon-weights", self.store)
             if backend == "nccl":
                 # NCCL moves CUDA tensors only; the group works on the given (or current) GPU.
-                self.device = torch.device(device) if device is not None else torch.device("cuda", torch.cuda.current_device())
+                self.device = torch.device(device if device is not None else f"cuda:{torch.cuda.current_device()}")
                 torch.cuda.set_device(self.device)
                 self.group = dist.ProcessGroupNCCL(prefixed, rank, world_size)
             else:
@@ -384,7 +384,8 @@ def push_weights(source: nn.Module | Mapping[str, torch.Tensor], server_urls: li
         thread.join()
     bad = [(url, r) for url, r in zip(server_urls, replies) if not (hasattr(r, "status_code") and r.status_code == 200)]
     if bad:
-        raise LagoonError(f"weights were sent but not every server confirmed: {_describe([r for _, r in bad], [u for u, _ in bad])}")
+        detail = _describe([reply for _, reply in bad], [url for url, _ in bad])
+        raise LagoonError(f"weights were sent but not every server confirmed: {detail}")
     return stats
 
 
