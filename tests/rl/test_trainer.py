@@ -128,3 +128,27 @@ def test_a_cispo_step_raises_rewarded_completions_and_lowers_the_rest(tmp_path):
     published = store_root(trainer.rl.weights, run_dir) / "v_00000001"
     assert (published / "model.safetensors").is_file()
     assert json.loads((run_dir / "checkpoints" / "step_00000001" / "train_state" / "state.json").read_text())["step"] == 1
+
+
+@pytest.mark.timeout(240)
+def test_data_parallel_trainer_matches_the_single_process_one(tmp_path):
+    from safetensors.torch import load_file
+
+    init = tiny_checkpoint(tmp_path / "init")
+    config_path = tmp_path / "rl.toml"
+    config_path.write_text(
+        f'[rl]\ninit_checkpoint = "{init}"\ntotal_steps = 2\n[rl.tasks]\ngroup_size = 4\n'
+        '[rl.trainer]\ngroups_per_step = 2\nmax_staleness = 100\ncheckpoint_every = 2\npoll_interval_s = 0.05\n'
+        'device = "cpu"\nrow_tokens = 32\n[rl.weights]\ntransfer = "files"\n')
+    weights = {}
+    for name, launcher in (("single", []), ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"])):
+        run_dir = tmp_path / name
+        _write_groups(run_dir, range(4))
+        command = [sys.executable, *launcher, "-m", "lagoon", "rl", "trainer", str(config_path), "--run-dir", str(run_dir)]
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=200,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        weights[name] = load_file(run_dir / "checkpoints" / "step_00000002" / "model.safetensors")
+        assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    for key, tensor in weights["single"].items():
+        torch.testing.assert_close(weights["ddp"][key], tensor, rtol=1e-4, atol=1e-6, msg=key)

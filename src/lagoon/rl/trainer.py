@@ -188,15 +188,18 @@ class Trainer:
         t = self.rl.trainer
         started = time.perf_counter()
         samples = samples_from_groups([g.trajectories for g in batch.groups], t.advantage_std_normalize)
-        micro_batches = pack(samples, t.micro_batch_tokens, t.row_tokens)
-        loss_tokens = sum(mb.loss_tokens for mb in micro_batches)
+        loss_tokens = sum(sum(s.sequence.loss_mask) for s in samples)
+        # Each data-parallel rank packs its own share of the sequences (longest first, dealt round-robin).
+        ordered = sorted(samples, key=lambda s: -s.tokens)
+        mine = pack(ordered[self.dist.rank::self.dist.world_size], t.micro_batch_tokens, t.row_tokens)
+        if not mine:   # fewer sequences than ranks: a masked one-token pass keeps the collectives in step
+            mine = [_empty_micro_batch()]
         if t.warmup_steps:
             self.optimizer.set_lr_scale(min(1.0, (self.version + 1) / t.warmup_steps))
         self.optimizer.zero_grad()
         total = CispoStats(0, 0, 0, 0, 0, 0)
         fresh = [0.0, 0.0]
         loss_sum, tokens = 0.0, 0
-        mine = micro_batches[self.dist.rank::self.dist.world_size]
         for mb in mine:
             loss, stats, fresh_kl, fresh_tokens = self._micro_step(mb, max(loss_tokens, 1))
             total = total.add(stats)
@@ -309,6 +312,16 @@ class Trainer:
 
     def close(self) -> None:
         self.dist.close()
+
+
+def _empty_micro_batch() -> MicroBatch:
+    from lagoon.tokens import PAD_ID
+
+    def row(value, dtype):
+        return torch.tensor([[value]], dtype=dtype)
+
+    return MicroBatch(row(PAD_ID, torch.long), row(0, torch.long), row(False, torch.bool), row(0.0, torch.float32),
+                      row(0.0, torch.float32), row(-1, torch.long))
 
 
 def _truncate_jsonl(path: Path, step: int) -> None:
