@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def main() -> None:
         print(mode, rows[mode], flush=True)
     speedup = rows["async"]["rate"] / rows["sync"]["rate"]
     lines = [f"`{args.config}` from one warmed-up checkpoint, {args.minutes:g} min of RL each; sync is η = 0, "
-             f"async η = {args.async_staleness}.", "",
+             f"async η = {args.async_staleness}. Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+             "at the end (a shared machine).", "",
              "| mode | episodes / min | trainer steps | episode reward, last third | held-out reward before → after |",
              "|---|---|---|---|---|"]
     for mode, row in rows.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -22,6 +23,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/rl_demo.toml")
     parser.add_argument("--out", default="runs/bench_rl_heldout")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--minutes", type=float, default=0.0, help="cap each run's RL phase (0: the config's)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -29,13 +31,18 @@ def main() -> None:
 
     rows = []
     for seed in args.seeds:
-        config = load_config(args.config, [f"rl.sft.seed={seed + 1}", f"rl.tasks.seed={seed}", f"rl.trainer.seed={seed}"])
+        overrides = [f"rl.sft.seed={seed + 1}", f"rl.tasks.seed={seed}", f"rl.trainer.seed={seed}"]
+        if args.minutes:
+            overrides.append(f"rl.time_limit_s={args.minutes * 60}")
+        config = load_config(args.config, overrides)
         result = run(config, Path(args.out) / f"seed{seed}")
         before, after = result["eval_before"], result["eval_after"]
         rows.append((seed, before["reward_mean"], after["reward_mean"], after["episodes"], result["wall_s"],
                      result["version"]))
         print(json.dumps(rows[-1]), flush=True)
-    lines = [f"`{args.config}`; held-out arith-code tasks (seed disjoint from training), one episode each.", "",
+    cap = f", RL capped at {args.minutes:g} min" if args.minutes else ""
+    lines = [f"`{args.config}`{cap}; held-out arith-code tasks (seed disjoint from training), one episode each; "
+             f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end.", "",
              "| seed | held-out reward before RL | after RL | change | episodes | steps | wall-clock (min) |",
              "|---|---|---|---|---|---|---|"]
     for seed, before, after, episodes, wall, steps in rows:

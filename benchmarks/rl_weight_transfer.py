@@ -5,13 +5,15 @@ publisher (`lagoon.rl.weights.WeightPublisher`) in this process: ``files`` (vers
 server loads it), ``shm`` (the same in /dev/shm) and ``broadcast`` (gloo, bucketed, pause/update/resume).
 Each update is timed from the trainer's call to every server serving the new version (the server's digest
 is checked against the trainer's). The baseline is a memcpy of the same bytes in this process
-(``copy_`` of every tensor into a preallocated twin). Reported: median seconds and GB/s per path and the
+(``copy_`` of every tensor into a preallocated twin), timed in every round between the transfers so that
+the load of a shared machine weighs on both alike. Reported: median seconds and GB/s per path and the
 ratio to memcpy (goal ≥ 0.5×).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -27,16 +29,11 @@ from lagoon.rl.servers import LocalServers
 from lagoon.rl.weights import WeightPublisher
 
 
-def memcpy_seconds(model: torch.nn.Module, rounds: int) -> float:
-    sources = [t.detach() for t in model.state_dict().values()]
-    targets = [torch.empty_like(t) for t in sources]
-    times = []
-    for _ in range(rounds + 1):
-        started = time.perf_counter()
-        for target, source in zip(targets, sources):
-            target.copy_(source)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])
+def memcpy_seconds(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> float:
+    started = time.perf_counter()
+    for target, source in zip(targets, sources):
+        target.copy_(source)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -58,9 +55,14 @@ def main() -> None:
         servers = LocalServers(config, run_dir)
         urls = servers.start()
         results: dict[str, list[dict]] = {}
+        sources = [t.detach() for t in model.state_dict().values()]
+        targets = [torch.empty_like(t) for t in sources]
+        memcpy_seconds(sources, targets)                         # first touch of the target pages
+        copies = []
         try:
             version = 0
             for _ in range(args.rounds):
+                copies.append(memcpy_seconds(sources, targets))
                 for transfer in ("files", "shm", "broadcast"):   # interleaved, so machine noise hits all alike
                     version += 1
                     with torch.no_grad():
@@ -78,12 +80,14 @@ def main() -> None:
                         publisher.close()
         finally:
             servers.stop()
-    copy_s = memcpy_seconds(model, args.rounds)
+    copy_s = statistics.median(copies)
     copy_gbps = num_bytes / copy_s / 1e9
     names = {"files": "files (RUN_DIR/weights, server loads)", "shm": "shared memory (/dev/shm, server loads)",
              "broadcast": "torch.distributed broadcast (gloo, pause/update/resume)"}
+    load = os.getloadavg()[0]
     lines = [f"Preset `{args.preset}`: {num_bytes / 1e6:,.0f} MB of fp32 weights to one local `lagoon serve` "
-             f"(digest checked after every update); {args.rounds} rounds, interleaved; medians.", "",
+             f"(digest checked after every update); {args.rounds} rounds, each path and the memcpy interleaved; "
+             f"medians. Load average during the run: {load:.1f} on {os.cpu_count()} CPUs.", "",
              "| path | seconds (trainer call → server serving it) | GB/s | vs memcpy |", "|---|---|---|---|",
              f"| memcpy of the same bytes (baseline) | {copy_s:.3f} | {copy_gbps:.2f} | 1.00× |"]
     for transfer, updates in results.items():

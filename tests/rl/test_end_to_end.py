@@ -75,6 +75,10 @@ device = "cpu"
 [rl.weights]
 transfer = "shm"
 
+[rl.table]
+expire_every_steps = 2           # expire snapshots behind the trainer's checkpointed read position as it goes
+retain_snapshots = 2
+
 [rl.eval]
 num_tasks = 6
 """
@@ -133,6 +137,9 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     assert committed <= set(ids) and len(ids) == len(set(ids)) == 16 * 3
     events = read_jsonl(run_dir / "events.jsonl")
     assert [(e["event"], e["actor"]) for e in events if e["event"] == "actor_restart"] == [("actor_restart", 1)]
+    # Snapshots behind the trainer were expired while the run went on, and no read position was lost.
+    assert any(e["event"] == "expire_snapshots" for e in events)
+    assert TrajectoryStore(TableConfig(), run_dir).snapshot_count() < 16
     log = read_jsonl(run_dir / "actors" / "actor-1.jsonl")
     starts = [r for r in log if r["type"] == "start"]
     before_kill = sum(1 for t in final if t.actor_id == "actor-1" and t.trajectory_id in committed) // 3

@@ -29,6 +29,15 @@ def _write_groups(run_dir, tasks, version=0):
     return store
 
 
+def _config_file(directory, config):
+    """The TOML form of `config`, for a trainer started as its own process."""
+    from lagoon.configio import dumps_toml, to_dict
+
+    path = directory / "rl.toml"
+    path.write_text(dumps_toml(to_dict(config)))
+    return path
+
+
 def _wait_for(predicate, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -43,14 +52,10 @@ def test_a_killed_trainer_resumes_without_skipping_or_repeating(tmp_path):
     init = tiny_checkpoint(tmp_path / "init")
     run_dir = tmp_path / "run"
     _write_groups(run_dir, range(6))                         # three steps' worth
-    config_path = tmp_path / "rl.toml"
-    config_path.write_text(
-        f'[rl]\ninit_checkpoint = "{init}"\ntotal_steps = 5\n[rl.tasks]\ngroup_size = 4\n'
-        '[rl.trainer]\ngroups_per_step = 2\nmax_staleness = 100\ncheckpoint_every = 2\npoll_interval_s = 0.05\n'
-        'device = "cpu"\n[rl.weights]\ntransfer = "files"\n')
+    config_path = _config_file(tmp_path, rl_config(init, **{"rl.total_steps": 5}))
     command = [sys.executable, "-m", "lagoon", "rl", "trainer", str(config_path), "--run-dir", str(run_dir)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         # Three steps done, checkpoint at step 2, then it waits for more data: kill it there.
         _wait_for(lambda: len(read_jsonl(run_dir / "metrics.jsonl")) == 3)
@@ -59,9 +64,10 @@ def test_a_killed_trainer_resumes_without_skipping_or_repeating(tmp_path):
         process.wait()
     assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step_00000002"]
     _write_groups(run_dir, range(6, 10))                     # two more steps' worth arrive meanwhile
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "resumed from step_00000002 at version 2, 2 groups pending" in result.stdout
+    said = []
+    trainer = Trainer(rl_config(init, **{"rl.total_steps": 5}), run_dir, say=said.append)
+    assert trainer.run() == 5
+    assert "trainer: resumed from step_00000002 at version 2, 2 groups pending" in said
 
     steps = read_jsonl(run_dir / CONSUMED_LOG)
     assert [s["step"] for s in steps] == [1, 2, 3, 4, 5]
@@ -135,19 +141,20 @@ def test_data_parallel_trainer_matches_the_single_process_one(tmp_path):
     from safetensors.torch import load_file
 
     init = tiny_checkpoint(tmp_path / "init")
-    config_path = tmp_path / "rl.toml"
-    config_path.write_text(
-        f'[rl]\ninit_checkpoint = "{init}"\ntotal_steps = 2\n[rl.tasks]\ngroup_size = 4\n'
-        '[rl.trainer]\ngroups_per_step = 2\nmax_staleness = 100\ncheckpoint_every = 2\npoll_interval_s = 0.05\n'
-        'device = "cpu"\nrow_tokens = 32\n[rl.weights]\ntransfer = "files"\n')
+    config = rl_config(init, **{"rl.total_steps": 2, "rl.trainer.row_tokens": 32})
+    config_path = _config_file(tmp_path, config)
     weights = {}
-    for name, launcher in (("single", []), ("ddp", ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"])):
+    for name in ("single", "ddp"):
         run_dir = tmp_path / name
         _write_groups(run_dir, range(4))
-        command = [sys.executable, *launcher, "-m", "lagoon", "rl", "trainer", str(config_path), "--run-dir", str(run_dir)]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=200,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        if name == "single":
+            Trainer(config, run_dir, say=lambda _: None).run()
+        else:
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                       "-m", "lagoon", "rl", "trainer", str(config_path), "--run-dir", str(run_dir)]
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=200,
+                                    env={**os.environ, "OMP_NUM_THREADS": "1"})
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         weights[name] = load_file(run_dir / "checkpoints" / "step_00000002" / "model.safetensors")
         assert [m["step"] for m in read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
     for key, tensor in weights["single"].items():

@@ -193,8 +193,9 @@ class WeightsConfig:
     buckets from the trainer to every server (gloo on CPU, NCCL on GPU), with pause/update/resume."""
     backend: Literal["gloo", "nccl"] = "gloo"
     """torch.distributed backend of the broadcast."""
-    bucket_mb: float = 64.0
-    """Bucket size of the broadcast (tensors are flattened into buckets of about this many MiB)."""
+    bucket_mb: float = 4.0
+    """Bucket size of the broadcast in MiB (gloo over loopback was 2–7× faster in 1–8 MiB buckets than in
+    64 MiB ones on a 2-core machine, docs/LOG.md 2026-11-29; NCCL prefers larger ones)."""
     master_addr: str = "127.0.0.1"
     """Address the trainer listens on for the broadcast group."""
     master_port: int = 0
