@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--adamw-lrs", type=float, nargs="+", default=[0.002, 0.004, 0.008])
     parser.add_argument("--muon-lrs", type=float, nargs="+", default=[0.004, 0.008, 0.016])
-    parser.add_argument("--horizons", type=float, nargs="+", default=[0.55, 0.7, 0.85])
+    parser.add_argument("--horizons", type=float, nargs="+", default=[0.3, 0.45, 0.6, 0.75])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shards", default="runs/demo/data")
     parser.add_argument("--out", default=DEFAULT_OUT)

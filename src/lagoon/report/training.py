@@ -30,7 +30,7 @@ def summary_section(runs: list[Run]) -> Section | None:
 
 def loss_section(runs: list[Run]) -> Section | None:
     figure, (axis,) = new_figure()
-    if not plot_metric(axis, runs, "loss", smooth=len(runs) == 1 and len(runs[0].metrics) >= 20):
+    if not plot_metric(axis, runs, "loss", smooth=max(len(run.metrics) for run in runs) >= 20):
         return None
     if len(runs) == 1:
         steps, values = runs[0].series("loss")
@@ -39,7 +39,7 @@ def loss_section(runs: list[Run]) -> Section | None:
     axis.set_ylabel("training loss (nats/token)")
     legend(axis)
     caption = "Training cross-entropy per step" + (" (smoothed; raw in light colour)." if len(runs) == 1 else
-                                                   "; bands span the runs (seeds) of a setting.")
+                                                   ", smoothed; bands span the runs (seeds) of a setting.")
     return Section("Training loss", [render(figure, caption)])
 
 
