@@ -39,6 +39,7 @@ from lagoon.rl.servers import die_with_parent
 
 RESULT = "result.json"
 CONFIG_FILE = "config.toml"
+ROLE_SECTIONS = ("model", "agent", "rl")
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -211,7 +212,9 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     elif not Path(rl.init_checkpoint).is_dir():
         raise LagoonError(f"rl.init_checkpoint {rl.init_checkpoint} is not a directory")
     config_path = run_dir / CONFIG_FILE
-    config_path.write_text(dumps_toml(to_dict(config)))
+    # The sections the roles read; the rest of a pipeline config is no business of theirs.
+    data = to_dict(config)
+    config_path.write_text(dumps_toml({key: data[key] for key in ROLE_SECTIONS if key in data}))
     TrajectoryStore(rl.table, run_dir)
 
     servers = None if rl.servers.urls else LocalServers(config, run_dir)
