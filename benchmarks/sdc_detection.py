@@ -15,6 +15,7 @@ Detected: the check disagrees. Localized: the vote names exactly the corrupted (
 from __future__ import annotations
 
 import argparse
+import os
 import collections
 import copy
 import datetime
@@ -162,6 +163,7 @@ def main() -> None:
                   f"({args.healthy_steps} after training steps, the rest after restoring each corruption).",
               "Goal: 100% detected and localized, 0 false positives."]
     print("\n".join(lines))
+    lines.append(f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine).")
     if not args.no_record:
         record("SDC detection and localization over random injections (issue 6)", lines)
 

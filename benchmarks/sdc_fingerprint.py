@@ -15,6 +15,7 @@ Throughput is bytes of the tensors (in their own dtype) per second; ratios are l
 from __future__ import annotations
 
 import argparse
+import os
 import hashlib
 
 import torch
@@ -77,6 +78,7 @@ def main() -> None:
                      f"{rate['lagoon'] / rate['sha1']:.1f}× |")
         print(lines[-1], flush=True)
     lines += ["", "Goals: ≥ 0.5× memcpy and ≥ 10× the SHA-1 method."]
+    lines.append(f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine).")
     if not args.no_record:
         record("SDC fingerprint throughput vs memcpy and SHA-1 over a CPU copy (issue 6)", lines)
 

@@ -60,31 +60,57 @@ def _worker(rank: int, world: int, port: int, args, out: Path) -> None:
         generator = torch.Generator().manual_seed(step * world + rank)
         tokens = torch.randint(0, vocab, (args.batch, args.seq + 1), generator=generator)
         wrapped(tokens[:, :-1], targets=tokens[:, 1:]).loss.backward()
-        optimizer.step(max_grad_norm=1.0)
+        started = time.perf_counter()
+        optimizer.step(max_grad_norm=1.0)  # SDC's wrapper around the optimizer's own step
+        stepping = time.perf_counter() - started
         optimizer.zero_grad()
         model.update_router_biases(dist.group.WORLD)
+        return stepping
 
     def context(step: int) -> HookContext:
         return HookContext(step=step, model=model, optimizer=optimizer, group=dist.group.WORLD, rank=rank,
                            world_size=world, run_dir=out, config=config, wrapped_model=wrapped)
+
+    # Time the SDC work where it happens: the comm-hook statistics (inside backward), the optimizer-step
+    # prelude (statistics handed to the background gather), and the quiet-point hook.
+    spent = {"observe": 0.0, "real_step": 0.0}
+
+    def timed(name, function):
+        def run(*a, **k):
+            started = time.perf_counter()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[name] += time.perf_counter() - started
+        return run
 
     step = 0
     for _ in range(3):  # warm up, and let the hooks attach (comm hook, optimizer wrapper, SDC group)
         step += 1
         train_step(step)
         hooks.after_optimizer_step(context(step))
+    monitor = hooks.precheck
+    monitor._observe = timed("observe", monitor._observe)
+    monitor._real_step = timed("real_step", monitor._real_step)
     times: dict[str, list[float]] = {"on": [], "off": []}
+    sdc_work: list[float] = []
     for index in range(2 * args.steps):
         mode = "on" if index % 2 == 0 else "off"
-        hooks.precheck.active = mode == "on"
+        monitor.active = mode == "on"
+        spent.update(observe=0.0, real_step=0.0)
         dist.barrier()
         started = time.perf_counter()
         step += 1
-        train_step(step)
+        stepping = train_step(step)
         if mode == "on":  # the quiet-point hook as the loop calls it (a check on every interval-th step)
+            hook_started = time.perf_counter()
             hooks.after_optimizer_step(context(step))
+            hook = time.perf_counter() - hook_started
+            if step % config.sdc.interval:  # check steps are timed on their own below
+                prelude = stepping - spent["real_step"]
+                sdc_work.append(spent["observe"] + prelude + hook)
         times[mode].append(time.perf_counter() - started)
-    hooks.precheck.active = True
+    monitor.active = True
     checks = []
     for _ in range(args.checks):
         dist.barrier()
@@ -96,23 +122,30 @@ def _worker(rank: int, world: int, port: int, args, out: Path) -> None:
     if rank == 0:
         on, off = statistics.median(times["on"]), statistics.median(times["off"])
         check = statistics.median(checks)
+        work = statistics.median(sdc_work)
+        quartiles = statistics.quantiles(times["off"], n=4)
         interval = config.sdc.interval
-        per_step = max(on - off, 0.0)
-        overhead = (per_step + check / interval) / off
+        overhead = (work + check / interval) / off
         params = sum(p.numel() for p in model.parameters())
         lines = [
             f"`{args.preset}` preset ({params / 1e6:.1f}M parameters), {world} gloo ranks × {args.threads} thread(s), "
-            f"{args.batch} × {args.seq} tokens per rank per step, Muon + DDP; {args.steps} steps each way, alternating.",
+            f"{args.batch} × {args.seq} tokens per rank per step, Muon + DDP, SDC at the defaults "
+            f"(`SDCHooks` as `lagoon train` runs them); {args.steps} steps each way, alternating.",
             "",
-            "| step, SDC off (ms) | step, SDC on (ms) | per-step cost (ms) | replica check (ms) | interval | "
-            "overhead at the default interval |",
+            "| step, SDC off (ms) | SDC work per step (ms) | replica check (ms) | interval | "
+            "overhead at the default interval | check every step |",
             "|---|---|---|---|---|---|",
-            f"| {off * 1e3:.1f} | {on * 1e3:.1f} | {(on - off) * 1e3:+.2f} | {check * 1e3:.2f} | {interval} | "
-            f"**{overhead * 100:.3f}%** |",
+            f"| {off * 1e3:.1f} | {work * 1e3:.2f} | {check * 1e3:.2f} | {interval} | **{overhead * 100:.3f}%** | "
+            f"{(work + check) / off * 100:.2f}% |",
             "",
-            f"Per-step cost: median(on) − median(off) (medians leave out the rare check steps, which are timed on their "
-            f"own; floored at 0 for the total, the raw difference is shown). "
-            f"A check every step would cost {check / off * 100:.2f}% of a step. Goal: ≤ 0.5% at the default interval.",
+            "SDC work per step: the pre-reduction statistics in DDP's communication hook, the optimizer-step prelude "
+            "(statistics handed to the background gather) and the quiet-point hook (settling that gather, events, "
+            "counters, the watchdog's mark), timed where they run "
+            "(median over the SDC-on steps); the replica check (fingerprint, all-gather, vote) is timed on its own and "
+            f"amortised over the interval. The A/B difference of whole steps, median(on) − median(off) = "
+            f"{(on - off) * 1e3:+.1f} ms, is below this machine's step-to-step spread (interquartile range of the "
+            f"SDC-off steps: {(quartiles[2] - quartiles[0]) * 1e3:.0f} ms), which is why the work is timed where it "
+            "runs. Goal: ≤ 0.5% at the default interval.",
         ]
         (out / "lines.txt").write_text("\n".join(lines))
     dist.destroy_process_group()
@@ -134,6 +167,7 @@ def main() -> None:
         mp.spawn(_worker, args=(2, free_port(), args, out), nprocs=2, join=True)
         lines = (out / "lines.txt").read_text().splitlines()
     print("\n".join(lines))
+    lines.append(f"Load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine).")
     if not args.no_record:
         record("SDC check overhead on a training step (issue 6)", lines)
 

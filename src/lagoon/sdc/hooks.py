@@ -93,24 +93,35 @@ class SDCHooks(Hooks):
         config = self.config
         self.rank = ctx.rank
         self.train = ctx.config.train
-        self.replicas = self._replicas_override or ReplicaGroup.from_group(ctx.group, config.timeout_s)
+        self.replicas = self._replicas_override or self._replica_group(ctx)
         self.events = EventLog(ctx.run_dir, active=ctx.rank == 0)
         self.checker = ReplicaChecker(self.replicas, Fingerprinter(config.lanes, config.kernel))
         self.injector = FaultInjector(config.faults, ctx.rank)
         self.max_rollbacks = min(config.max_rollbacks, self.train.max_rollbacks)
+        # With `enabled = false` only the configured faults fire (a drill of what goes unnoticed).
         self.watchdog = Watchdog(self.replicas, config.timeout_s, on_fire=self._watchdog_fired)
-        if config.watchdog:
+        if config.enabled and config.watchdog:
             self.watchdog.start()
         self.precheck = PreReductionMonitor(config, self.replicas)
         # With one rank there is nobody to name and the optimizer already skips non-finite steps.
-        if self.precheck.enabled and (self.replicas.size > 1 or config.loss_spike_factor > 0):
+        if config.enabled and self.precheck.enabled and (self.replicas.size > 1 or config.loss_spike_factor > 0):
             self.precheck.attach(ctx.model, ctx.wrapped_model, ctx.optimizer, ctx.step)
         self.owner = None
-        if config.owner_verify_every > 0 or any(f.kind == "ns_corrupt" for f in config.faults):
+        if (config.enabled and config.owner_verify_every > 0) or any(f.kind == "ns_corrupt" for f in config.faults):
             from lagoon.sdc.owner import OwnerVerifier
 
             self.owner = OwnerVerifier.attach(ctx.optimizer, config, self.replicas, self.injector, ctx.step)
         self.ready = True
+
+    def _replica_group(self, ctx: HookContext) -> ReplicaGroup:
+        """DDP: every data-parallel rank. DTensor parameters (HSDP): the ranks along the mesh's "replicate" dim."""
+        mesh = next((p.device_mesh for p in ctx.model.parameters() if hasattr(p, "device_mesh")), None)
+        if mesh is None:
+            return ReplicaGroup.from_group(ctx.group, self.config.timeout_s)
+        if "replicate" not in (mesh.mesh_dim_names or ()):
+            raise LagoonError("sdc: the parameters are sharded over every rank (FSDP without a \"replicate\" mesh "
+                              "dimension), so no two ranks hold the same weights to compare; set sdc.enabled = false")
+        return ReplicaGroup.from_mesh(mesh, "replicate", self.config.timeout_s)
 
     def _say(self, message: str) -> None:
         if self.rank == 0:
@@ -272,6 +283,9 @@ class SDCHooks(Hooks):
     def before_checkpoint_save(self, ctx: HookContext) -> None:
         self._setup(ctx)
         step = ctx.step
+        self.last_checkpoint = step
+        if not self.config.enabled:
+            return
         if self.verified is None or self.verified[0] != step:
             result = self.checker.check(ctx.model, step)
             self.checks += 1
@@ -286,7 +300,6 @@ class SDCHooks(Hooks):
             ctx.sdc_digest = encode_digest(self.verified[1], self.verified[2])
         else:
             ctx.sdc_digest = None
-        self.last_checkpoint = step
         self.watchdog.progress(step)
 
     def after_checkpoint_load(self, ctx: HookContext) -> None:
@@ -296,6 +309,8 @@ class SDCHooks(Hooks):
         self.precheck.at_step(step)
         if self.owner is not None:
             self.owner.step = step + 1
+        if not self.config.enabled:
+            return
         result = self.checker.check(ctx.model, step)
         self.checks += 1
         if ctx.sdc_digest:

@@ -93,7 +93,7 @@ class OwnerVerifier:
     # ----------------------------------------------------------------------------------------------
     def _verification_step(self, step: int) -> bool:
         every = self.config.owner_verify_every
-        return every > 0 and step % every == 0
+        return self.config.enabled and every > 0 and step % every == 0
 
     def _watching(self) -> bool:
         return self._verification_step(self.step)
