@@ -82,3 +82,14 @@ def test_interaction_matrix_signs_follow_the_law():
     assert matrix_GK.shape == (1, 5)
     assert matrix_GK[0, 0] < matrix_GK[0, 1] < 0 < matrix_GK[0, 2] < matrix_GK[0, 3]
     assert kl_divergence(SPACE.prior[None], SPACE.prior)[0] == pytest.approx(0)
+
+
+@pytest.mark.parametrize("method", ["slsqp", "topk"])
+def test_the_trust_region_bounds_the_divergence_from_the_prior(method):
+    objective = linear_objective([1.0, 3.0, 2.0, 4.0, 0.0])
+    free = optimize_mixture(objective, SPACE, method, np.random.default_rng(0), candidates=3000)
+    bounded = optimize_mixture(objective, SPACE, method, np.random.default_rng(0), candidates=3000, max_kl=0.1)
+    assert free.kl > 0.1 >= bounded.kl - 1e-6 and SPACE.feasible(bounded.weights)
+    assert bounded.value >= free.value - 1e-9  # the bound costs predicted loss, never gains it
+    if method == "slsqp":
+        assert bounded.kl == pytest.approx(0.1, abs=1e-4)  # a linear objective presses against the boundary

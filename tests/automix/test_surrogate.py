@@ -8,7 +8,7 @@ import pytest
 from lagoon.automix.crossval import cross_validate, fold_indices
 from lagoon.automix.sampling import sample_mixtures
 from lagoon.automix.space import MixtureSpace
-from lagoon.automix.surrogate import dumps, loads, make_surrogate
+from lagoon.automix.surrogate import SurrogateOptions, dumps, loads, make_surrogate
 
 K = 8
 SPACE = MixtureSpace(tuple(f"leaf{i}" for i in range(K)), (1000,) * K, target_tokens=1000, max_epochs=8.0)
@@ -81,3 +81,26 @@ def test_fitted_surrogates_round_trip_through_json(kind):
     fitted = {"code": make_surrogate(kind).fit(weights_NK, law(weights_NK))}
     restored = loads(dumps(fitted))
     assert np.allclose(restored["code"].predict(weights_NK), fitted["code"].predict(weights_NK))
+
+
+def test_shrinking_toward_domains_helps_when_buckets_of_a_domain_act_alike():
+    # 12 leaves = 4 domains × 3 quality buckets; buckets share their domain's slope up to a small deviation.
+    rng = np.random.default_rng(10)
+    domains = tuple(np.repeat(np.arange(4), 3))
+    slopes = np.repeat([-1.5, -0.3, 0.6, 1.4], 3) + rng.normal(0, 0.05, 12)
+    space = MixtureSpace(tuple(f"d{d}/q{i % 3}" for i, d in enumerate(domains)), (1000,) * 12, 1000, 12.0)
+    train_NK = sample_mixtures(space, 24, rng, concentration=(0.2, 5.0), temperature=1.0)
+    test_NK = sample_mixtures(space, 300, rng, concentration=(0.2, 5.0), temperature=1.0)
+    noisy_N = law(train_NK, 0.8, slopes) + rng.normal(0, 0.02, len(train_NK))
+    truth_N = law(test_NK, 0.8, slopes)
+    flat = make_surrogate("loglinear", SurrogateOptions()).fit(train_NK, noisy_N)
+    grouped = make_surrogate("loglinear", SurrogateOptions(leaf_domains=domains)).fit(train_NK, noisy_N)
+    assert np.abs(grouped.predict(test_NK) - truth_N).mean() < 0.8 * np.abs(flat.predict(test_NK) - truth_N).mean()
+
+
+def test_inner_cross_validation_picks_little_shrinkage_for_clean_data_and_much_for_noise():
+    weights_NK = mixtures(48, 11)
+    rng = np.random.default_rng(12)
+    clean = make_surrogate("loglinear").fit(weights_NK, law(weights_NK))
+    noise = make_surrogate("loglinear").fit(weights_NK, 2.0 + rng.normal(0, 0.05, 48))
+    assert clean.ridge == min(SurrogateOptions().ridge) and noise.ridge == max(SurrogateOptions().ridge)

@@ -54,8 +54,12 @@ class SurrogateConfig:
     trees (RegMix)."""
     folds: int = 5
     """K of the K-fold cross-validation that scores each surrogate on held-out proxies."""
-    ridge: float = 1e-6
-    """L2 penalty (per proxy) on the spread of the log-linear slopes and on the linear coefficients."""
+    ridge: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    """Candidate strengths of the shrinkage of each leaf's coefficient toward its domain's mean (log-linear
+    and linear kinds); with several, each fit picks one by an inner cross-validation on its own proxies."""
+    shrink_to_domain: bool = True
+    """Shrink toward the leaf's domain mean (leaves are domain × quality bucket); false: toward the mean of
+    all leaves."""
     lightgbm_estimators: int = 400
     """Boosting rounds (lightgbm)."""
     lightgbm_learning_rate: float = 0.03
@@ -67,7 +71,8 @@ class SurrogateConfig:
 
     def validate(self) -> None:
         check(self.folds >= 2, "folds", f"must be at least 2, got {self.folds}")
-        check(self.ridge >= 0, "ridge", f"must be >= 0, got {self.ridge}")
+        check(len(self.ridge) >= 1 and all(r >= 0 for r in self.ridge), "ridge",
+              f"must list at least one value >= 0, got {self.ridge}")
         check(self.lightgbm_estimators >= 1, "lightgbm_estimators", "must be positive")
         check(self.lightgbm_learning_rate > 0, "lightgbm_learning_rate", "must be positive")
         check(self.lightgbm_num_leaves >= 2, "lightgbm_num_leaves", "must be at least 2")
@@ -81,9 +86,12 @@ class OptimizerConfig:
     method: Literal["auto", "slsqp", "topk"] = "auto"
     """slsqp: gradient-based constrained minimisation (differentiable surrogates); topk: average the
     best `top_k` of `candidates` sampled mixtures (any surrogate, RegMix); auto: slsqp unless lightgbm."""
-    kl_strength: float = 0.05
-    """β of the β·KL(w ‖ prior) pull toward the natural mixture, in units of the objective (bits per byte)
-    per nat."""
+    kl_strength: float = 0.1
+    """β of the β·KL(w ‖ prior) pull toward the natural mixture, in standard deviations of the objective
+    over the sweep's proxies per nat (so it does not depend on the objective's units or weights)."""
+    kl_quantile: float | None = 0.5
+    """Trust region: the optimized mix's KL to the prior may not exceed this quantile of the proxies' KLs
+    (0.5: no further from the natural mix than half the proxies were); none: no bound."""
     candidates: int = 20000
     """Feasible mixtures sampled for topk (and to seed slsqp's starting points)."""
     top_k: int = 100
@@ -91,6 +99,8 @@ class OptimizerConfig:
 
     def validate(self) -> None:
         check(self.kl_strength >= 0, "kl_strength", f"must be >= 0, got {self.kl_strength}")
+        check(self.kl_quantile is None or 0 < self.kl_quantile <= 1, "kl_quantile",
+              f"must be in (0, 1] (or left out for no bound), got {self.kl_quantile}")
         check(self.candidates >= 10, "candidates", "must be at least 10")
         check(1 <= self.top_k <= self.candidates, "top_k", f"must be between 1 and candidates ({self.candidates})")
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from lagoon.automix.crossval import cross_validate
 from lagoon.automix.optimize import INTERACTION_STEP, Objective, interaction_matrix, optimize_mixture
-from lagoon.automix.space import MixtureSpace
+from lagoon.automix.space import MixtureSpace, kl_divergence
 from lagoon.automix.surrogate import SurrogateOptions, dumps, make_surrogate
 from lagoon.automix.sweep import Plan, _write_json, read_table
 from lagoon.errors import ConfigError, LagoonError
@@ -45,9 +45,11 @@ def objective_weights(automix: Any, groups: list[str]) -> dict[str, float]:
     return {group: float(automix.objective[group]) for group in groups if automix.objective.get(group, 0) > 0}
 
 
-def surrogate_options(automix: Any) -> SurrogateOptions:
+def surrogate_options(automix: Any, plan: Plan) -> SurrogateOptions:
     s = automix.surrogate
-    return SurrogateOptions(ridge=s.ridge, lightgbm_estimators=s.lightgbm_estimators,
+    domains = sorted(set(plan.domains))
+    leaf_domains = tuple(domains.index(d) for d in plan.domains) if s.shrink_to_domain else None
+    return SurrogateOptions(ridge=tuple(s.ridge), leaf_domains=leaf_domains, lightgbm_estimators=s.lightgbm_estimators,
                             lightgbm_learning_rate=s.lightgbm_learning_rate, lightgbm_num_leaves=s.lightgbm_num_leaves,
                             lightgbm_min_child_samples=s.lightgbm_min_child_samples, seed=automix.seed)
 
@@ -80,26 +82,33 @@ def fit_and_optimize(out_dir: Path, plan: Plan, automix: Any) -> dict[str, Any]:
             return previous
 
     kind = automix.surrogate.kind
-    options = surrogate_options(automix)
+    options = surrogate_options(automix, plan)
     targets = {group: bpb[group] for group in lambdas}
     scores = cross_validate(kind, weights_NK, targets, automix.surrogate.folds, automix.seed, options)
     surrogates = {group: make_surrogate(kind, options).fit(weights_NK, targets[group]) for group in lambdas}
 
-    objective = Objective(surrogates, lambdas, space.prior, automix.optimizer.kl_strength)
+    # β in the objective's own units: kl_strength standard deviations of the sweep's objective per nat.
+    measured_objective_N = sum(weight * targets[group] for group, weight in lambdas.items())
+    beta = automix.optimizer.kl_strength * float(np.std(measured_objective_N))
+    sweep_kl_N = kl_divergence(weights_NK, space.prior)
+    quantile = automix.optimizer.kl_quantile
+    max_kl = float(np.quantile(sweep_kl_N, quantile)) if quantile is not None else None
+    objective = Objective(surrogates, lambdas, space.prior, beta)
     method = automix.optimizer.method
     if method == "auto":
         method = "slsqp" if objective.differentiable else "topk"
     rng = np.random.default_rng(automix.seed)
     concentration = (automix.concentration[0], automix.concentration[1])
     chosen = optimize_mixture(objective, space, method, rng, automix.optimizer.candidates, automix.optimizer.top_k,
-                              concentration, automix.prior_temperature)
+                              concentration, automix.prior_temperature, max_kl)
     matrix_GK = interaction_matrix(surrogates, space.prior)
 
     compared = {"optimized": chosen.weights, "natural": space.prior, "uniform": space.uniform}
     predicted = {name: {g: float(v[0]) for g, v in objective.predict(w).items()} for name, w in compared.items()}
     summary = {
         "fingerprint": fingerprint,
-        "surrogate": kind, "method": method, "kl_strength": automix.optimizer.kl_strength,
+        "surrogate": kind, "method": method, "kl_strength": automix.optimizer.kl_strength, "kl_beta": beta,
+        "max_kl": max_kl, "ridge": {group: getattr(s, "ridge", None) for group, s in surrogates.items()},
         "objective_weights": lambdas, "proxies": len(proxies),
         "cv": {group: {"spearman": s.spearman, "mae": s.mae, "fold_spearman": s.fold_spearman}
                for group, s in scores.items()},

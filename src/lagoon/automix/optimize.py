@@ -1,10 +1,13 @@
 """Choosing the mixture: minimise the weighted predicted loss over the capped simplex, pulled toward the prior.
 
-    J(w) = Σ_g λ_g · ŷ_g(w) + β · KL(w ‖ prior)      subject to  Σ w = 1,  0 ≤ w_j ≤ cap_j
+    J(w) = Σ_g λ_g · ŷ_g(w) + β · KL(w ‖ prior)
+    subject to  Σ w = 1,  0 ≤ w_j ≤ cap_j,  KL(w ‖ prior) ≤ κ
 
 ŷ_g are the per-group surrogates, λ_g the objective weights from the config, cap_j the repetition caps of
-the target run. The KL term keeps the answer where the proxies were sampled (the sweep is centred on the
-prior), which is where the surrogate was fit; Olmix bounds the same divergence for the same reason.
+the target run. The KL pull (β) and the trust region (κ) keep the answer where the proxies were sampled
+(the sweep is centred on the prior), which is where the surrogates were fit: far outside it a log-linear
+law extrapolates to losses no proxy came near, and an unconstrained optimizer walks straight there.
+Olmix bounds the same divergence for the same reason.
 
 Two methods:
 
@@ -83,17 +86,26 @@ class OptimizedMixture:
 
 def optimize_mixture(objective: Objective, space: MixtureSpace, method: OptimizerMethod,
                      rng: np.random.Generator, candidates: int = 20000, top_k: int = 100,
-                     concentration: tuple[float, float] = (0.1, 5.0), temperature: float = 0.5) -> OptimizedMixture:
-    """The feasible mixture minimising `objective` (see the module docstring for the two methods)."""
+                     concentration: tuple[float, float] = (0.1, 5.0), temperature: float = 0.5,
+                     max_kl: float | None = None) -> OptimizedMixture:
+    """The feasible mixture minimising `objective` within KL ≤ `max_kl` of the prior (see the module docstring)."""
     pool_NK = sample_mixtures(space, candidates, rng, concentration, temperature, min_weight=0.0, distinct=False)
+    if max_kl is not None:
+        pool_NK = pool_NK[kl_divergence(pool_NK, space.prior) <= max_kl]
+        pool_NK = np.concatenate([space.prior[None], pool_NK])  # the prior is always inside
     scores_N = objective.value(pool_NK)
     if method == "topk":
+        # KL is convex, so the average of candidates inside the trust region is inside it too.
         best_N = np.argsort(scores_N)[: max(1, min(top_k, len(scores_N)))]
         weights_K = pool_NK[best_N].mean(0)
     else:
         assert objective.differentiable, "slsqp needs differentiable surrogates; use topk"
-        starts = [space.prior, space.uniform, *pool_NK[np.argsort(scores_N)[:4]]]
-        weights_K = min((_slsqp(objective, space, start) for start in starts), key=lambda w: objective.value(w)[0])
+        starts = [space.prior, *pool_NK[np.argsort(scores_N)[:4]]]
+        if max_kl is None:
+            starts.append(space.uniform)
+        solutions = [_slsqp(objective, space, start, max_kl) for start in starts]
+        inside = [w for w in solutions if max_kl is None or kl_divergence(w[None], space.prior)[0] <= max_kl + 1e-6]
+        weights_K = min(inside or [space.prior], key=lambda w: objective.value(w)[0])
     weights_K = project_to_caps(np.clip(weights_K, 0.0, None), space.caps)
     assert space.feasible(weights_K), weights_K
     predicted = {g: float(v[0]) for g, v in objective.predict(weights_K).items()}
@@ -101,11 +113,15 @@ def optimize_mixture(objective: Objective, space: MixtureSpace, method: Optimize
                             kl=float(kl_divergence(weights_K[None], space.prior)[0]), method=method)
 
 
-def _slsqp(objective: Objective, space: MixtureSpace, start_K: np.ndarray) -> np.ndarray:
+def _slsqp(objective: Objective, space: MixtureSpace, start_K: np.ndarray, max_kl: float | None) -> np.ndarray:
+    constraints = [{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}]
+    if max_kl is not None:
+        constraints.append({
+            "type": "ineq", "fun": lambda w: max_kl - kl_divergence(np.maximum(w, 0.0)[None], space.prior)[0],
+            "jac": lambda w: -(np.log(np.maximum(w, KL_FLOOR) / space.prior) + 1.0)})
     result = minimize(
         lambda w: float(objective.value(w)[0]), project_to_caps(start_K, space.caps), jac=objective.gradient,
-        method="SLSQP", bounds=[(0.0, float(cap)) for cap in space.caps],
-        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        method="SLSQP", bounds=[(0.0, float(cap)) for cap in space.caps], constraints=constraints,
         options={"maxiter": 500, "ftol": 1e-12})
     return project_to_caps(np.clip(result.x, 0.0, None), space.caps)
 

@@ -92,7 +92,8 @@ def prepare(config: Any) -> Prepared:
                               "max_epochs": automix.max_epochs, "target_tokens": target_tokens},
         "proxy config": _digest(_training_identity(proxy_dict)),
     }
-    plan = Plan(space, {g: list(v) for g, v in shards.groups.items()}, proxy_tokens, mixtures, identity)
+    domains = [str(shards.leaf_info(leaf).get("domain", leaf.split("/")[0])) for leaf in space.leaves]
+    plan = Plan(space, {g: list(v) for g, v in shards.groups.items()}, proxy_tokens, mixtures, identity, domains)
     return Prepared(plan, proxy_dict, to_dict(large), large_tokens, model_size(proxy.model, vocab),
                     model_size(large.model, vocab))
 

@@ -73,8 +73,9 @@ def _summary(plan: dict[str, Any], fit: dict[str, Any], optimized: dict[str, Any
     text = (f"{optimized['proxies']} proxies of {plan['proxy_tokens']:,} tokens each, over {len(plan['leaves'])} leaves, "
             f"repetition matched to a target run of {plan['target_tokens']:,} tokens (cap {plan['max_epochs']:g} epochs). "
             f"Surrogate: {optimized['surrogate']} per group, {fit['folds']}-fold cross-validated; optimizer: "
-            f"{optimized['method']} with KL strength {optimized['kl_strength']:g} "
-            f"(KL of the chosen mix to the prior: {optimized['kl_to_prior']:.3f} nats).")
+            f"{optimized['method']} with a KL pull of {optimized['kl_beta']:.3g} per nat"
+            + (f" inside a trust region of KL ≤ {optimized['max_kl']:.3f} nats" if optimized.get("max_kl") is not None else "")
+            + f" (KL of the chosen mix to the prior: {optimized['kl_to_prior']:.3f} nats).")
     table = Table(["group", "held-out Spearman", "per fold", "held-out MAE", "λ",
                    *[f"predicted {mix}" for mix in MIXES]], rows,
                   "Surrogate quality on held-out folds, and predicted bits per byte (proxy scale) of each mix")

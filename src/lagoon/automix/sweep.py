@@ -47,20 +47,23 @@ class Plan:
     """[N, K] one mixture per proxy."""
     identity: dict[str, Any]
     """What must not change for the sweep's results to stay valid."""
+    domains: list[str]
+    """Domain of every leaf (leaves are domain × quality bucket)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"leaves": list(self.space.leaves), "leaf_tokens": list(self.space.leaf_tokens),
                 "target_tokens": self.space.target_tokens, "max_epochs": self.space.max_epochs,
                 "prior": self.space.prior.tolist(), "caps": self.space.caps.tolist(), "groups": self.groups,
                 "proxy_tokens": self.proxy_tokens, "leaf_fraction": self.leaf_fraction,
-                "mixtures": self.mixtures.tolist(), "identity": self.identity}
+                "mixtures": self.mixtures.tolist(), "identity": self.identity, "domains": self.domains}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Plan":
         space = MixtureSpace(tuple(data["leaves"]), tuple(data["leaf_tokens"]), data["target_tokens"],
                              data["max_epochs"])
+        domains = data.get("domains") or [leaf.split("/")[0] for leaf in data["leaves"]]
         return cls(space, data["groups"], data["proxy_tokens"], np.asarray(data["mixtures"], dtype=np.float64),
-                   data["identity"])
+                   data["identity"], domains)
 
     @property
     def leaf_fraction(self) -> float:
@@ -94,7 +97,7 @@ def settle_plan(out_dir: Path, fresh: Plan) -> Plan:
         if len(stored.mixtures) >= len(fresh.mixtures):
             assert np.allclose(stored.mixtures[: len(fresh.mixtures)], fresh.mixtures)
             return Plan(stored.space, stored.groups, stored.proxy_tokens, stored.mixtures[: len(fresh.mixtures)],
-                        stored.identity)
+                        stored.identity, stored.domains)
         assert np.allclose(fresh.mixtures[: len(stored.mixtures)], stored.mixtures), "sampling is not prefix-stable"
     _write_json(path, fresh.to_dict())
     return fresh

@@ -10,13 +10,14 @@ Predicted vs actual: the surrogates predict proxy-scale losses, so each mix is a
 scale (`validation.proxy_scale_check`), where prediction and measurement are comparable; at the larger
 scale the report compares the predicted and measured ranking of the mixes.
 
-    OUT/validation/MIX/seedS/           the larger runs
-    OUT/validation/proxy_scale/MIX/     the proxy-scale checks
+    OUT/validation/MIX-DIGEST/seedS/        the larger runs (DIGEST identifies the mixture)
+    OUT/validation/proxy_scale/MIX-DIGEST/  the proxy-scale checks
     OUT/validation.json                 the summary below
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -36,17 +37,26 @@ def validation_specs(out_dir: Path, plan: Plan, mixes: dict[str, dict[str, float
                      proxy_scale_check: bool) -> list[RunSpec]:
     specs = []
     for mix, weights in mixes.items():
+        # Directories carry the mixture's digest: a refit that changes the optimized mix trains it afresh
+        # instead of resuming (or reading back) runs of the old one.
+        name = f"{mix}-{mixture_digest(weights)}"
         for seed in seeds:
             config = _with_mixture(prepared.large_config, weights)
             config["train"]["seed"] = seed
             config["data"]["seed"] = seed
-            specs.append(RunSpec(f"validation {mix} seed {seed}", str(out_dir / "validation" / mix / f"seed{seed}"),
+            specs.append(RunSpec(f"validation {mix} seed {seed}", str(out_dir / "validation" / name / f"seed{seed}"),
                                  config, prepared.large_tokens / plan.space.target_tokens, prepared.large_params))
         if proxy_scale_check:
-            specs.append(RunSpec(f"proxy-scale {mix}", str(out_dir / "validation" / "proxy_scale" / mix),
+            specs.append(RunSpec(f"proxy-scale {mix}", str(out_dir / "validation" / "proxy_scale" / name),
                                  _with_mixture(prepared.proxy_config, weights), plan.leaf_fraction,
                                  prepared.proxy_params))
     return specs
+
+
+def mixture_digest(weights: dict[str, float]) -> str:
+    """Eight hex digits identifying a mixture (weights rounded to 1e-9)."""
+    canonical = json.dumps({leaf: round(float(w), 9) for leaf, w in sorted(weights.items()) if w > 0})
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
 def _with_mixture(config: dict[str, Any], weights: dict[str, float]) -> dict[str, Any]:
