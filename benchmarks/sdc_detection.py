@@ -101,7 +101,13 @@ def _worker(rank: int, world: int, port: int, args, out: Path) -> None:
     seconds = []
     chooser = random.Random(args.seed)
     models = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
+    from rich.progress import Progress
+
+    progress = Progress(disable=rank != 0)
+    progress.start()
+    task = progress.add_task("injections", total=args.trials)
     for trial in range(args.trials):
+        progress.advance(task)
         dtype = "bfloat16" if trial % 4 == 3 else "float32"  # a quarter of the trials on bf16 weights
         target_model = models[dtype]
         params = list(target_model.named_parameters())
@@ -128,6 +134,7 @@ def _worker(rank: int, world: int, port: int, args, out: Path) -> None:
             param.copy_(original)
         healthy += 1
         false_positives += not checker.check(target_model, trial).verdict.agreed
+    progress.stop()
     if rank == 0:
         (out / "result.json").write_text(json.dumps({"stats": stats, "healthy": healthy,
                                                      "false_positives": false_positives,

@@ -94,7 +94,13 @@ def _worker(rank: int, world: int, port: int, args, out: Path) -> None:
     monitor._real_step = timed("real_step", monitor._real_step)
     times: dict[str, list[float]] = {"on": [], "off": []}
     sdc_work: list[float] = []
+    from rich.progress import Progress
+
+    progress = Progress(disable=rank != 0)
+    progress.start()
+    task = progress.add_task("steps (SDC on and off, alternating)", total=2 * args.steps)
     for index in range(2 * args.steps):
+        progress.advance(task)
         mode = "on" if index % 2 == 0 else "off"
         monitor.active = mode == "on"
         spent.update(observe=0.0, real_step=0.0)
@@ -110,6 +116,7 @@ def _worker(rank: int, world: int, port: int, args, out: Path) -> None:
                 prelude = stepping - spent["real_step"]
                 sdc_work.append(spent["observe"] + prelude + hook)
         times[mode].append(time.perf_counter() - started)
+    progress.stop()
     monitor.active = True
     checks = []
     for _ in range(args.checks):
