@@ -7,8 +7,8 @@ Feature Learning")? And the same question for AdamW (standard parametrization, o
 parameter), where the best rate is expected to fall with width (Yang et al. 2022, "Tensor Programs V", §1).
 
 Both optimizers sweep the same grid shape at two widths — `tiny` (d = 128) and the same model with every
-width doubled (d = 256, head width 64, MLP and expert widths ×2); the `small` preset (d = 512, 8 layers)
-takes ~5 s per step on these 2 CPU cores, too slow for a sweep. Figures: the best rate at each width, and
+width doubled (``--wide d256``: head width 64, MLP and expert widths ×2) or ×1.5 (``--wide d192``); the
+`small` preset (d = 512, 8 layers) takes ~5 s per step on these 2 CPU cores, too slow for a sweep. Figures: the best rate at each width, and
 the *transfer regret* — how much worse the wide model ends when trained at tiny's best rate instead of
 its own (held-out bits per byte, mean of the capability groups). In Muon's runs the AdamW group
 (embeddings, LM head, norms, router) keeps one fixed rate, so only the Muon rate moves.
