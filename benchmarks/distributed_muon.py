@@ -124,54 +124,55 @@ def all_reduce_grads(params: list[torch.Tensor], world_size: int, bucket_element
             bucket = []
 
 
+def build(scheme: str, layers: int, config: OptimConfig, world_size: int, rank: int):
+    """(saved gradients, the function that runs one optimizer step, the optimizer) for one scheme."""
+    model = make_model(layers)
+    ids = torch.randint(0, model.config.vocab_size, (world_size * 2, 128), generator=torch.Generator().manual_seed(0))
+    local = ids[rank * 2 : (rank + 1) * 2]
+    model(local, targets=local).loss.backward()
+    saved = {p: p.grad.clone() for p in model.parameters() if p.grad is not None}
+    data_parallel = DataParallel.from_group()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if scheme in ("distributed", "communication_only"):
+        optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "distributed": "ddp"}), data_parallel)
+        if scheme == "communication_only":
+            optimizer._orthogonalize = lambda grad, momentum: torch.zeros(grad.shape, dtype=torch.bfloat16)
+        return saved, optimizer.step, optimizer
+    if scheme == "sharded_adamw":
+        optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "name": "adamw", "distributed": "ddp"}),
+                                    data_parallel)
+        return saved, optimizer.step, optimizer
+    optimizer = (build_optimizer(model, config, data_parallel) if scheme == "replicated"
+                 else KellerJordanMuon(model, config, world_size, rank))
+
+    def run():
+        all_reduce_grads(params, world_size)
+        optimizer.step()
+
+    return saved, run, optimizer
+
+
 def worker(rank: int, world_size: int, layers: int, steps: int, out: str) -> None:
+    """Every scheme built side by side, then timed round-robin so machine noise hits them alike."""
     config = OptimConfig(ns_dtype="bfloat16", bucket_mb=4.0)
-    results: dict[str, dict] = {}
-    for scheme in SCHEMES + ("communication_only",):
-        model = make_model(layers)
-        ids = torch.randint(0, model.config.vocab_size, (world_size * 2, 128), generator=torch.Generator().manual_seed(0))
-        local = ids[rank * 2 : (rank + 1) * 2]
-        model(local, targets=local).loss.backward()
-        saved = {p: p.grad.clone() for p in model.parameters() if p.grad is not None}
-        data_parallel = DataParallel.from_group()
-        params = [p for p in model.parameters() if p.requires_grad]
-        if scheme in ("distributed", "communication_only"):
-            optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "distributed": "ddp"}), data_parallel)
-            if scheme == "communication_only":
-                optimizer._orthogonalize = lambda grad, momentum: torch.zeros(grad.shape, dtype=torch.bfloat16)
-            run = optimizer.step
-        elif scheme == "sharded_adamw":
-            optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "name": "adamw", "distributed": "ddp"}),
-                                        data_parallel)
-            run = optimizer.step
-        elif scheme == "replicated":
-            optimizer = build_optimizer(model, config, data_parallel)
-
-            def run():
-                all_reduce_grads(params, world_size)
-                optimizer.step()
-        else:
-            optimizer = KellerJordanMuon(model, config, world_size, rank)
-
-            def run():
-                all_reduce_grads(params, world_size)
-                optimizer.step()
-        times, ns, waiting = [], [], []
-        for index in range(steps + 1):  # the first step is a warm-up
+    schemes = {name: build(name, layers, config, world_size, rank) for name in (*SCHEMES, "communication_only")}
+    samples: dict[str, dict[str, list[float]]] = {name: {"time": [], "newton_schulz": [], "waiting": []} for name in schemes}
+    for round_index in range(steps + 1):  # round 0 is a warm-up
+        for name, (saved, run, optimizer) in schemes.items():
             for param, grad in saved.items():
                 param.grad = grad.clone()
             dist.barrier()
             start = time.perf_counter()
             run()
             elapsed = time.perf_counter() - start
-            if index:
-                times.append(elapsed)
+            if round_index:
                 timings = getattr(optimizer, "timings", {})
-                ns.append(timings.get("newton_schulz", 0.0))
-                waiting.append(timings.get("waiting", 0.0))
-        results[scheme] = {"time": statistics.median(times), "newton_schulz": statistics.median(ns),
-                           "waiting": statistics.median(waiting),
-                           "balance": getattr(optimizer, "load_balance", None)}
+                samples[name]["time"].append(elapsed)
+                samples[name]["newton_schulz"].append(timings.get("newton_schulz", 0.0))
+                samples[name]["waiting"].append(timings.get("waiting", 0.0))
+    results = {name: {key: statistics.median(values) for key, values in found.items()} for name, found in samples.items()}
+    for name, (_, _, optimizer) in schemes.items():
+        results[name]["balance"] = getattr(optimizer, "load_balance", None)
     torch.save(results, Path(out) / f"rank{rank}.pt")
 
 
@@ -179,11 +180,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the `small` preset")
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
-    lines = [f"Model: `small` preset with {args.layers} layers; optimizer step time = median over {args.steps} steps of the",
-             "slowest rank, gradient communication included; bf16 Newton–Schulz, 1 thread per rank.", "",
+    lines = [f"Model: `small` preset with {args.layers} layers; optimizer step time = the slowest rank's median over {args.steps}",
+             "round-robin rounds, gradient communication included; bf16 Newton–Schulz, 1 thread per rank.", "",
              "| W | distributed s | replicated s | Keller Jordan s | sharded AdamW s | distributed / replicated | goal 1.2/W "
              "| NS max/mean (measured) | NS max/mean (cost model) | comm C s | exposed E s | hidden 1−E/C |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -14,7 +14,8 @@ its momentum lives only there, so the job holds one state per parameter in total
        when the norm says clip (or is not finite), the momenta are restored from their backups and the
        owned segments recomputed with the clipped gradient (or left alone) — exact either way, and cheap
        in the common case where clipping is inactive;
-    4. AdamW on this rank's flat slice, all-gathered; every replica applies decay and the gathered updates.
+    4. AdamW on this rank's flat slice, all-gathered — as soon as the norm is back and says "no clipping",
+       so behind the remaining Newton–Schulz; every replica applies decay and the gathered updates.
 
 ``fsdp2`` (``fully_shard`` parameters, dim-0 DTensor shards, gradients already reduced by FSDP2):
 
@@ -94,7 +95,10 @@ class DistributedMuon(LagoonOptimizer):
 
         # Momentum: one [m, R, C] tensor per bucket (this rank's segment), one local stack per expert param.
         dtype = self.matrices[0].param.dtype if self.matrices else torch.float32
-        self.momentum = [torch.zeros((len(b.segments[rank]), b.rows, b.cols), dtype=dtype) for b in self.buckets]
+        first = [m.param for m in self.matrices] + [p for _, p in groups.adamw + groups.adamw_no_decay]
+        self.device = local_tensor(first[0]).device if first else torch.device("cpu")
+        self.momentum = [torch.zeros((len(b.segments[rank]), b.rows, b.cols), dtype=dtype, device=self.device)
+                         for b in self.buckets]
         self.local_momentum = {p: torch.zeros_like(local_tensor(self.matrices[p].param)) for p in self.local_params}
         transport_cls = DDPTransport if self.mode == "ddp" else FSDPTransport
         self.transport = transport_cls(self.matrices, data_parallel, DTYPES[config.ns_dtype])
@@ -157,11 +161,11 @@ class DistributedMuon(LagoonOptimizer):
     # ---------------------------------------------------------------------------------------------
     def _step_ddp(self, max_grad_norm: float | None) -> dict[str, float]:
         W, rank = self.dp.world_size, self.dp.rank
-        # 1. Every reduce-scatter at once: AdamW's slice first (its all-gather is the biggest to hide), then
-        #    the Muon buckets, smallest first.
-        adamw_grad_S, adamw_work = self.adamw.start_reduce()
+        # 1. Every reduce-scatter at once: the Muon buckets, smallest first (Newton–Schulz starts when the first
+        #    lands), then AdamW's slice.
         received = [self.transport.start_to_owners(bucket) for bucket in self.buckets]
-        squared = torch.zeros((), dtype=torch.float64)
+        adamw_grad_S, adamw_work = self.adamw.start_reduce()
+        squared = torch.zeros((), dtype=torch.float64, device=self.device)
         landed = [False] * len(self.buckets)
 
         def land(k: int) -> torch.Tensor:
@@ -234,7 +238,7 @@ class DistributedMuon(LagoonOptimizer):
         # 1. The norm from local shards (each element lives on exactly one rank), issued first.
         local_grads = {p: self.transport.local_grad(p) for p in range(len(self.matrices))}
         adamw_grads = self.adamw.local_grads()
-        squared = torch.zeros((), dtype=torch.float64)
+        squared = torch.zeros((), dtype=torch.float64, device=self.device)
         for grad in [*local_grads.values(), *adamw_grads.values()]:
             squared += _squared(grad)
         pending_norm = self._start_norm(squared)
@@ -302,16 +306,18 @@ class DistributedMuon(LagoonOptimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The full, world-size independent state on every rank (a collective: call it on every rank)."""
+        # Full tensors on the CPU, ready to be saved.
         momentum = {m.name: torch.zeros(m.param.shape, dtype=self.momentum[0].dtype if self.momentum else m.param.dtype)
                     for m in self.matrices}
         for bucket, segment in zip(self.buckets, self.momentum):
-            gathered = self.transport.gather_segments(bucket, segment)
+            gathered = self.transport.gather_segments(bucket, segment).cpu()
             for p, (indices, slots) in bucket.per_param().items():
                 matrix = self.matrices[p]
                 momentum[matrix.name].view(matrix.count, matrix.rows, matrix.cols).index_copy_(0, indices, gathered[slots])
         for p in self.local_params:
             matrix = self.matrices[p]
-            momentum[matrix.name] = gather_rows(self.local_momentum[p], matrix.param.shape[0], self.dp).view(matrix.param.shape)
+            full = gather_rows(self.local_momentum[p], matrix.param.shape[0], self.dp)
+            momentum[matrix.name] = full.view(matrix.param.shape).cpu()
         return {"format": STATE_FORMAT, "optimizer": self.config.name, "step": self.step_count,
                 "muon": {name: {"momentum": t} for name, t in momentum.items()}, "adamw": self.adamw.full_state()}
 

@@ -107,7 +107,7 @@ class FlatShardedAdamW:
                 dist.all_gather_single(flat, slice_S, group=self.dp.group)
             offset = 0
             for name, param in self.entries:
-                out[name][key] = flat[offset : offset + param.numel()].view_as(param).clone()
+                out[name][key] = flat[offset : offset + param.numel()].view(param.shape).cpu().clone()
                 offset += param.numel()
         return out
 
@@ -155,12 +155,12 @@ class LocalShardAdamW:
                          step=step, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay if decays else 0.0)
 
     def full_state(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {name: {"exp_avg": gather_rows(self.exp_avg[name], p.shape[0], self.dp).view(p.shape),
-                       "exp_avg_sq": gather_rows(self.exp_avg_sq[name], p.shape[0], self.dp).view(p.shape)}
+        return {name: {"exp_avg": gather_rows(self.exp_avg[name], p.shape[0], self.dp).view(p.shape).cpu(),
+                       "exp_avg_sq": gather_rows(self.exp_avg_sq[name], p.shape[0], self.dp).view(p.shape).cpu()}
                 for name, p in self.entries}
 
     def load_full_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         for name, param in self.entries:
             start, stop = shard_rows(param.shape[0], self.dp.world_size, self.dp.rank)
-            self.exp_avg[name].copy_(state[name]["exp_avg"][start:stop])
-            self.exp_avg_sq[name].copy_(state[name]["exp_avg_sq"][start:stop])
+            self.exp_avg[name].copy_(state[name]["exp_avg"][start:stop].reshape(self.exp_avg[name].shape))
+            self.exp_avg_sq[name].copy_(state[name]["exp_avg_sq"][start:stop].reshape(self.exp_avg_sq[name].shape))

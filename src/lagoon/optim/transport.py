@@ -36,19 +36,23 @@ class _Transport:
         self.matrices = matrices
         self.dp = data_parallel
         self.update_dtype = update_dtype
+        # Buffers live where the parameters do (CPU with gloo, the rank's GPU with NCCL).
+        self.device = local_tensor(matrices[0].param).device if matrices else torch.device("cpu")
         self._per_param: dict[int, dict] = {}
 
     def per_param(self, bucket: Bucket) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         key = id(bucket)
         if key not in self._per_param:
-            self._per_param[key] = bucket.per_param()
+            self._per_param[key] = {p: (indices.to(self.device), slots.to(self.device))
+                                    for p, (indices, slots) in bucket.per_param().items()}
         return self._per_param[key]
 
     def gather_segments(self, bucket: Bucket, segment_mRC: torch.Tensor) -> torch.Tensor:
         """Every owner's segment, [W·M, R, C] (a blocking collective; used for full state dicts)."""
-        padded_MRC = torch.zeros((bucket.slots, bucket.rows, bucket.cols), dtype=segment_mRC.dtype)
+        padded_MRC = torch.zeros((bucket.slots, bucket.rows, bucket.cols), dtype=segment_mRC.dtype, device=self.device)
         padded_MRC[: segment_mRC.shape[0]] = segment_mRC
-        out = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=segment_mRC.dtype)
+        out = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=segment_mRC.dtype,
+                          device=self.device)
         dist.all_gather_single(out, padded_MRC, group=self.dp.group)
         return out
 
@@ -57,21 +61,23 @@ class DDPTransport(_Transport):
     def start_to_owners(self, bucket: Bucket) -> tuple[torch.Tensor, dist.Work]:
         """Reduce-scatter: returns (the summed gradients of this rank's slots [M, R, C], work)."""
         first = self.matrices[next(b for segment in bucket.segments for b in segment).param].param
-        send = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype)
+        send = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype,
+                           device=self.device)
         for rank, segment in enumerate(bucket.segments):  # only the padding slots need zeros
             send[rank * bucket.slots + len(segment) : (rank + 1) * bucket.slots].zero_()
         for p, (indices, slots) in self.per_param(bucket).items():
             matrix = self.matrices[p]
             grad = _grad_or_zeros(matrix.param).view(matrix.count, matrix.rows, matrix.cols)
             send.index_copy_(0, slots, grad.index_select(0, indices))
-        received = torch.empty((bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype)
+        received = torch.empty((bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype, device=self.device)
         return received, dist.reduce_scatter_single(received, send, group=self.dp.group, async_op=True)
 
     def start_to_all(self, bucket: Bucket, updates_mRC: torch.Tensor) -> tuple[torch.Tensor, dist.Work]:
         """All-gather the owners' updates: returns ([W·M, R, C] in the Newton–Schulz dtype, work)."""
-        send = torch.zeros((bucket.slots, bucket.rows, bucket.cols), dtype=self.update_dtype)
+        send = torch.zeros((bucket.slots, bucket.rows, bucket.cols), dtype=self.update_dtype, device=self.device)
         send[: updates_mRC.shape[0]] = updates_mRC
-        received = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=self.update_dtype)
+        received = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=self.update_dtype,
+                               device=self.device)
         return received, dist.all_gather_single(received, send, group=self.dp.group, async_op=True)
 
     def apply(self, bucket: Bucket, updates_WMRC: torch.Tensor, alpha: float) -> None:
@@ -93,7 +99,7 @@ class FSDPTransport(_Transport):
         """All-to-all: each owner receives every rank's row shard of its blocks, [W(source), M, s, C]."""
         W, s = bucket.world_size, self._shard(bucket)
         dtype = local_grads[next(b for seg in bucket.segments for b in seg).param].dtype
-        send = torch.zeros((W, bucket.slots, s, bucket.cols), dtype=dtype)
+        send = torch.zeros((W, bucket.slots, s, bucket.cols), dtype=dtype, device=self.device)
         for owner, segment in enumerate(bucket.segments):
             for i, block in enumerate(segment):
                 assert self.matrices[block.param].count == 1, "only 2-D matrices travel under FSDP2"
@@ -111,7 +117,7 @@ class FSDPTransport(_Transport):
     def start_to_all(self, bucket: Bucket, updates_mRC: torch.Tensor) -> tuple[torch.Tensor, dist.Work]:
         """All-to-all back: each rank receives its rows of every block's update, [W(owner), M, s, C]."""
         W, s = bucket.world_size, self._shard(bucket)
-        padded = torch.zeros((bucket.slots, W * s, bucket.cols), dtype=self.update_dtype)
+        padded = torch.zeros((bucket.slots, W * s, bucket.cols), dtype=self.update_dtype, device=self.device)
         padded[: updates_mRC.shape[0], : bucket.rows] = updates_mRC
         send = padded.view(bucket.slots, W, s, bucket.cols).permute(1, 0, 2, 3).contiguous()
         received = torch.empty_like(send)
