@@ -271,8 +271,10 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
             servers.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if rl.weights.transfer == "shm":   # the RAM copy of the weights is not needed once the run is over
-        shutil.rmtree(store_root(rl.weights, run_dir), ignore_errors=True)
+        if rl.weights.transfer == "shm":
+            # The RAM copy of the weights goes with the run (finished or interrupted): a resumed run starts
+            # its servers from the initial checkpoint and the trainer pushes its own weights on start.
+            shutil.rmtree(store_root(rl.weights, run_dir), ignore_errors=True)
     result["version"] = _trainer_version(run_dir)[0]
     result["rl_s"] = rl_seconds
     result["wall_s"] = time.perf_counter() - started
