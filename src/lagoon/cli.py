@@ -14,7 +14,7 @@ from lagoon.errors import LagoonError
 
 # Modules that contribute subcommands, in the order they appear in `lagoon --help`.
 COMMAND_MODULES = [
-    "lagoon.demo",
+    "lagoon.demo.commands",
     "lagoon.model.commands",
     "lagoon.data.commands",
     "lagoon.train.commands",

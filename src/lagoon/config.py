@@ -9,6 +9,7 @@
     [automix]          lagoon.automix.config.AutomixConfig
     [rl]               lagoon.rl.config.RLConfig
     [serve]            lagoon.infer.config.ServeConfig
+    [demo]             lagoon.demo.config.DemoConfig
 
 Every command reads the sections it needs from the same file, so one pipeline config describes a whole
 run. Unknown keys, wrong types and out-of-range values fail at load time with the dotted field name.
@@ -24,6 +25,7 @@ from lagoon.agent.config import AgentConfig
 from lagoon.automix.config import AutomixConfig
 from lagoon.configio import apply_overrides, from_dict, read_toml, to_dict
 from lagoon.data.config import DataConfig
+from lagoon.demo.config import DemoConfig
 from lagoon.infer.config import ServeConfig
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
@@ -54,6 +56,8 @@ class LagoonConfig:
     """Asynchronous agent RL: trainer, actors, inference servers, trajectory table."""
     serve: ServeConfig = field(default_factory=ServeConfig)
     """``lagoon serve``: the inference engine and its OpenAI-compatible server."""
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    """The main job: which stages ``lagoon demo`` runs and how pretraining is launched."""
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -36,7 +36,15 @@ class Text:
     text: str
 
 
-Block = Figure | Table | Text
+@dataclass
+class Links:
+    """Relative links to other files of the run (e.g. each stage's own report)."""
+
+    items: list[tuple[str, str]]
+    """(label, relative path) pairs."""
+
+
+Block = Figure | Table | Text | Links
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Render sections as one self-contained HTML page: inline CSS, figures as base64 PNG, no scripts, no links out."""
+"""Render sections as one self-contained HTML page: inline CSS, figures as base64 PNG, no scripts; the only
+links are relative ones to other files of the same run directory."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import base64
 import datetime
 import html
 
-from lagoon.report.blocks import Figure, Section, Table, Text
+from lagoon.report.blocks import Figure, Links, Section, Table, Text
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
@@ -33,6 +34,10 @@ def _block(block) -> str:
         return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Text):
         return f"<p>{html.escape(block.text)}</p>"
+    if isinstance(block, Links):
+        items = "".join(f'<li><a href="{html.escape(href, quote=True)}">{html.escape(label)}</a></li>'
+                        for label, href in block.items)
+        return f"<ul>{items}</ul>"
     raise AssertionError(f"unknown report block {type(block).__name__}")
 
 

@@ -1,0 +1,81 @@
+"""Run the main job stage by stage, resumably.
+
+``RUN/pipeline.json`` records each finished stage with its wall time and summary. A rerun skips finished
+stages (their summaries feed later stages) and resumes an interrupted one, which each stage supports on its
+own (the data build, the sweep, training and RL all continue from what they wrote). The config the run
+started with is kept in ``RUN/config.toml``; a rerun with a different config (apart from ``[demo]``) is
+refused, because the finished stages would no longer match it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lagoon.configio import dumps_toml, to_dict
+from lagoon.demo.config import STAGES
+from lagoon.demo.stages import STAGE_FUNCTIONS, Context
+from lagoon.errors import LagoonError
+
+STATE_FILE = "pipeline.json"
+CONFIG_FILE = "config.toml"
+
+
+def _digest(config: dict[str, Any]) -> str:
+    relevant = {key: value for key, value in config.items() if key != "demo"}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    staging.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    staging.replace(path)
+
+
+def run_pipeline(config, run_dir: str | Path, say=print, only: list[str] | None = None) -> dict[str, Any]:
+    """Run the stages ``config.demo.stages`` (or `only`) in `run_dir`; returns the pipeline state."""
+    from rich.console import Console
+
+    console = Console()
+    run_dir = Path(run_dir)
+    data = to_dict(config)
+    digest = _digest(data)
+    state_path = run_dir / STATE_FILE
+    state: dict[str, Any] = {"config_digest": digest, "stages": {}}
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("config_digest") != digest:
+            raise LagoonError(f"{run_dir} was started with a different config (see {run_dir / CONFIG_FILE}); "
+                              f"use a new --run-dir, or the same config to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / CONFIG_FILE).is_file():
+        (run_dir / CONFIG_FILE).write_text(dumps_toml(data))
+    stages = only or config.demo.stages
+    results = {name: entry["summary"] for name, entry in state["stages"].items() if entry.get("status") == "done"}
+    ctx = Context(config=data, run_dir=run_dir, say=say, results=results)
+    started = time.monotonic()
+    for index, name in enumerate(stages, start=1):
+        heading = f"[{index}/{len(stages)}] {name}"
+        if name in results and name != "report":
+            console.rule(f"{heading}: done earlier ({state['stages'][name]['seconds']:.0f} s), skipped")
+            continue
+        console.rule(heading)
+        stage_started = time.monotonic()
+        summary = STAGE_FUNCTIONS[name](ctx)
+        seconds = time.monotonic() - stage_started
+        results[name] = summary
+        state["stages"][name] = {"status": "done", "seconds": seconds, "summary": summary,
+                                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _write_json(state_path, state)
+        say(f"{name} finished in {seconds:.0f} s")
+    total = sum(entry["seconds"] for entry in state["stages"].values())
+    say(f"pipeline finished: {len(state['stages'])} stages, {total / 60:.1f} min of stage time "
+        f"({(time.monotonic() - started) / 60:.1f} min this invocation); report: {run_dir / 'report.html'}")
+    return state
+
+
+__all__ = ["STAGES", "run_pipeline"]

@@ -1,0 +1,212 @@
+"""The stages of the main job. Each reads the pipeline config plus what earlier stages wrote, writes into
+its own folder of the run directory, resumes after an interruption, and returns a small JSON summary.
+
+    RUN/data/            lagoon data build            (shards per leaf, tokenizer, held-out sets)
+    RUN/automix/         lagoon automix run           (proxy sweep, surrogates, mixture.toml, report.html)
+    RUN/pretrain/        lagoon train under torchrun  (distributed Muon, SDC checks, checkpoints, report.html)
+    RUN/hf/              lagoon export hf             (config.json + model.safetensors + tokenizer)
+    RUN/rl/              lagoon rl                    (warm-up, servers, trainer, actors, Iceberg table)
+    RUN/evaluation.json  bits per byte per group, held-out arith-code reward, transformers parity
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lagoon.configio import dumps_toml, from_dict, to_dict
+from lagoon.errors import LagoonError
+
+
+@dataclasses.dataclass
+class Context:
+    """What every stage sees: the pipeline config as plain data, the run directory and a way to talk."""
+
+    config: dict[str, Any]
+    run_dir: Path
+    say: Callable[[str], None]
+    results: dict[str, dict[str, Any]]
+    """Summaries of the stages finished so far, by stage name."""
+
+    def stage_config(self, **sections: dict[str, Any]):
+        """The pipeline config with some keys replaced (``data={"shards": ...}``), validated."""
+        from lagoon.config import LagoonConfig
+
+        data = json.loads(json.dumps(self.config))
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        return from_dict(LagoonConfig, data)
+
+    @property
+    def shards(self) -> Path:
+        return self.run_dir / "data"
+
+    @property
+    def pretrain_dir(self) -> Path:
+        return self.run_dir / "pretrain"
+
+    @property
+    def hf_dir(self) -> Path:
+        return self.run_dir / "hf"
+
+    @property
+    def rl_dir(self) -> Path:
+        return self.run_dir / "rl"
+
+    def mixture(self) -> dict[str, Any]:
+        """The `[data]` keys that pick the pretraining mixture: AutoMixer's choice when it ran."""
+        automix = self.results.get("automix")
+        if automix and self.config.get("demo", {}).get("use_automix_mixture", True):
+            return {"mixture": automix["mixture_file"], "weights": {}}
+        return {}
+
+
+def data(ctx: Context) -> dict[str, Any]:
+    from lagoon.data import ShardSet
+    from lagoon.data.build import build
+
+    config = ctx.stage_config()
+    build(config, ctx.shards)
+    shards = ShardSet.open(ctx.shards)
+    return {"shards": str(ctx.shards), "leaves": len(shards.leaves), "tokens": int(sum(shards.leaf_tokens.values())),
+            "groups": sorted(shards.groups)}
+
+
+def automix(ctx: Context) -> dict[str, Any]:
+    from lagoon.automix import run as run_automix
+
+    config = ctx.stage_config(data={"shards": str(ctx.shards)})
+    summary = run_automix(config, ctx.run_dir / "automix")
+    return {"mixture_file": summary["mixture_file"], "report": summary["report"],
+            **{key: summary[key] for key in ("predicted", "objective", "proxies") if key in summary}}
+
+
+def pretrain(ctx: Context) -> dict[str, Any]:
+    """Pretrain under torchrun with ``demo.pretrain_ranks`` processes (in-process when 1)."""
+    from lagoon.train.checkpoint import newest_verified
+
+    config = ctx.stage_config(data={"shards": str(ctx.shards), **ctx.mixture()})
+    ranks = config.demo.pretrain_ranks
+    run_dir = ctx.pretrain_dir
+    if ranks == 1:
+        from lagoon.train import run_training
+
+        run_training(config, run_dir)
+    else:
+        config_path = ctx.run_dir / "pretrain.toml"
+        config_path.write_text(dumps_toml(to_dict(config)))
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
+                   "-m", "lagoon", "train", str(config_path), "--run-dir", str(run_dir)]
+        ctx.say("$ " + " ".join(command[2:]))
+        # Each rank gets an equal share of the cores (torchrun would otherwise leave one thread each).
+        threads = max(1, (os.cpu_count() or 1) // ranks)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        code = subprocess.run(command, env=env).returncode
+        if code != 0:
+            raise LagoonError(f"pretraining under torchrun exited with code {code}; see {run_dir}/events.jsonl "
+                              f"and rerun `lagoon demo` to resume from its last checkpoint")
+    checkpoint = newest_verified(run_dir, ctx.say)
+    if checkpoint is None:
+        raise LagoonError(f"pretraining left no verified checkpoint in {run_dir}/checkpoints")
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    final = metrics[-1] if metrics else {}
+    evals = [row for row in metrics if any(key.startswith("eval_bpb/") for key in row)]
+    return {"checkpoint": str(checkpoint), "ranks": ranks, "steps": final.get("step"), "loss": final.get("loss"),
+            "eval_bpb": {key.split("/", 1)[1]: value for key, value in (evals[-1] if evals else {}).items()
+                         if key.startswith("eval_bpb/")},
+            "sdc_checks": final.get("sdc/checks"), "sdc_events": final.get("sdc/events")}
+
+
+def export(ctx: Context) -> dict[str, Any]:
+    from lagoon.model.hf import export_hf
+
+    source = Path(ctx.results["pretrain"]["checkpoint"])
+    export_hf(source, ctx.hf_dir)
+    return {"hf": str(ctx.hf_dir), "source": str(source),
+            "files": sorted(path.name for path in ctx.hf_dir.iterdir())}
+
+
+def rl(ctx: Context) -> dict[str, Any]:
+    from lagoon.rl import run as run_rl
+    from lagoon.train.checkpoint import newest_verified
+
+    init = ctx.hf_dir if ctx.hf_dir.is_dir() else Path(ctx.results["pretrain"]["checkpoint"])
+    config = ctx.stage_config(rl={"init_checkpoint": str(init)})
+    result = run_rl(config, ctx.rl_dir, say=ctx.say)
+    final = newest_verified(ctx.rl_dir, ctx.say)
+    before, after = result.get("eval_before", {}), result.get("eval_after", {})
+    return {"init_checkpoint": str(init), "final_checkpoint": str(final) if final else None,
+            "version": result.get("version"), "rl_s": result.get("rl_s"),
+            "reward_before": before.get("reward_mean"), "reward_after": after.get("reward_mean"),
+            "episodes_per_eval": after.get("episodes")}
+
+
+def evaluate(ctx: Context) -> dict[str, Any]:
+    """Bits per byte per group before and after RL, the arith-code reward, and transformers parity."""
+    import torch
+
+    from lagoon.data import ShardSet
+    from lagoon.model import from_pretrained
+    from lagoon.train import evaluate_bpb
+
+    config = ctx.stage_config()
+    shards = ShardSet.open(ctx.shards)
+    models = {"pretrained": ctx.hf_dir if ctx.hf_dir.is_dir() else Path(ctx.results["pretrain"]["checkpoint"])}
+    final = ctx.results.get("rl", {}).get("final_checkpoint")
+    if final:
+        models["after RL"] = Path(final)
+    bpb = {}
+    for name, path in models.items():
+        model = from_pretrained(path, dtype=torch.float32).eval()
+        bpb[name] = evaluate_bpb(model, shards, max_tokens=config.demo.eval_tokens, seq_len=config.data.seq_len)
+        ctx.say(f"bits per byte, {name}: " + ", ".join(f"{g} {v:.3f}" for g, v in sorted(bpb[name].items())))
+    result: dict[str, Any] = {"bpb": bpb}
+    rl_result = ctx.results.get("rl")
+    if rl_result:
+        result["arith_code_reward"] = {"before RL": rl_result.get("reward_before"),
+                                       "after RL": rl_result.get("reward_after")}
+    if config.demo.check_transformers and ctx.hf_dir.is_dir():
+        result["transformers_max_abs_logit_diff"] = _transformers_parity(ctx.hf_dir, shards)
+    (ctx.run_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _transformers_parity(hf_dir: Path, shards) -> float | None:
+    """Max |logit difference| between lagoon and transformers' LagunaForCausalLM on held-out text."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    import warnings
+
+    import torch
+
+    from lagoon.model import from_pretrained
+
+    group = sorted(shards.eval_groups)[0]
+    ids = torch.as_tensor(shards.eval_set(group).token_ids[:128].astype("int64"))[None]
+    ours = from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = transformers.LagunaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return float((ours(ids).logits - theirs(ids).logits).abs().max())
+
+
+def report(ctx: Context) -> dict[str, Any]:
+    from lagoon.demo.report import write_report
+
+    path = write_report(ctx.run_dir, ctx.results)
+    return {"report": str(path)}
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "data": data, "automix": automix, "pretrain": pretrain, "export": export, "rl": rl,
+    "evaluate": evaluate, "report": report,
+}
