@@ -202,3 +202,12 @@ def _validation(validation: dict[str, Any]) -> Section:
             ["one validation run, wall time", f"{compute['validation_run_wall_s']:.0f} s"],
         ], "Compute"))
     return Section("Validation at a larger scale", blocks)
+
+
+def report_sections(out_dir: str | Path) -> list[Section]:
+    """The report's sections without the page, for pages that embed an AutoMixer run (e.g. `lagoon demo`)."""
+    out_dir = Path(out_dir)
+    plan = json.loads((out_dir / PLAN_FILE).read_text())
+    fit = json.loads((out_dir / FIT_FILE).read_text())
+    optimized = json.loads((out_dir / OPTIMIZED_FILE).read_text())
+    return [_summary(plan, fit, optimized), _mixtures(plan, optimized), _interactions(optimized)]
