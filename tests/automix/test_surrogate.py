@@ -104,3 +104,32 @@ def test_inner_cross_validation_picks_little_shrinkage_for_clean_data_and_much_f
     clean = make_surrogate("loglinear").fit(weights_NK, law(weights_NK))
     noise = make_surrogate("loglinear").fit(weights_NK, 2.0 + rng.normal(0, 0.05, 48))
     assert clean.ridge == min(SurrogateOptions().ridge) and noise.ridge == max(SurrogateOptions().ridge)
+
+
+def test_the_profiled_log_linear_fit_matches_a_generic_optimizer():
+    """Reference path: the same penalised objective minimised by L-BFGS from many random starts."""
+    from scipy.optimize import minimize
+
+    from lagoon.automix.surrogate import LogLinearSurrogate, shrinkage_matrix
+
+    rng = np.random.default_rng(13)
+    weights_NK = mixtures(40, 14)
+    targets_N = law(weights_NK) + rng.normal(0, 0.01, 40)
+    domains = (0, 0, 1, 1, 2, 2, 3, 3)
+    fast = LogLinearSurrogate(SurrogateOptions(leaf_domains=domains), ridge=0.01).fit_fixed(
+        weights_NK, targets_N, refine=True)
+    scale = targets_N.std() * np.sqrt(40)
+    penalty_RK = shrinkage_matrix(K, domains) * np.sqrt(0.01 / K)
+
+    def objective(theta):
+        fitted_N = np.exp(theta[0]) + np.exp(weights_NK @ theta[1:])
+        return float((((fitted_N - targets_N) / scale) ** 2).sum() + ((penalty_RK @ theta[1:]) ** 2).sum())
+
+    reference = min((minimize(objective, np.concatenate([[np.log(rng.uniform(0.05, 0.95) * targets_N.min())],
+                                                          rng.normal(0, 1, K)]), method="L-BFGS-B")
+                     for _ in range(20)), key=lambda r: r.fun)
+    fast_value = objective(np.concatenate([[fast.floor], fast.slopes]))
+    assert fast_value <= reference.fun * (1 + 1e-3) + 1e-9
+    test_NK = mixtures(200, 15)
+    reference_model = LogLinearSurrogate(floor=reference.x[0], slopes=reference.x[1:])
+    assert np.abs(fast.predict(test_NK) - reference_model.predict(test_NK)).max() < 0.01

@@ -90,9 +90,9 @@ def _ray(specs: list[RunSpec], config: AutomixConfig) -> Iterator[tuple[RunSpec,
             ray.init(num_cpus=config.workers * config.threads_per_worker, include_dashboard=False,
                      log_to_driver=False)
     remote = ray.remote(num_cpus=config.threads_per_worker, max_retries=0)(train_run)
+    queue = list(specs)
+    in_flight: dict[Any, RunSpec] = {}
     try:
-        queue = list(specs)
-        in_flight: dict[Any, RunSpec] = {}
         while queue or in_flight:
             while queue and len(in_flight) < config.workers:
                 spec = queue.pop(0)
@@ -109,7 +109,7 @@ def _ray(specs: list[RunSpec], config: AutomixConfig) -> Iterator[tuple[RunSpec,
                     raise _failure(spec, cause) from error
                 yield spec, result
     finally:
-        for reference in list(locals().get("in_flight", {})):
+        for reference in in_flight:  # interrupted or failed: stop what is still running
             ray.cancel(reference, force=True)
         if started_here:
             ray.shutdown()

@@ -25,7 +25,7 @@ from lagoon.automix.crossval import cross_validate
 from lagoon.automix.optimize import INTERACTION_STEP, Objective, interaction_matrix, optimize_mixture
 from lagoon.automix.space import MixtureSpace, kl_divergence
 from lagoon.automix.surrogate import SurrogateOptions, dumps, make_surrogate
-from lagoon.automix.sweep import Plan, _write_json, read_table
+from lagoon.automix.sweep import Plan, read_table, write_json
 from lagoon.errors import ConfigError, LagoonError
 
 FIT_FILE = "fit.json"
@@ -120,13 +120,13 @@ def fit_and_optimize(out_dir: Path, plan: Plan, automix: Any) -> dict[str, Any]:
         "interactions": {"groups": list(surrogates), "leaves": list(space.leaves), "matrix": matrix_GK.tolist(),
                          "step": INTERACTION_STEP},
     }
-    _write_json(out_dir / FIT_FILE, {
+    write_json(out_dir / FIT_FILE, {
         "surrogate": kind, "folds": automix.surrogate.folds, "proxies": proxies,
         "cv": {group: s.to_dict() for group, s in scores.items()},
         "surrogates": json.loads(dumps(surrogates)), "objective_weights": lambdas})
     write_mixture(out_dir / MIXTURE_FILE, space, chosen.weights)
     _write_interactions(out_dir / INTERACTIONS_FILE, list(surrogates), space, matrix_GK)
-    _write_json(stored, summary)
+    write_json(stored, summary)
     return summary
 
 

@@ -99,7 +99,7 @@ def settle_plan(out_dir: Path, fresh: Plan) -> Plan:
             return Plan(stored.space, stored.groups, stored.proxy_tokens, stored.mixtures[: len(fresh.mixtures)],
                         stored.identity, stored.domains)
         assert np.allclose(fresh.mixtures[: len(stored.mixtures)], stored.mixtures), "sampling is not prefix-stable"
-    _write_json(path, fresh.to_dict())
+    write_json(path, fresh.to_dict())
     return fresh
 
 
@@ -193,7 +193,7 @@ def _append_event(path: Path, event: dict[str, Any]) -> None:
         handle.write(json.dumps(event) + "\n")
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     staging.write_text(json.dumps(data, indent=1))

@@ -26,7 +26,7 @@ import numpy as np
 
 from lagoon.automix.fit import OPTIMIZED_FILE
 from lagoon.automix.runs import RunSpec
-from lagoon.automix.sweep import EVENTS_FILE, Plan, _write_json, run_specs
+from lagoon.automix.sweep import EVENTS_FILE, Plan, run_specs, write_json
 from lagoon.errors import LagoonError
 
 VALIDATION_FILE = "validation.json"
@@ -90,7 +90,7 @@ def run_validation(out_dir: Path, plan: Plan, automix: Any, prepared: Any, show_
         "validation_run_wall_s": float(np.mean([summary["runs"][f"validation optimized seed {s}"]["wall_s"]
                                                 for s in seeds])),
     }
-    _write_json(out_dir / VALIDATION_FILE, summary)
+    write_json(out_dir / VALIDATION_FILE, summary)
     return summary
 
 
