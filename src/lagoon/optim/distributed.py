@@ -105,7 +105,8 @@ class DistributedMuon(LagoonOptimizer):
         adamw_cls = FlatShardedAdamW if self.mode == "ddp" else LocalShardAdamW
         self.adamw = adamw_cls(groups.adamw, groups.adamw_no_decay, data_parallel)
         self.timings: dict[str, float] = {}
-        """Seconds spent in the last step: ``newton_schulz``, ``waiting`` (exposed communication), ``total``."""
+        """Wall seconds of the last step: ``newton_schulz``, ``waiting`` (blocked in collectives), ``total``. On CUDA,
+        kernels run asynchronously, so these are host-side times (profile with torch.profiler there)."""
 
     # ---------------------------------------------------------------------------------------------
     def _orthogonalize(self, grad_mRC: torch.Tensor, momentum_mRC: torch.Tensor) -> torch.Tensor:
