@@ -24,6 +24,8 @@ class ServerState:
     """Held for the whole of one weight operation (load, receive); a second one meanwhile gets 409."""
     last_update: dict[str, Any] | None = None
     """How the current weights arrived: source, version, bytes, seconds, GB/s."""
+    segments: Any = None
+    """Mapped shared-memory weight segments (`lagoon.infer.shared_weights.SegmentCache`), made on first use."""
     _digest: tuple[int, str] | None = None
 
     @property

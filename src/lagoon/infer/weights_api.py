@@ -3,6 +3,7 @@
     POST /v1/weights/pause    {"mode": "keep" | "abort"}      park the engine between steps
     POST /v1/weights/load     {"path": CKPT_DIR, "version": int}
     POST /v1/weights/receive  {"master_addr", "master_port", "world_size", "rank", "version", "backend"}
+    POST /v1/weights/load_shared {"path": SEGMENT_FILE, "version": int}   (same machine: lagoon.infer.shared_weights)
     POST /v1/weights/resume
     GET  /v1/weights          {"policy_version", "digest", "paused", "complete", "last_update", ...}
 
@@ -129,6 +130,35 @@ def load_checkpoint(state: ServerState, path: str, version: int) -> dict[str, An
     return state.last_update
 
 
+def load_shared(state: ServerState, path: str, version: int) -> dict[str, Any]:
+    """Copy a shared-memory segment's tensors straight into the served model (blocking)."""
+    from lagoon.infer.shared_weights import SegmentCache
+
+    started = time.perf_counter()
+    if state.segments is None:
+        state.segments = SegmentCache()
+    try:
+        segment = state.segments.get(path)
+    except LagoonError as error:
+        raise RequestError(str(error), "path") from None
+    problem = segment.problem(state.engine.model)
+    if problem:
+        raise RequestError(f"{path} does not fit the served model: {problem}", "path")
+    if segment.mapping.version() != version:
+        raise RequestError(f"{path} holds version {segment.mapping.version()}, not {version} (-1: being written)",
+                           "version", status=409, kind="conflict_error")
+    copied = {}
+    try:
+        state.engine.update_weights(lambda model: copied.update(bytes=segment.copy_into(model, version)), version)
+    except LagoonError as error:   # the writer lapped this reader: the weights are torn, the server stays paused
+        raise RequestError(str(error), status=500, kind="server_error") from None
+    seconds = time.perf_counter() - started
+    state.forget_digest()
+    state.last_update = {"source": "shared", "path": str(path), "version": version, "num_bytes": copied["bytes"],
+                         "seconds": seconds, "gb_per_s": copied["bytes"] / max(seconds, 1e-9) / 1e9, "at": time.time()}
+    return state.last_update
+
+
 def receive_broadcast(state: ServerState, body: dict[str, Any], version: int) -> dict[str, Any]:
     """Join the trainer's weight group and receive its broadcast into the served model (blocking)."""
     from lagoon.infer.weight_sync import WeightGroup, receive_buckets, receive_header
@@ -216,6 +246,17 @@ def register_weight_routes(app: FastAPI, state: ServerState) -> None:
         version = _version(body, state)
         with _exclusive(state):
             update = await asyncio.to_thread(load_checkpoint, state, path, version)
+        return {**status(), "update": update}
+
+    @app.post("/v1/weights/load_shared")
+    async def load_from_shared_memory(request: Request):
+        body = await _body(request)
+        path = body.get("path")
+        if not isinstance(path, str) or not path:
+            raise RequestError("'path' (a shared weight segment file) is required", "path")
+        version = _version(body, state)
+        with _exclusive(state):
+            update = await asyncio.to_thread(load_shared, state, path, version)
         return {**status(), "update": update}
 
     @app.post("/v1/weights/receive")

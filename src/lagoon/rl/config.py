@@ -187,10 +187,15 @@ class TrainerConfig:
 class WeightsConfig:
     """How the trainer's new weights reach the inference servers."""
 
-    transfer: Literal["files", "shm", "broadcast"] = "shm"
-    """``files``: a versioned safetensors directory under RUN_DIR/weights that servers load; ``shm``: the same
-    in /dev/shm (shared memory, for servers on this machine); ``broadcast``: torch.distributed broadcast in
-    buckets from the trainer to every server (gloo on CPU, NCCL on GPU), with pause/update/resume."""
+    transfer: Literal["auto", "shared_memory", "files", "shm", "broadcast"] = "auto"
+    """``shared_memory``: the trainer copies each tensor once into a segment in /dev/shm and every server (on
+    this machine) copies it straight into its parameters (``POST /v1/weights/load_shared``,
+    `lagoon.infer.shared_weights`); the version directory under RUN_DIR/weights is written after the servers
+    have the weights. ``files``: a versioned safetensors directory under RUN_DIR/weights that servers load;
+    ``shm``: the same directory in /dev/shm; ``broadcast``: torch.distributed broadcast in buckets from the
+    trainer to every server (gloo on CPU, NCCL on GPU), with pause/update/resume. ``auto``: ``shared_memory``
+    when every server URL is a loopback address and /dev/shm has room for two copies of the weights,
+    otherwise ``files`` (servers elsewhere then need RUN_DIR on a shared file system, or set ``broadcast``)."""
     backend: Literal["gloo", "nccl"] = "gloo"
     """torch.distributed backend of the broadcast."""
     bucket_mb: float = 4.0

@@ -193,7 +193,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     from lagoon.rl.evaluate import evaluate_checkpoint, evaluate_servers
     from lagoon.rl.servers import LocalServers
     from lagoon.rl.store import TrajectoryStore
-    from lagoon.rl.weights import read_latest, store_root
+    from lagoon.rl.weights import read_latest, segment_root, store_root
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +275,8 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
             # The RAM copy of the weights goes with the run (finished or interrupted): a resumed run starts
             # its servers from the initial checkpoint and the trainer pushes its own weights on start.
             shutil.rmtree(store_root(rl.weights, run_dir), ignore_errors=True)
+        # Shared-memory segments of a trainer that did not get to remove them itself.
+        shutil.rmtree(segment_root(run_dir), ignore_errors=True)
     result["version"] = _trainer_version(run_dir)[0]
     result["rl_s"] = rl_seconds
     result["wall_s"] = time.perf_counter() - started

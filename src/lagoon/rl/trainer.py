@@ -136,6 +136,8 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.publisher is not None:
+                self.publisher.remove_segments()
             self.metrics.close()
         return self.version
 

@@ -8,6 +8,10 @@ to a staging directory and renamed into place (`lagoon.model.save_pretrained`), 
 - ``files``: the store is ``RUN_DIR/weights``; each server is told ``POST /v1/weights/load {path, version}``
   and reads the safetensors itself (servers on this machine or on a shared file system);
 - ``shm``: the same with the store in ``/dev/shm`` (RAM-backed), for servers on this machine;
+- ``shared_memory``: the trainer copies each tensor once into a segment in ``/dev/shm``
+  (`lagoon.infer.shared_weights`, two slots used in turn) and each server copies it straight into its
+  parameters (``POST /v1/weights/load_shared``); the version directory is written after the servers have
+  the weights. ``auto`` picks it when every server is on this machine (loopback URLs) and /dev/shm has room;
 - ``broadcast``: the trainer and the servers form a private torch.distributed group (gloo on CPU, NCCL on
   GPU) and the trainer broadcasts the tensors in buckets (`lagoon.infer.weight_sync.push_weights`); the
   servers pause (keeping their requests), receive, verify and resume. The version directory is still
@@ -20,13 +24,16 @@ the trainer's metrics. A server that is down is reported, not fatal: actors keep
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 
@@ -48,6 +55,36 @@ def store_root(config: WeightsConfig, run_dir: Path) -> Path:
         tag = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
         return Path("/dev/shm") / f"lagoon-weights-{tag}"
     return Path(run_dir) / "weights"
+
+
+def segment_root(run_dir: Path) -> Path:
+    """The per-run directory in /dev/shm holding the ``shared_memory`` transfer's segment files."""
+    tag = hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    return Path("/dev/shm") / f"lagoon-segments-{tag}"
+
+
+def is_local(url: str) -> bool:
+    """Whether a server URL names this machine by a loopback address."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_transfer(config: WeightsConfig, servers: list[str], num_bytes: int) -> str:
+    """The transfer ``auto`` stands for with these servers and weights (any other setting as given)."""
+    if config.transfer != "auto":
+        return config.transfer
+    shm = Path("/dev/shm")
+    if servers and all(is_local(url) for url in servers) and shm.is_dir():
+        stat = os.statvfs(shm)
+        # Two slots of the weights, and room to spare for everything else that lives in /dev/shm.
+        if stat.f_bavail * stat.f_frsize >= 2 * num_bytes + 256 * 2**20:
+            return "shared_memory"
+    return "files"
 
 
 def read_latest(root: Path) -> dict[str, Any] | None:
@@ -79,6 +116,9 @@ class WeightPublisher:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.servers = [url.rstrip("/") for url in servers]
         self.timeout_s = timeout_s
+        self.transfer: str | None = None
+        """The transfer in use (``auto`` resolved at the first publish)."""
+        self._segments = None   # lagoon.infer.shared_weights.SharedWeightWriter, for shared_memory
 
     # ----------------------------------------------------------------------------------------------
     def write_version(self, model: LagunaForCausalLM, version: int, tokenizer_dir: Path | None) -> tuple[Path, str]:
@@ -105,9 +145,21 @@ class WeightPublisher:
         num_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         started = time.perf_counter()
         replies: list[ServerReply] = []
-        record: dict[str, Any] = {"version": version, "transfer": self.config.transfer, "bytes": num_bytes,
+        if self.transfer is None:
+            self.transfer = resolve_transfer(self.config, self.servers, num_bytes)
+        record: dict[str, Any] = {"version": version, "transfer": self.transfer, "bytes": num_bytes,
                                   "servers": len(self.servers)}
-        if self.config.transfer == "broadcast" and self.servers:
+        if self.transfer == "shared_memory" and self.servers:
+            write = self._segment_writer().write(model, version)
+            record["segment_write_s"] = write.seconds
+            load_started = time.perf_counter()
+            replies = self._load_all("load_shared", write.path, version)
+            record["load_s"] = time.perf_counter() - load_started
+            record["sync_s"] = time.perf_counter() - started
+            write_started = time.perf_counter()
+            path, digest = self.write_version(model, version, tokenizer_dir)
+            record["write_s"] = time.perf_counter() - write_started
+        elif self.transfer == "broadcast" and self.servers:
             transfer = self._broadcast(model, version)
             record["sync_s"] = time.perf_counter() - started
             record["broadcast_s"] = transfer.seconds
@@ -119,7 +171,7 @@ class WeightPublisher:
             path, digest = self.write_version(model, version, tokenizer_dir)
             record["write_s"] = time.perf_counter() - started
             load_started = time.perf_counter()
-            replies = [self._load(url, path, version) for url in self.servers]
+            replies = self._load_all("load", path, version)
             record["load_s"] = time.perf_counter() - load_started
             record["sync_s"] = time.perf_counter() - started
         record["gb_per_s"] = num_bytes / max(record["sync_s"], 1e-9) / 1e9
@@ -131,11 +183,26 @@ class WeightPublisher:
         return record
 
     # ----------------------------------------------------------------------------------------------
-    def _load(self, url: str, path: Path, version: int) -> ServerReply:
-        """``load`` pauses with "keep" around the swap by itself; "abort" is asked for explicitly."""
+    def _segment_writer(self):
+        from lagoon.infer.shared_weights import SharedWeightWriter
+
+        if self._segments is None:
+            self._segments = SharedWeightWriter(segment_root(self.run_dir))
+        return self._segments
+
+    def _load_all(self, route: str, path: Path, version: int) -> list[ServerReply]:
+        """Tell every server to load `path` through `route`, all at once (each copies in its own process)."""
+        if len(self.servers) == 1:
+            return [self._load(self.servers[0], path, version, route)]
+        with ThreadPoolExecutor(len(self.servers)) as pool:
+            return list(pool.map(lambda url: self._load(url, path, version, route), self.servers))
+
+    def _load(self, url: str, path: Path, version: int, route: str = "load") -> ServerReply:
+        """``load``/``load_shared`` pause with "keep" around the swap by themselves; "abort" is asked for
+        explicitly."""
         import httpx
 
-        calls = [("load", {"path": str(path), "version": version})]
+        calls = [(route, {"path": str(path), "version": version})]
         if self.config.pause_mode == "abort":
             calls = [("pause", {"mode": "abort"}), *calls, ("resume", {})]
         for name, body in calls:
@@ -167,7 +234,14 @@ class WeightPublisher:
                 out.append(None)
         return out
 
+    def remove_segments(self) -> None:
+        """Delete the shared-memory segments (servers keep the weights they loaded)."""
+        if self._segments is not None:
+            self._segments.remove()
+            self._segments = None
+
     def close(self) -> None:
+        self.remove_segments()
         if self.config.transfer == "shm":
             shutil.rmtree(self.root, ignore_errors=True)
 
