@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 
 import httpx
 import pytest
@@ -105,6 +106,51 @@ def test_a_read_the_writer_overtakes_is_rejected(tmp_path):
     writer.remove()
 
 
+def test_a_reader_copies_while_the_writer_writes(tmp_path):
+    writer = SharedWeightWriter(tmp_path)
+    writer.write(tiny_model(seed=1), version=0)
+    writer.write(tiny_model(seed=1), version=1)
+    trainer = tiny_model(seed=6)
+    assert writer.streamable(trainer)
+    segment = SharedSegment.open(writer.path(0))
+    served = tiny_model(seed=2)
+    copied: list = []
+    reader = threading.Thread(target=lambda: copied.append(segment.copy_into(served, 2, wait_s=60)))
+    reader.start()                       # waits for version 2, which nobody has started writing yet
+    writer.write(trainer, version=2)
+    reader.join(60)
+    assert copied and weights_digest(served) == weights_digest(trainer)
+
+    # A writer that fails halfway marks the slot abandoned: a waiting reader stops at once with one line.
+    class Broken(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.reshape:
+                raise RuntimeError("device lost")
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    state = dict(sync_tensors(trainer))
+    last = sorted(state)[-1]
+    state[last] = state[last].as_subclass(Broken)
+    errors: list = []
+    reader = threading.Thread(target=lambda: errors.append(_error(lambda: segment.copy_into(served, 4, wait_s=60))))
+    reader.start()
+    with pytest.raises(RuntimeError, match="device lost"):
+        writer.write(state, version=4)
+    reader.join(60)
+    assert errors and "abandoned writing version 4" in errors[0] and "\n" not in errors[0]
+    segment.close()
+    writer.remove()
+
+
+def _error(call) -> str:
+    try:
+        call()
+    except LagoonError as error:
+        return str(error)
+    return "no error"
+
+
 def test_missing_foreign_and_wrong_model_segments_are_one_line_errors(tmp_path):
     with pytest.raises(LagoonError, match="does not exist"):
         SharedSegment.open(tmp_path / "nothing.bin")
@@ -181,6 +227,7 @@ def test_the_rl_publisher_uses_shared_memory_for_local_servers(server, tmp_path)
                     parameter.add_(0.01)
             record = publisher.publish(trainer, version)
             assert record["transfer"] == "shared_memory" and record["failed_servers"] == []
+            assert record["streamed"] == (version == 8)    # the second update reuses the mapped files
             (served,) = publisher.server_weights()
             assert served["policy_version"] == version and served["digest"] == weights_digest(trainer)
             assert served["last_update"]["source"] == "shared"

@@ -3,7 +3,9 @@ on the same machine maps the segment and copies them straight into its parameter
 
 One update is therefore two memory copies (trainer → segment, segment → served parameters) plus one HTTP
 round trip: no serialization, no file parsing, no renaming of expert layouts, and no hashing on the
-critical path. The files/safetensors path costs several more copies and a SHA-256 pass, the gloo broadcast
+critical path. The two copies can overlap: a server asked to wait (``wait_s``) copies each tensor as soon as
+the writer's progress counter has passed it, so an update costs about one copy's time when the two
+processes have a core each. The files/safetensors path costs several more copies and a SHA-256 pass, the gloo broadcast
 two more copies through the kernel's socket buffers (docs/LOG.md, 2026-11-29).
 
 Segment file (``/dev/shm/...``, one per slot; a store alternates between two slots, so a version can be
@@ -11,15 +13,20 @@ written while servers may still read the previous one):
 
     offset 0         preamble, 64 bytes, little-endian: magic ``LAGOONSW``, u32 layout version (1),
                      u32 reserved, i64 policy version (-1 while being written), i64 index length,
-                     i64 data offset, i64 data bytes, 16 reserved bytes
+                     i64 data offset, i64 data bytes, i64 version being written (-2: abandoned),
+                     i64 bytes of the data region written so far for it (in index order)
     offset 64        the index, UTF-8 JSON: ``{"tensors": [[name, dtype, shape, offset, nbytes], ...]}`` in
                      `lagoon.infer.weight_sync.sync_tensors` order (sorted runtime names, a tied head left out)
     data offset      the tensors' raw bytes, each at a 64-byte aligned offset (relative to the data offset),
                      the data offset itself 4096-aligned
 
-Versioning works like a seqlock: the writer sets the version field to -1, writes the bytes, then writes the
-new version; a reader checks the version before and after copying and rejects the update if it changed
-(the writer lapped it, which the two slots make impossible unless a reader is two versions late).
+Versioning works like a seqlock: the writer zeroes the progress counter, sets the version field to -1 and
+the version-being-written field to v, writes the bytes (advancing the counter after each tensor), then
+writes v into the version field. A reader copies a tensor only once the version field is v or the writer
+is writing v past that tensor, and accepts the update only if the version field is v after its last copy:
+versions only grow, so any lap by the writer (which the two slots make impossible unless a reader is two
+versions late) leaves it at -1 or above v. x86's store order makes the fields' order the order seen by
+the reader; every field is an aligned 8-byte word.
 
 Shape legend: none (tensors are handled as flat byte ranges).
 """
@@ -30,6 +37,7 @@ import json
 import mmap
 import os
 import struct
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -44,10 +52,14 @@ from lagoon.infer.weight_sync import sync_tensors
 
 MAGIC = b"LAGOONSW"
 LAYOUT_VERSION = 1
-PREAMBLE = struct.Struct("<8sII4q16x")
+PREAMBLE = struct.Struct("<8sII6q")
 assert PREAMBLE.size == 64
 VERSION_OFFSET = 16                      # the i64 policy-version field inside the preamble
+WRITING_OFFSET = 48                      # the i64 version-being-written field
+WRITTEN_OFFSET = 56                      # the i64 bytes-written-so-far field
 WRITING = -1
+ABANDONED = -2
+POLL_S = 2e-4                            # a waiting reader's poll interval (one tensor is usually longer)
 TENSOR_ALIGN = 64                        # cache-line alignment; also satisfies every dtype's view alignment
 DATA_ALIGN = 4096                        # page alignment of the data region
 
@@ -116,7 +128,13 @@ class _Mapping:
             self.bytes = torch.frombuffer(self.map, dtype=torch.uint8)
 
     def version(self) -> int:
-        return struct.unpack_from("<q", self.map, VERSION_OFFSET)[0]
+        return self.field(VERSION_OFFSET)
+
+    def field(self, offset: int) -> int:
+        return struct.unpack_from("<q", self.map, offset)[0]
+
+    def set(self, offset: int, value: int) -> None:
+        struct.pack_into("<q", self.map, offset, value)
 
     def close(self) -> None:
         self.bytes = None
@@ -156,6 +174,12 @@ class SharedWeightWriter:
     def path(self, slot: int) -> Path:
         return self.root / f"slot-{slot}.bin"
 
+    def streamable(self, source: nn.Module | Mapping[str, torch.Tensor]) -> bool:
+        """Whether the next `write` of `source` reuses mapped files, so servers may open the slot and wait
+        for it before the write starts."""
+        signature = [(name, t.dtype, tuple(t.shape)) for name, t in sync_tensors(source)]
+        return self._layout is not None and self._layout[0] == signature and len(self._maps) == self.slots
+
     def write(self, source: nn.Module | Mapping[str, torch.Tensor], version: int) -> SharedWrite:
         """Copy every weight of `source` into the slot of `version`; returns where and how long it took."""
         assert version >= 0
@@ -169,19 +193,30 @@ class SharedWeightWriter:
                 self.path(slot).unlink(missing_ok=True)
             self._layout = (signature, *layout(tensors))
         _, entries, index, data_offset, data_bytes = self._layout
-        slot = version % self.slots
-        mapping = self._maps.get(slot)
-        if mapping is None:
+        if not self._maps:
+            # Every slot at once (space reserved, index written, nothing yet to read), so that from the second
+            # update on servers can open the next slot before it is written.
             self.root.mkdir(parents=True, exist_ok=True)
-            mapping = self._maps[slot] = _Mapping(self.path(slot), writable=True, size=data_offset + data_bytes)
-            PREAMBLE.pack_into(mapping.map, 0, MAGIC, LAYOUT_VERSION, 0, WRITING, len(index), data_offset, data_bytes)
-            mapping.map[PREAMBLE.size:PREAMBLE.size + len(index)] = index
-        struct.pack_into("<q", mapping.map, VERSION_OFFSET, WRITING)
-        with torch.no_grad():
-            for entry, (_, tensor) in zip(entries, tensors):
-                _view(mapping, data_offset, entry, tensor.dtype).copy_(tensor.reshape(-1))
-        struct.pack_into("<q", mapping.map, VERSION_OFFSET, version)
-        return SharedWrite(self.path(slot), version, data_bytes, time.perf_counter() - started)
+            for slot in range(self.slots):
+                mapping = self._maps[slot] = _Mapping(self.path(slot), writable=True, size=data_offset + data_bytes)
+                PREAMBLE.pack_into(mapping.map, 0, MAGIC, LAYOUT_VERSION, 0, WRITING, len(index), data_offset,
+                                   data_bytes, WRITING, 0)
+                mapping.map[PREAMBLE.size:PREAMBLE.size + len(index)] = index
+        mapping = self._maps[version % self.slots]
+        # Order matters (module docstring): a reader that sees `version` being written sees the zeroed counter.
+        mapping.set(WRITTEN_OFFSET, 0)
+        mapping.set(VERSION_OFFSET, WRITING)
+        mapping.set(WRITING_OFFSET, version)
+        try:
+            with torch.no_grad():
+                for entry, (_, tensor) in zip(entries, tensors):
+                    _view(mapping, data_offset, entry, tensor.dtype).copy_(tensor.reshape(-1))
+                    mapping.set(WRITTEN_OFFSET, entry.offset + entry.nbytes)
+        except BaseException:
+            mapping.set(WRITING_OFFSET, ABANDONED)   # readers waiting for this version give up now
+            raise
+        mapping.set(VERSION_OFFSET, version)
+        return SharedWrite(self.path(version % self.slots), version, data_bytes, time.perf_counter() - started)
 
     def close(self) -> None:
         """Unmap the slots (the files stay, for servers that still read them)."""
@@ -226,7 +261,7 @@ class SharedSegment:
         except OSError as error:
             raise LagoonError(f"cannot map shared weight segment {path}: {error.strerror}") from None
         try:
-            magic, layout_version, _, _, index_len, data_offset, data_bytes = PREAMBLE.unpack_from(mapping.map, 0)
+            magic, layout_version, _, _, index_len, data_offset, data_bytes, _, _ = PREAMBLE.unpack_from(mapping.map, 0)
             if magic != MAGIC:
                 raise LagoonError(f"{path} is not a lagoon shared weight segment (bad magic)")
             if layout_version != LAYOUT_VERSION:
@@ -274,22 +309,46 @@ class SharedSegment:
                 return f"{name} has shape {list(shape)}, the served model has {list(ours[name])}"
         return None
 
-    def copy_into(self, model: nn.Module, version: int) -> int:
-        """Copy every tensor into `model` (casting to its dtypes); raises if the writer changed the slot
-        meanwhile. Returns the bytes read."""
-        found = self.mapping.version()
-        if found != version:
-            raise LagoonError(f"{self.path} holds version {found}, not {version} (-1: being written)")
+    def wait_for(self, version: int, end: int, wait_s: float = 0.0) -> None:
+        """Return once the data region's first `end` bytes hold `version` (any `end` past the data: once the
+        whole version is written); raise a one-line LagoonError if the writer lapped this reader, gave up, or
+        has not got there within `wait_s` seconds."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            done = self.mapping.field(VERSION_OFFSET)
+            if done == version:
+                return
+            writing = self.mapping.field(WRITING_OFFSET)
+            if writing == version and self.mapping.field(WRITTEN_OFFSET) >= end:
+                return
+            if done > version or writing > version:
+                raise LagoonError(f"{self.path} was rewritten while it was being read (the trainer is more than "
+                                  f"one version ahead of this server, at {max(done, writing)}); the weights are "
+                                  "incomplete")
+            if writing == ABANDONED:
+                raise LagoonError(f"the trainer abandoned writing version {version} to {self.path}")
+            if time.monotonic() >= deadline:
+                if wait_s <= 0:
+                    raise LagoonError(f"{self.path} holds version {done}, not {version} (-1: being written)")
+                raise LagoonError(f"version {version} did not arrive in {self.path} within {wait_s:g} s "
+                                  f"(it holds {done}, and {writing} is being written)")
+            time.sleep(POLL_S)
+
+    def copy_into(self, model: nn.Module | Mapping[str, torch.Tensor], version: int, wait_s: float = 0.0) -> int:
+        """Copy every tensor into `model` (casting to its dtypes), each as soon as the writer has written it
+        (waiting up to `wait_s` for the writer); raises if the writer changed the slot meanwhile. Returns the
+        bytes read."""
+        self.wait_for(version, 0, wait_s)
         targets = dict(sync_tensors(model))
         total = 0
         with torch.no_grad():
             for entry in self.entries:
+                self.wait_for(version, entry.offset + entry.nbytes, wait_s)
                 source = _view(self.mapping, self.data_offset, entry, _dtype(entry.dtype))
                 targets[entry.name].copy_(source.view(entry.shape))
                 total += entry.nbytes
-        if self.mapping.version() != version:
-            raise LagoonError(f"{self.path} was rewritten while it was being read (the trainer is more than one "
-                              "version ahead of this server); the weights are incomplete")
+        # The seqlock's closing check: still (or by now) exactly `version`, never lapped.
+        self.wait_for(version, sys.maxsize, wait_s)
         return total
 
     def close(self) -> None:

@@ -3,7 +3,8 @@
     POST /v1/weights/pause    {"mode": "keep" | "abort"}      park the engine between steps
     POST /v1/weights/load     {"path": CKPT_DIR, "version": int}
     POST /v1/weights/receive  {"master_addr", "master_port", "world_size", "rank", "version", "backend"}
-    POST /v1/weights/load_shared {"path": SEGMENT_FILE, "version": int}   (same machine: lagoon.infer.shared_weights)
+    POST /v1/weights/load_shared {"path": SEGMENT_FILE, "version": int, "wait_s": float = 0}
+                                      (same machine: lagoon.infer.shared_weights; wait_s > 0: copy while written)
     POST /v1/weights/resume
     GET  /v1/weights          {"policy_version", "digest", "paused", "complete", "last_update", ...}
 
@@ -130,8 +131,9 @@ def load_checkpoint(state: ServerState, path: str, version: int) -> dict[str, An
     return state.last_update
 
 
-def load_shared(state: ServerState, path: str, version: int) -> dict[str, Any]:
-    """Copy a shared-memory segment's tensors straight into the served model (blocking)."""
+def load_shared(state: ServerState, path: str, version: int, wait_s: float = 0.0) -> dict[str, Any]:
+    """Copy a shared-memory segment's tensors straight into the served model (blocking); with `wait_s` > 0
+    the version may still be being written: each tensor is copied once the writer has passed it."""
     from lagoon.infer.shared_weights import SegmentCache
 
     started = time.perf_counter()
@@ -144,12 +146,14 @@ def load_shared(state: ServerState, path: str, version: int) -> dict[str, Any]:
     problem = segment.problem(state.engine.model)
     if problem:
         raise RequestError(f"{path} does not fit the served model: {problem}", "path")
-    if segment.mapping.version() != version:
-        raise RequestError(f"{path} holds version {segment.mapping.version()}, not {version} (-1: being written)",
-                           "version", status=409, kind="conflict_error")
+    try:
+        segment.wait_for(version, 0, wait_s)   # before pausing: a wrong version changes nothing
+    except LagoonError as error:
+        raise RequestError(str(error), "version", status=409, kind="conflict_error") from None
     copied = {}
     try:
-        state.engine.update_weights(lambda model: copied.update(bytes=segment.copy_into(model, version)), version)
+        state.engine.update_weights(lambda model: copied.update(bytes=segment.copy_into(model, version, wait_s)),
+                                    version)
     except LagoonError as error:   # the writer lapped this reader: the weights are torn, the server stays paused
         raise RequestError(str(error), status=500, kind="server_error") from None
     seconds = time.perf_counter() - started
@@ -255,8 +259,11 @@ def register_weight_routes(app: FastAPI, state: ServerState) -> None:
         if not isinstance(path, str) or not path:
             raise RequestError("'path' (a shared weight segment file) is required", "path")
         version = _version(body, state)
+        wait_s = body.get("wait_s", 0.0)
+        if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= 3600:
+            raise RequestError("'wait_s' must be a number of seconds in [0, 3600]", "wait_s")
         with _exclusive(state):
-            update = await asyncio.to_thread(load_shared, state, path, version)
+            update = await asyncio.to_thread(load_shared, state, path, version, float(wait_s))
         return {**status(), "update": update}
 
     @app.post("/v1/weights/receive")

@@ -150,11 +150,20 @@ class WeightPublisher:
         record: dict[str, Any] = {"version": version, "transfer": self.transfer, "bytes": num_bytes,
                                   "servers": len(self.servers)}
         if self.transfer == "shared_memory" and self.servers:
-            write = self._segment_writer().write(model, version)
+            writer = self._segment_writer()
+            record["streamed"] = writer.streamable(model)
+            if record["streamed"]:
+                # The servers open the slot and copy each tensor as soon as it is written (the two copies overlap).
+                path = writer.path(version % writer.slots)
+                with ThreadPoolExecutor(len(self.servers)) as pool:
+                    loads = [pool.submit(self._load, url, path, version, "load_shared", self.timeout_s)
+                             for url in self.servers]
+                    write = writer.write(model, version)
+                    replies = [load.result() for load in loads]
+            else:   # a first or changed layout: new files, which the servers can only open once written
+                write = writer.write(model, version)
+                replies = self._load_all("load_shared", write.path, version)
             record["segment_write_s"] = write.seconds
-            load_started = time.perf_counter()
-            replies = self._load_all("load_shared", write.path, version)
-            record["load_s"] = time.perf_counter() - load_started
             record["sync_s"] = time.perf_counter() - started
             write_started = time.perf_counter()
             path, digest = self.write_version(model, version, tokenizer_dir)
@@ -197,12 +206,13 @@ class WeightPublisher:
         with ThreadPoolExecutor(len(self.servers)) as pool:
             return list(pool.map(lambda url: self._load(url, path, version, route), self.servers))
 
-    def _load(self, url: str, path: Path, version: int, route: str = "load") -> ServerReply:
+    def _load(self, url: str, path: Path, version: int, route: str = "load", wait_s: float = 0.0) -> ServerReply:
         """``load``/``load_shared`` pause with "keep" around the swap by themselves; "abort" is asked for
-        explicitly."""
+        explicitly. `wait_s`: how long a ``load_shared`` server waits for the version still being written."""
         import httpx
 
-        calls = [(route, {"path": str(path), "version": version})]
+        body = {"path": str(path), "version": version, **({"wait_s": wait_s} if wait_s else {})}
+        calls = [(route, body)]
         if self.config.pause_mode == "abort":
             calls = [("pause", {"mode": "abort"}), *calls, ("resume", {})]
         for name, body in calls:
