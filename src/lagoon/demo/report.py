@@ -34,7 +34,10 @@ def _summary(run_dir: Path, results: dict[str, dict[str, Any]]) -> Section:
             detail = f"mixture: {Path(summary.get('mixture_file', '')).name}"
         elif name == "pretrain":
             detail = (f"{summary.get('steps')} steps on {summary.get('ranks')} ranks, final loss "
-                      f"{_fmt(summary.get('loss'))}, {_fmt(summary.get('sdc_checks'))} SDC checks")
+                      f"{_fmt(summary.get('loss'))}; {_fmt(summary.get('sdc_checks'))} SDC checks, "
+                      f"{_fmt(summary.get('sdc_injected'))} injected fault(s), "
+                      f"{_fmt(summary.get('sdc_rollbacks'))} rollback(s)"
+                      + (f" ({', '.join(summary['sdc_events'])})" if summary.get("sdc_events") else ""))
         elif name == "export":
             detail = ", ".join(summary.get("files", []))
         elif name == "rl":

@@ -120,7 +120,17 @@ def pretrain(ctx: Context) -> dict[str, Any]:
     return {"checkpoint": str(checkpoint), "ranks": ranks, "steps": final.get("step"), "loss": final.get("loss"),
             "eval_bpb": {key.split("/", 1)[1]: value for key, value in (evals[-1] if evals else {}).items()
                          if key.startswith("eval_bpb/")},
-            "sdc_checks": final.get("sdc/checks"), "sdc_events": final.get("sdc/events")}
+            **_sdc_summary(run_dir, final)}
+
+
+def _sdc_summary(run_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
+    """How many checks ran, which faults were injected, and what the checks did about them."""
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()] \
+        if (run_dir / "events.jsonl").is_file() else []
+    return {"sdc_checks": int(final.get("sdc/checks") or 0), "sdc_rollbacks": int(final.get("sdc/rollbacks") or 0),
+            "sdc_injected": sum(e["event"] == "sdc_fault_injected" for e in events),
+            "sdc_events": [e["event"] for e in events if e["event"].startswith("sdc_") and
+                           e["event"] != "sdc_fault_injected"]}
 
 
 def export(ctx: Context) -> dict[str, Any]:

@@ -247,7 +247,8 @@ class SFTConfig:
     """Supervised warm-up on the task set's transcripts (the format the harness expects)."""
 
     steps: int = 0
-    """Optimizer steps (0: no warm-up; RL starts from `init_checkpoint`)."""
+    """Optimizer steps (0: no warm-up; RL starts from `init_checkpoint`). With `init_checkpoint` given, the
+    warm-up fine-tunes that checkpoint (its tokenizer, its shape); without, it trains `[model]` from scratch."""
     batch_size: int = 16
     """Transcripts per step."""
     learning_rate: float = 3e-3
@@ -290,7 +291,8 @@ class RLConfig:
     """Asynchronous on-policy agent RL."""
 
     init_checkpoint: str = ""
-    """Checkpoint the policy starts from (a lagoon or Hugging Face Laguna directory); empty: the SFT warm-up's."""
+    """Checkpoint the policy starts from (a lagoon or Hugging Face Laguna directory), fine-tuned first when
+    `[rl.sft]` has steps; empty: the SFT warm-up trains one from scratch."""
     tokenizer: str = ""
     """Tokenizer directory; empty: the one in `init_checkpoint` (or the task set's default for the warm-up)."""
     run_id: str = ""

@@ -202,15 +202,16 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
         return json.loads((run_dir / RESULT).read_text())
     started = time.perf_counter()
     rl = config.rl
-    if not rl.init_checkpoint:
-        if rl.sft.steps == 0:
-            raise LagoonError("rl.init_checkpoint is empty and rl.sft.steps is 0: there is no policy to start from")
+    if rl.init_checkpoint and not Path(rl.init_checkpoint).is_dir():
+        raise LagoonError(f"rl.init_checkpoint {rl.init_checkpoint} is not a directory")
+    if rl.sft.steps:
         from lagoon.rl.sft import warmup
 
+        # From scratch with its own tokenizer, or fine-tuning rl.init_checkpoint when one is given.
         config = _with_init(config, warmup(config, run_dir, say))
         rl = config.rl
-    elif not Path(rl.init_checkpoint).is_dir():
-        raise LagoonError(f"rl.init_checkpoint {rl.init_checkpoint} is not a directory")
+    elif not rl.init_checkpoint:
+        raise LagoonError("rl.init_checkpoint is empty and rl.sft.steps is 0: there is no policy to start from")
     config_path = run_dir / CONFIG_FILE
     # The sections the roles read; the rest of a pipeline config is no business of theirs.
     data = to_dict(config)

@@ -8,9 +8,12 @@ loss on the assistant's tokens only. Its tasks use their own seed, so the held-o
 tasks never appear in it. A deliberately short warm-up leaves a policy that has the format but makes
 mistakes, which is what RL then fixes.
 
+With ``rl.init_checkpoint`` set (a pretrained lagoon or Hugging Face Laguna checkpoint), the warm-up
+fine-tunes that model with its own tokenizer instead: the SFT stage between pretraining and RL.
+
 Outputs (resumable: a finished warm-up is reused):
 
-    RUN_DIR/sft/tokenizer/              byte-level BPE trained on the transcripts (digits are single tokens)
+    RUN_DIR/sft/tokenizer/              byte-level BPE trained on the transcripts (from scratch only)
     RUN_DIR/sft/metrics.jsonl           step, loss, lr, tokens_per_s
     RUN_DIR/sft/checkpoints/step_N/     the checkpoint contract (lagoon.train.checkpoint), tokenizer included
 
@@ -81,24 +84,36 @@ def warmup(config, run_dir: Path, say=print) -> Path:
     if final.is_dir() and ckpt.verify(final) is None:
         return final
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir = build_tokenizer(out / "tokenizer", sft.seed, config.model.vocab_size)
-    tokenizer = Tokenizer.from_dir(tokenizer_dir)
-    vocab = 64 * math.ceil(tokenizer.vocab_size / 64)   # a multiple of 64 keeps the head's matmul aligned
-    model_config = from_dict(ModelConfig, {**to_dict(config.model), "vocab_size": vocab,
-                                           "layer_types": None, "mlp_layer_types": None,
-                                           "num_attention_heads_per_layer": None}, "model")
+    init = config.rl.init_checkpoint
+    torch.manual_seed(sft.seed)
+    if init:
+        # Fine-tune a pretrained policy (its own tokenizer) on the transcripts: the SFT stage between
+        # pretraining and RL.
+        from lagoon.model import from_pretrained
+
+        tokenizer_dir = Path(config.rl.tokenizer or init)
+        tokenizer = Tokenizer.from_dir(tokenizer_dir)
+        model = from_pretrained(init, dtype=torch.float32).train()
+        origin = f"from {init}"
+    else:
+        tokenizer_dir = build_tokenizer(out / "tokenizer", sft.seed, config.model.vocab_size)
+        tokenizer = Tokenizer.from_dir(tokenizer_dir)
+        vocab = 64 * math.ceil(tokenizer.vocab_size / 64)   # a multiple of 64 keeps the head's matmul aligned
+        model_config = from_dict(ModelConfig, {**to_dict(config.model), "vocab_size": vocab,
+                                               "layer_types": None, "mlp_layer_types": None,
+                                               "num_attention_heads_per_layer": None}, "model")
+        model = LagunaForCausalLM(model_config).train()
+        origin = "from scratch"
     level = task_level(config)
     examples = _transcripts(level, sft.num_examples, sft.seed, tokenizer)
     rows = [(torch.tensor(e["input_ids"]), torch.tensor(e["loss_mask"], dtype=torch.bool)) for e in examples]
-
-    torch.manual_seed(sft.seed)
-    model = LagunaForCausalLM(model_config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=sft.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
     metrics = MetricsWriter(out, active=True)
     metrics.resume_at(0)
     generator = torch.Generator().manual_seed(sft.seed)
     started = time.perf_counter()
-    say(f"sft: {sft.steps} steps on {len(rows)} arith-code level-{level} transcripts, vocabulary {vocab}")
+    say(f"sft: {sft.steps} steps on {len(rows)} arith-code level-{level} transcripts, {origin}, "
+        f"vocabulary {model.config.vocab_size}")
     for step in range(1, sft.steps + 1):
         # Linear warm-up, then cosine decay to 10% (a standard short-run schedule).
         progress = max(0.0, (step - sft.warmup_steps) / max(1, sft.steps - sft.warmup_steps))
