@@ -230,6 +230,12 @@ class ServersConfig:
     """URLs of servers started elsewhere (e.g. ``http://gpu-7:8000``); empty: start `count` local servers."""
     threads: int = 1
     """torch threads per local server."""
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    """Torch device of each local server, cycled over the servers (e.g. ``["cuda:6", "cuda:7"]``)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights and activations dtype of the local servers; float32 keeps the sampler's token probabilities
+    equal to the trainer's up to numerics (μ = π), lower precision trades that for speed (CISPO's truncated
+    importance weights absorb the gap)."""
     max_batch_size: int = 32
     """Requests a local server decodes together."""
     startup_timeout_s: float = 180.0
@@ -240,6 +246,7 @@ class ServersConfig:
         check(0 <= self.base_port < 65536, "base_port", "must be a TCP port (0: pick free ones)")
         check(self.threads >= 1, "threads", "must be >= 1")
         check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
+        check(len(self.devices) >= 1, "devices", "needs at least one device")
 
 
 @dataclass

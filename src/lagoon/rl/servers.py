@@ -30,11 +30,12 @@ def current_weights(config, run_dir: Path) -> tuple[Path, int]:
     return Path(config.rl.init_checkpoint), 0
 
 
-def serve_command(config, checkpoint: Path, port: int, version: int) -> list[str]:
+def serve_command(config, checkpoint: Path, port: int, version: int, index: int = 0) -> list[str]:
     servers = config.rl.servers
     return [sys.executable, "-m", "lagoon", "serve", str(checkpoint), "--host", servers.host, "--port", str(port),
             "--max-batch", str(servers.max_batch_size), "--threads", str(servers.threads),
-            "--policy-version", str(version), "--dtype", "float32", "--log-level", "warning"]
+            "--device", servers.devices[index % len(servers.devices)], "--dtype", servers.dtype,
+            "--policy-version", str(version), "--log-level", "warning"]
 
 
 def die_with_parent() -> None:
@@ -110,7 +111,7 @@ class LocalServers:
             url = f"http://{settings.host}:{port}"
             log = logs / f"server-{index}.log"
             with log.open("a") as handle:
-                process = subprocess.Popen(serve_command(self.config, checkpoint, port, version),
+                process = subprocess.Popen(serve_command(self.config, checkpoint, port, version, index),
                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
                                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
             self.servers.append(LocalServer(url, port, process, log))
@@ -144,6 +145,6 @@ def serve_one(config, run_dir: Path, index: int) -> int:
     """`lagoon rl serve`: run server `index` of this run in the foreground (replaces this process), on port
     ``rl.servers.base_port + index`` (8000 + index when base_port is 0)."""
     checkpoint, version = current_weights(config, Path(run_dir))
-    command = serve_command(config, checkpoint, (config.rl.servers.base_port or 8000) + index, version)
+    command = serve_command(config, checkpoint, (config.rl.servers.base_port or 8000) + index, version, index)
     os.execv(command[0], command)
     return 0  # not reached
