@@ -108,7 +108,8 @@ class _Mapping:
                 try:
                     # Reserve the pages now: writing through a mapping into a full tmpfs kills the process
                     # with SIGBUS, while posix_fallocate fails with ENOSPC.
-                    os.posix_fallocate(fd, 0, size)
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(fd, 0, size)
                 except OSError as error:
                     os.close(fd)
                     fd = -1
@@ -197,11 +198,16 @@ class SharedWeightWriter:
             # Every slot at once (space reserved, index written, nothing yet to read), so that from the second
             # update on servers can open the next slot before it is written.
             self.root.mkdir(parents=True, exist_ok=True)
-            for slot in range(self.slots):
-                mapping = self._maps[slot] = _Mapping(self.path(slot), writable=True, size=data_offset + data_bytes)
-                PREAMBLE.pack_into(mapping.map, 0, MAGIC, LAYOUT_VERSION, 0, WRITING, len(index), data_offset,
-                                   data_bytes, WRITING, 0)
-                mapping.map[PREAMBLE.size:PREAMBLE.size + len(index)] = index
+            try:
+                for slot in range(self.slots):
+                    mapping = self._maps[slot] = _Mapping(self.path(slot), writable=True,
+                                                          size=data_offset + data_bytes)
+                    PREAMBLE.pack_into(mapping.map, 0, MAGIC, LAYOUT_VERSION, 0, WRITING, len(index), data_offset,
+                                       data_bytes, WRITING, 0)
+                    mapping.map[PREAMBLE.size:PREAMBLE.size + len(index)] = index
+            except LagoonError:   # no room: leave no slot behind, and start over at the next write
+                self.remove()
+                raise
         mapping = self._maps[version % self.slots]
         # Order matters (module docstring): a reader that sees `version` being written sees the zeroed counter.
         mapping.set(WRITTEN_OFFSET, 0)
