@@ -58,6 +58,9 @@ def test_round_trip_gives_the_trainers_exact_weights_and_logits(tmp_path, checkp
     assert torch.equal(_logits(served), _logits(trainer))
     writer.remove()
     assert not (tmp_path / "segments").exists()
+    with pytest.raises(LagoonError, match="does not exist"):
+        cache.get(second.path)
+    assert not cache._segments        # the removed file's mapping is let go, so tmpfs can free its pages
     segment.close()
     cache.close()
 

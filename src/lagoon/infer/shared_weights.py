@@ -376,10 +376,10 @@ class SegmentCache:
 
     def get(self, path: str | Path) -> SharedSegment:
         path = Path(path)
+        for stale in [p for p, s in self._segments.items() if not s.still_current()]:
+            # Deleted or replaced files: unmapping lets tmpfs free their pages.
+            self._segments.pop(stale).close()
         segment = self._segments.get(path)
-        if segment is not None and not segment.still_current():
-            segment.close()
-            segment = None
         if segment is None:
             segment = self._segments[path] = SharedSegment.open(path)
         return segment
