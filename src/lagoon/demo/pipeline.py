@@ -30,6 +30,24 @@ def _digest(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _started_with(run_dir: Path) -> str | None:
+    """Digest of the config the run started with, read back through today's config classes (so a field
+    added to lagoon since, with its default, does not count as a change)."""
+    import tomllib
+
+    from lagoon.config import LagoonConfig
+    from lagoon.configio import from_dict
+    from lagoon.errors import ConfigError
+
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return _digest(to_dict(from_dict(LagoonConfig, tomllib.loads(path.read_text()))))
+    except (ConfigError, tomllib.TOMLDecodeError) as error:
+        raise LagoonError(f"{path} no longer reads as a lagoon config ({error}); use a new --run-dir") from None
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     staging.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -48,9 +66,10 @@ def run_pipeline(config, run_dir: str | Path, say=print, only: list[str] | None 
     state: dict[str, Any] = {"config_digest": digest, "stages": {}}
     if state_path.is_file():
         state = json.loads(state_path.read_text())
-        if state.get("config_digest") != digest:
+        if _started_with(run_dir) != digest:
             raise LagoonError(f"{run_dir} was started with a different config (see {run_dir / CONFIG_FILE}); "
                               f"use a new --run-dir, or the same config to resume")
+        state["config_digest"] = digest
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG_FILE).is_file():
         (run_dir / CONFIG_FILE).write_text(dumps_toml(data))
