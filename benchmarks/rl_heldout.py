@@ -1,7 +1,9 @@
 """Claim: RL raises the held-out reward of the demo policy, for every seed.
 
-The whole demo pipeline (`lagoon rl configs/rl_demo.toml`: warm-up, then asynchronous RL) once per seed —
-the seed moves the warm-up's data and initialization, the task order and the trainer — and the held-out
+The whole RL pipeline (`lagoon rl configs/rl_demo.toml`: warm-up from scratch, then asynchronous RL; or
+`--config configs/demo.toml --set rl.init_checkpoint='"runs/demo/hf"'`: the main job's RL stage, a short SFT of
+the pretrained export, then RL) once per seed — the seed moves the warm-up's data order (and initialization
+from scratch), the task order and the trainer — and the held-out
 reward (the production harness on arith-code tasks of a seed no step trained on) of the warmed-up policy
 before RL and of the final weights after.
 """
@@ -24,6 +26,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_rl_heldout")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--minutes", type=float, default=0.0, help="cap each run's RL phase (0: the config's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every run, e.g. rl.init_checkpoint='\"runs/demo/hf\"' to start "
+                             "from the main job's pretrained export with configs/demo.toml")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -31,7 +36,7 @@ def main() -> None:
 
     rows = []
     for seed in args.seeds:
-        overrides = [f"rl.sft.seed={seed + 1}", f"rl.tasks.seed={seed}", f"rl.trainer.seed={seed}"]
+        overrides = [*args.overrides, f"rl.sft.seed={seed + 1}", f"rl.tasks.seed={seed}", f"rl.trainer.seed={seed}"]
         if args.minutes:
             overrides.append(f"rl.time_limit_s={args.minutes * 60}")
         config = load_config(args.config, overrides)
@@ -41,7 +46,8 @@ def main() -> None:
                      result["version"]))
         print(json.dumps(rows[-1]), flush=True)
     cap = f", RL capped at {args.minutes:g} min" if args.minutes else ""
-    lines = [f"`{args.config}`{cap}; held-out arith-code tasks (seed disjoint from training), one episode each; "
+    settings = "".join(f" `--set {o}`" for o in args.overrides)
+    lines = [f"`{args.config}`{settings}{cap}; held-out arith-code tasks (seed disjoint from training), one episode each; "
              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end.", "",
              "| seed | held-out reward before RL | after RL | change | episodes | steps | wall-clock (min) |",
              "|---|---|---|---|---|---|---|"]

@@ -37,7 +37,8 @@ def _summary(run_dir: Path, results: dict[str, dict[str, Any]]) -> Section:
                       f"{_fmt(summary.get('loss'))}; {_fmt(summary.get('sdc_checks'))} SDC checks, "
                       f"{_fmt(summary.get('sdc_injected'))} injected fault(s), "
                       f"{_fmt(summary.get('sdc_rollbacks'))} rollback(s)"
-                      + (f" ({', '.join(summary['sdc_events'])})" if summary.get("sdc_events") else ""))
+                      + (f" ({', '.join(summary['sdc_events'])})" if isinstance(summary.get("sdc_events"), list)
+                         and summary["sdc_events"] else ""))
         elif name == "export":
             detail = ", ".join(summary.get("files", []))
         elif name == "rl":
