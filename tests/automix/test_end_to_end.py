@@ -59,6 +59,10 @@ def test_run_validate_and_report_end_to_end(shard_dir, tmp_path):
     runs = [run for mix in ("optimized", "natural", "uniform") for run in (out / "validation").glob(f"{mix}-*/seed*")]
     assert len(runs) == 6 and all(next((run / "checkpoints").glob("step_*")).is_dir() for run in runs)
 
+    from lagoon.cli import main
+
+    before = (out / "report.html").stat().st_mtime_ns
+    assert main(["automix", "report", str(out)]) == 0 and (out / "report.html").stat().st_mtime_ns > before
     page = (out / "report.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", page)) == 4  # scatter, heatmap, mixtures, validation bars
     assert "Validation at a larger scale" in page and "<script" not in page and "http" not in page
