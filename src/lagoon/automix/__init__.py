@@ -9,7 +9,7 @@
 Modules, in pipeline order: `space` (leaves, prior, repetition caps), `sampling` (Dirichlet proxy
 mixtures), `runs` (proxy and validation run configs, the worker), `backends` (process pool, Ray),
 `sweep` (plan, proxies, Parquet table), `surrogate` + `crossval` (regressors and held-out scores),
-`optimize` (the mixture, the interaction matrix), `fit` (that stage's files), `validate`, `report`,
+`optimize` (the mixture, the interaction matrix), `fit` (that stage's files), `validation`, `report`,
 `pipeline` (`run`, `validate`), `commands` (the CLI), `config` (the ``[automix]`` section).
 """
 

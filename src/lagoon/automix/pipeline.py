@@ -119,7 +119,7 @@ def validate(config: Any, out_dir: str | Path, show_progress: bool = True) -> di
     """Train the optimized, natural and uniform mixes at the larger scale (resumable); returns the summary
     written to OUT/validation.json."""
     from lagoon.automix.report import write_report
-    from lagoon.automix.validate import run_validation
+    from lagoon.automix.validation import run_validation
 
     out_dir = Path(out_dir)
     prepared = prepare(config)

@@ -17,7 +17,7 @@ import numpy as np
 
 from lagoon.automix.fit import FIT_FILE, OPTIMIZED_FILE
 from lagoon.automix.sweep import PLAN_FILE
-from lagoon.automix.validate import MIXES, VALIDATION_FILE
+from lagoon.automix.validation import MIXES, VALIDATION_FILE
 from lagoon.errors import LagoonError
 from lagoon.report.blocks import Section, Table, Text, new_figure, render
 
