@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from lagoon.errors import LagoonError
-from lagoon.infer.weight_sync import sync_tensors
+from lagoon.infer.weight_sync import layout_problem, sync_tensors
 
 MAGIC = b"LAGOONSW"
 LAYOUT_VERSION = 1
@@ -303,17 +303,7 @@ class SharedSegment:
 
     def problem(self, model: nn.Module) -> str | None:
         """Why this segment's tensors cannot go into `model` (None if they can)."""
-        ours = {name: tuple(t.shape) for name, t in sync_tensors(model)}
-        theirs = {e.name: e.shape for e in self.entries}
-        missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-        if missing:
-            return f"missing {missing[:3]}"
-        if unexpected:
-            return f"unexpected {unexpected[:3]}"
-        for name, shape in theirs.items():
-            if ours[name] != shape:
-                return f"{name} has shape {list(shape)}, the served model has {list(ours[name])}"
-        return None
+        return layout_problem({e.name: e.shape for e in self.entries}, model)
 
     def wait_for(self, version: int, end: int, wait_s: float = 0.0) -> None:
         """Return once the data region's first `end` bytes hold `version` (any `end` past the data: once the

@@ -273,8 +273,13 @@ def receive_header(group: WeightGroup, model: nn.Module, expected_version: int |
 
 
 def _header_problem(incoming: IncomingWeights, model: nn.Module) -> str | None:
+    return layout_problem({name: shape for name, _, shape in incoming.entries}, model)
+
+
+def layout_problem(theirs: dict[str, Any], model: nn.Module) -> str | None:
+    """Why tensors named and shaped as `theirs` cannot be copied into `model`'s `sync_tensors` (None if they can)."""
     ours = {name: list(t.shape) for name, t in sync_tensors(model)}
-    theirs = {name: shape for name, _, shape in incoming.entries}
+    theirs = {name: list(shape) for name, shape in theirs.items()}
     missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
     if missing:
         return f"missing {missing[:3]}"
