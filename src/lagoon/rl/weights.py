@@ -202,8 +202,8 @@ class WeightPublisher:
 
     def _load_all(self, route: str, path: Path, version: int) -> list[ServerReply]:
         """Tell every server to load `path` through `route`, all at once (each copies in its own process)."""
-        if len(self.servers) == 1:
-            return [self._load(self.servers[0], path, version, route)]
+        if len(self.servers) <= 1:   # no servers: a trainer publishing for servers that load on their own
+            return [self._load(url, path, version, route) for url in self.servers]
         with ThreadPoolExecutor(len(self.servers)) as pool:
             return list(pool.map(lambda url: self._load(url, path, version, route), self.servers))
 
