@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -54,7 +55,7 @@ def machine() -> str:
 def command() -> str:
     """The command line that reproduces this run, as run from the repository root."""
     module = "benchmarks." + Path(sys.argv[0]).stem
-    return " ".join(["python -m", module, *sys.argv[1:]])
+    return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
 
 
 def record(section: str, lines: list[str]) -> None:
