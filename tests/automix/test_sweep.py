@@ -33,7 +33,10 @@ def test_an_interrupted_sweep_resumes_without_retraining(shard_dir, tmp_path):
         shard_dir, num_proxies=PROXIES, workers=1, proxy={"train": {"steps": 30}}))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "lagoon", "automix", "run", str(config), "--out", str(out), "--no-progress"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # SIGINT restored to its default: a suite started in the background inherits it ignored, and Python then
+    # never turns it into KeyboardInterrupt.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 400
     while len(finished(out)) < 2 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)

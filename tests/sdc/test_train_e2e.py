@@ -121,7 +121,9 @@ def test_a_persistent_fault_survives_the_replay_and_ends_the_job(jobs):
 @pytest.mark.timeout(600)
 def test_a_hung_rank_ends_the_job_within_the_timeout_naming_it(jobs):
     job = jobs["hang"]
-    assert job.codes == [EXIT_HUNG, EXIT_HUNG], (job.codes, job.stderr[-3000:])
+    # Rank 0 names the hung rank and exits; the hung rank itself then exits either on its own watchdog or on
+    # finding rank 0's rendezvous store gone, whichever comes first on a loaded machine.
+    assert job.codes[0] == EXIT_HUNG and job.codes[1] in (EXIT_HUNG, EXIT_PEER_LOST), (job.codes, job.stderr[-3000:])
     line = next(line for line in job.stderr.splitlines() if line.startswith("lagoon: error: rank 1 (host"))
     assert "hung" in line, line
     waited = float(re.search(r"for (\d+) s", line).group(1))
