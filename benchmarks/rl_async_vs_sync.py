@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_rl_async_vs_sync")
     parser.add_argument("--minutes", type=float, default=5.0, help="RL wall-clock budget of each run")
     parser.add_argument("--async-staleness", type=int, default=2)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for both runs, e.g. rl.init_checkpoint='\"runs/demo/hf\"' with "
+                             "configs/demo.toml: the main job's recipe (the warm-up then fine-tunes that export)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
 
@@ -51,13 +54,15 @@ def main() -> None:
     from lagoon.rl.sft import warmup
 
     out = Path(args.out)
-    base = load_config(args.config)
+    base = load_config(args.config, args.overrides)
     init = warmup(base, out / "warmup", say=print)
     rows = {}
     for mode, staleness in (("sync", 0), ("async", args.async_staleness)):
         run_dir = out / mode
         shutil.rmtree(run_dir, ignore_errors=True)
-        config = load_config(args.config, [f'rl.init_checkpoint="{init}"', f"rl.trainer.max_staleness={staleness}",
+        # Both runs start from the warm-up's checkpoint as is (no second fine-tune).
+        config = load_config(args.config, [*args.overrides, f'rl.init_checkpoint="{init}"', "rl.sft.steps=0",
+                                           f"rl.trainer.max_staleness={staleness}",
                                            f"rl.time_limit_s={args.minutes * 60}", "rl.total_steps=100000"])
         result = run(config, run_dir)
         rate, late_reward, episodes = episodes_per_minute(run_dir)
@@ -65,7 +70,8 @@ def main() -> None:
                       "after": result["eval_after"]["reward_mean"], "before": result["eval_before"]["reward_mean"]}
         print(mode, rows[mode], flush=True)
     speedup = rows["async"]["rate"] / rows["sync"]["rate"]
-    lines = [f"`{args.config}` from one warmed-up checkpoint, {args.minutes:g} min of RL each; sync is η = 0, "
+    settings = "".join(f" `--set {o}`" for o in args.overrides)
+    lines = [f"`{args.config}`{settings} from one warmed-up checkpoint, {args.minutes:g} min of RL each; sync is η = 0, "
              f"async η = {args.async_staleness}. Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
              "at the end (a shared machine).", "",
              "| mode | episodes / min | trainer steps | episode reward, last third | held-out reward before → after |",
