@@ -63,13 +63,12 @@ def run_pipeline(config, run_dir: str | Path, say=print, only: list[str] | None 
     data = to_dict(config)
     digest = _digest(data)
     state_path = run_dir / STATE_FILE
-    state: dict[str, Any] = {"config_digest": digest, "stages": {}}
+    state: dict[str, Any] = {"stages": {}}
     if state_path.is_file():
         state = json.loads(state_path.read_text())
         if _started_with(run_dir) != digest:
             raise LagoonError(f"{run_dir} was started with a different config (see {run_dir / CONFIG_FILE}); "
                               f"use a new --run-dir, or the same config to resume")
-        state["config_digest"] = digest
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG_FILE).is_file():
         (run_dir / CONFIG_FILE).write_text(dumps_toml(data))

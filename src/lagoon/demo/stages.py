@@ -22,6 +22,7 @@ from typing import Any
 
 from lagoon.configio import dumps_toml, from_dict, to_dict
 from lagoon.errors import LagoonError
+from lagoon.train.metrics import read_jsonl
 
 
 @dataclasses.dataclass
@@ -114,7 +115,7 @@ def pretrain(ctx: Context) -> dict[str, Any]:
     checkpoint = newest_verified(run_dir, ctx.say)
     if checkpoint is None:
         raise LagoonError(f"pretraining left no verified checkpoint in {run_dir}/checkpoints")
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
     final = metrics[-1] if metrics else {}
     evals = [row for row in metrics if any(key.startswith("eval_bpb/") for key in row)]
     return {"checkpoint": str(checkpoint), "ranks": ranks, "steps": final.get("step"), "loss": final.get("loss"),
@@ -125,8 +126,7 @@ def pretrain(ctx: Context) -> dict[str, Any]:
 
 def _sdc_summary(run_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
     """How many checks ran, which faults were injected, and what the checks did about them."""
-    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip()] \
-        if (run_dir / "events.jsonl").is_file() else []
+    events = read_jsonl(run_dir / "events.jsonl")
     return {"sdc_checks": int(final.get("sdc/checks") or 0), "sdc_rollbacks": int(final.get("sdc/rollbacks") or 0),
             "sdc_injected": sum(e["event"] == "sdc_fault_injected" for e in events),
             "sdc_events": [e["event"] for e in events if e["event"].startswith("sdc_") and

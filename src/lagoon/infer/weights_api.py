@@ -205,6 +205,14 @@ def receive_broadcast(state: ServerState, body: dict[str, Any], version: int) ->
     return state.last_update
 
 
+def _path(body: dict[str, Any], what: str) -> str:
+    """The request's non-empty ``path`` string, or a one-line 400 naming what it should be."""
+    path = body.get("path")
+    if not isinstance(path, str) or not path:
+        raise RequestError(f"'path' ({what}) is required", "path")
+    return path
+
+
 def register_weight_routes(app: FastAPI, state: ServerState) -> None:
     engine = state.engine
 
@@ -244,9 +252,7 @@ def register_weight_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/weights/load")
     async def load(request: Request):
         body = await _body(request)
-        path = body.get("path")
-        if not isinstance(path, str) or not path:
-            raise RequestError("'path' (a checkpoint directory) is required", "path")
+        path = _path(body, "a checkpoint directory")
         version = _version(body, state)
         with _exclusive(state):
             update = await asyncio.to_thread(load_checkpoint, state, path, version)
@@ -255,9 +261,7 @@ def register_weight_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/weights/load_shared")
     async def load_from_shared_memory(request: Request):
         body = await _body(request)
-        path = body.get("path")
-        if not isinstance(path, str) or not path:
-            raise RequestError("'path' (a shared weight segment file) is required", "path")
+        path = _path(body, "a shared weight segment file")
         version = _version(body, state)
         wait_s = body.get("wait_s", 0.0)
         if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= 3600:
