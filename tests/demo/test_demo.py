@@ -84,4 +84,6 @@ def test_bad_stage_names_and_orders_are_one_line_errors(tmp_path):
     assert_one_line_error(unknown, "demo.stages[1]", "unknown stage")
     order = run_lagoon("demo", config, "--run-dir", str(tmp_path / "y"), "--set", 'demo.stages=["pretrain","data"]')
     assert_one_line_error(order, "demo.stages", "pipeline order")
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    early = run_lagoon("demo", config, "--run-dir", str(tmp_path / "z"), "--only", "rl")
+    assert_one_line_error(early, "stage rl needs data, automix, pretrain, export finished first")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

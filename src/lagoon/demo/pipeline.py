@@ -69,11 +69,18 @@ def run_pipeline(config, run_dir: str | Path, say=print, only: list[str] | None 
         if _started_with(run_dir) != digest:
             raise LagoonError(f"{run_dir} was started with a different config (see {run_dir / CONFIG_FILE}); "
                               f"use a new --run-dir, or the same config to resume")
+    results = {name: entry["summary"] for name, entry in state["stages"].items() if entry.get("status") == "done"}
+    stages = sorted(set(only), key=STAGES.index) if only else config.demo.stages
+    # Every configured stage before one that runs must have finished, or run first in this invocation.
+    for name in stages:
+        before = [s for s in config.demo.stages if STAGES.index(s) < STAGES.index(name)]
+        missing = [s for s in before if s not in results and s not in stages]
+        if missing:
+            raise LagoonError(f"stage {name} needs {', '.join(missing)} finished first in {run_dir}; "
+                              f"run without --only, or add {' '.join(missing)} to --only")
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / CONFIG_FILE).is_file():
         (run_dir / CONFIG_FILE).write_text(dumps_toml(data))
-    stages = only or config.demo.stages
-    results = {name: entry["summary"] for name, entry in state["stages"].items() if entry.get("status") == "done"}
     ctx = Context(config=data, run_dir=run_dir, say=say, results=results)
     started = time.monotonic()
     for index, name in enumerate(stages, start=1):
