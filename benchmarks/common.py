@@ -1,4 +1,12 @@
-"""Helpers shared by the benchmark scripts: timing, environment notes and appending to RESULTS.md."""
+"""Helpers shared by the benchmark scripts: timing, spreads, environment notes and appending to RESULTS.md.
+
+How a benchmark measures (STYLE.md habit 9, and issue 21): both sides in the same run, interleaved round by
+round (the order alternates between rounds, so neither side always runs first), after untimed warm-up
+calls, over enough rounds to resolve the goal; the figure is a ratio, reported with its spread over the
+rounds (median and min–max of the per-round ratios). `record` appends the run to RESULTS.md with its
+command, machine, thread counts and the machine's load at the start and end of the run; a ``Table row``
+line (`table_row`) in the entry is what `python -m benchmarks.table` puts into README's table.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,15 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
+
+# The machine's 1-minute load average when the benchmark module was imported (its start).
+START_LOAD = os.getloadavg()[0]
 
 
 def time_it(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
@@ -30,21 +41,57 @@ def time_it(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[flo
 
 
 def interleaved(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Time several alternatives round-robin, so machine noise hits them alike."""
+    """Time several alternatives round-robin, so machine noise hits them alike.
+
+    Each alternative is called `warmup` times untimed first. The order reverses every other round
+    (A B, B A, A B, ...), so a side that benefits from running first or second does so half the time.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for round_index in range(rounds):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return times
 
 
-def median(values: list[float]) -> float:
+def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def ratios(numerator: Sequence[float], denominator: Sequence[float]) -> list[float]:
+    """Per-round ratios numerator[i] / denominator[i] (e.g. baseline seconds ÷ lagoon seconds)."""
+    assert len(numerator) == len(denominator) and numerator, "ratios need paired rounds"
+    return [a / b for a, b in zip(numerator, denominator)]
+
+
+def spread(values: Sequence[float], fmt: str = "{:.2f}", unit: str = "") -> str:
+    """``median (min–max)`` of `values`, each formatted with `fmt` and followed by `unit`."""
+    low, mid, high = min(values), median(values), max(values)
+    return f"{fmt.format(mid)}{unit} ({fmt.format(low)}–{fmt.format(high)}{unit})"
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """(first quartile, median, third quartile); with fewer than 2 values all three are the value."""
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def load() -> float:
+    """The machine's 1-minute load average now."""
+    return os.getloadavg()[0]
+
+
+def load_note() -> str:
+    """One line: the 1-minute load average at the start and end of this run, on this many CPUs."""
+    return (f"Load (1-minute average) {START_LOAD:.1f} at the start, {load():.1f} at the end, on {os.cpu_count()} "
+            f"CPUs{' (a shared machine: other jobs ran beside this one)' if max(START_LOAD, load()) >= 2 else ''}.")
 
 
 def machine() -> str:
@@ -58,10 +105,21 @@ def command() -> str:
     return " ".join(["python -m", module, *map(shlex.quote, sys.argv[1:])])
 
 
+def table_row(row: str, goal: str, measured: str, status: str) -> str:
+    """The machine-readable line of README's benchmark table for table row `row` (see benchmarks/table.py).
+
+    `goal`, `measured` and `status` become that row's cells; none may contain ``|``.
+    """
+    for cell in (goal, measured, status):
+        assert "|" not in cell and "\n" not in cell, f"a table cell cannot hold '|' or a newline: {cell!r}"
+    return f"Table row `{row}` | {goal} | {measured} | {status}".rstrip()
+
+
 def record(section: str, lines: list[str]) -> None:
-    """Append a dated block to RESULTS.md under `section`, with the command that produced it."""
+    """Append a dated block to RESULTS.md under `section`, with the command that produced it and the load."""
     stamp = datetime.date.today().isoformat()
-    block = [f"### {section} ({stamp})", "", f"Command: `{command()}`  ", f"Machine: {machine()}", "", *lines, ""]
+    block = [f"### {section} ({stamp})", "", f"Command: `{command()}`  ", f"Machine: {machine()}  ",
+             load_note(), "", *lines, ""]
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
     RESULTS.write_text(text.rstrip() + "\n\n" + "\n".join(block))
     print("\n".join(block))

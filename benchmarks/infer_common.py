@@ -14,13 +14,16 @@ from collections.abc import Callable
 
 def interleaved_clocks(fns: dict[str, Callable[[], object]], rounds: int, warmup: int = 1
                        ) -> dict[str, dict[str, list[float]]]:
-    """Run alternatives round-robin; per name, the wall and process-CPU seconds of each round."""
+    """Run alternatives round-robin (the order reversing every other round, after `warmup` untimed calls
+    of each); per name, the wall and process-CPU seconds of each round."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {name: {"wall": [], "cpu": []} for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for round_index in range(rounds):
+        for name in (names if round_index % 2 == 0 else names[::-1]):
+            fn = fns[name]
             wall, cpu = time.perf_counter(), time.process_time()
             fn()
             times[name]["cpu"].append(time.process_time() - cpu)

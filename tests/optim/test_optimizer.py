@@ -37,7 +37,8 @@ def test_muon_equals_torch_muon_on_matrices(nesterov):
     ours_model = Matrices()
     torch_model = copy.deepcopy(ours_model)
     config = OptimConfig(lr=0.01, weight_decay=0.1, momentum=0.9, nesterov=nesterov, ns_steps=5,
-                         ns_coefficients="quintic", ns_dtype="bfloat16", muon_scaling="match_rms_adamw")
+                         ns_coefficients="quintic", ns_dtype="bfloat16", ns_matmul="native",
+                         muon_scaling="match_rms_adamw")
     ours = build_optimizer(ours_model, config)
     reference = torch.optim.Muon(torch_model.parameters(), lr=0.01, weight_decay=0.1, momentum=0.9,
                                  nesterov=nesterov, adjust_lr_fn="match_rms_adamw")

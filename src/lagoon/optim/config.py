@@ -57,6 +57,12 @@ class OptimConfig:
     ns_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Precision of the Newton–Schulz matmuls; bf16 is what Muon was designed for (Jordan et al. 2024)."""
 
+    ns_matmul: Literal["auto", "native", "float32"] = "auto"
+    """How bf16 Newton–Schulz products are computed (`lagoon.optim.newton_schulz`): ``native`` bf16 GEMMs,
+    or ``float32`` GEMMs on the same bf16 values with each product rounded back to bf16; ``auto`` picks
+    ``float32`` on CPUs without bf16 matrix instructions (no AVX512-BF16 or AMX), where it is ~10× faster,
+    and ``native`` everywhere else. Ignored for ``ns_dtype = "float32"``."""
+
     muon_scaling: Literal["match_rms_adamw", "spectral"] = "match_rms_adamw"
     """Per-matrix update scale for an A×B matrix: ``match_rms_adamw`` = 0.2·√max(A, B) (Liu et al. 2025
     §2.2), ``spectral`` = √(fan_out / fan_in) (Bernstein & Newhouse 2024, "Modular Duality"; Yang et al.

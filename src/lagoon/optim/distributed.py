@@ -113,7 +113,7 @@ class DistributedMuon(LagoonOptimizer):
         start = time.perf_counter()
         config = self.config
         direction = muon_direction(grad_mRC, momentum_mRC, config.momentum, config.nesterov)
-        out = newton_schulz(direction, config.ns_steps, config.ns_coefficients, config.ns_dtype)
+        out = newton_schulz(direction, config.ns_steps, config.ns_coefficients, config.ns_dtype, config.ns_matmul)
         self.timings["newton_schulz"] += time.perf_counter() - start
         return out
 

@@ -15,6 +15,15 @@ norm) so all singular values start in (0, 1]. Two coefficient choices:
 `newton_schulz_reference` is the one-matrix path (the same operations as ``torch.optim.Muon``) that the
 batched path is tested against.
 
+How bf16 products are computed (``matmul``). In bf16 Newton–Schulz every matrix is held in bf16 and each
+product is accumulated in fp32, then rounded to bf16 (what tensor cores do). ``native`` hands bf16 tensors
+to torch's bf16 GEMM. On a CPU without bf16 matrix instructions (no AVX512-BF16, no AMX) that GEMM is
+ATen's generic fallback loop: on an AVX2 core it ran a 256×512·512×256 product at ~1.3 GFLOP/s against
+~14 GFLOP/s for MKL's fp32 GEMM on the same bf16 values (docs/LOG.md, 2026-12-03), so there ``auto``
+uses ``float32``: the same bf16 values widened exactly to fp32, an fp32 GEMM, the result rounded to bf16
+— the same numbers up to where the rounding happens (results agree with ``native`` to about half of
+bf16's own distance from fp32 Newton–Schulz; tests/optim/test_newton_schulz.py).
+
 Shape legend: N matrices in a batch, P ≤ Q the short and long side (a tall matrix is transposed first so
 the Gram matrix X·Xᵀ is the small P×P one).
 """
@@ -45,6 +54,27 @@ EPS = 1e-7
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
+MATMULS = ("auto", "native", "float32")
+
+
+def native_bf16_matmul(device: torch.device) -> bool:
+    """Whether bf16 GEMMs on `device` run on bf16 hardware: always on accelerators; on CPUs only with
+    AVX512-BF16 or AMX (a property of the CPU model, so every replica on such machines decides alike)."""
+    if device.type != "cpu":
+        return True
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_matmul(matmul: str, dtype: torch.dtype, device: torch.device) -> str:
+    """``native`` or ``float32``: how the products of a `dtype` Newton–Schulz on `device` are computed."""
+    if matmul not in MATMULS:
+        raise ValueError(f"unknown Newton–Schulz matmul {matmul!r}; expected one of {', '.join(MATMULS)}")
+    if dtype != torch.bfloat16:
+        return "native"  # fp32 operands: fp32 GEMMs either way
+    if matmul == "auto":
+        return "native" if native_bf16_matmul(device) else "float32"
+    return matmul
+
 
 def coefficient_schedule(coefficients: str, steps: int) -> list[tuple[float, float, float]]:
     """The (a, b, c) of each of `steps` iterations for ``quintic`` or ``polar_express``."""
@@ -64,11 +94,13 @@ def newton_schulz(
     steps: int = 5,
     coefficients: str = "quintic",
     dtype: torch.dtype | str = torch.bfloat16,
+    matmul: str = "auto",
 ) -> torch.Tensor:
     """Orthogonalize every matrix of G [..., P, Q] independently; returns the same shape in `dtype`.
 
     Leading dimensions are a batch: an expert stack [E, A, B] gives E orthogonalized [A, B] matrices,
-    never mixing experts. One batched matmul per step covers the whole batch.
+    never mixing experts. One batched matmul per step covers the whole batch. `matmul` chooses how bf16
+    products are computed (module docstring); it does not change which values are held between products.
     """
     assert G.dim() >= 2, f"Newton–Schulz needs matrices, got shape {tuple(G.shape)}"
     dtype = _resolve_dtype(dtype)
@@ -83,13 +115,28 @@ def newton_schulz(
     X = X / (norm * safety if safety != 1.0 else norm).clamp(min=EPS)
     # addmm/baddbmm fuse the scaled sums: B = b·A + c·A·A and X = a·X + B·X.
     combine = torch.addmm if X.dim() == 2 else torch.baddbmm
-    for a, b, c in schedule:
-        A_NPP = X @ X.mT
-        B_NPP = combine(A_NPP, A_NPP, A_NPP, beta=b, alpha=c)
-        X = combine(X, B_NPP, X, beta=a)
+    if resolve_matmul(matmul, dtype, X.device) == "float32":
+        X = _steps_in_float32(X, schedule, combine)
+    else:
+        for a, b, c in schedule:
+            A_NPP = X @ X.mT
+            B_NPP = combine(A_NPP, A_NPP, A_NPP, beta=b, alpha=c)
+            X = combine(X, B_NPP, X, beta=a)
     if tall:
         X = X.mT
     return X.reshape(*batch_shape, *X.shape[-2:]) if G.dim() > 2 else X
+
+
+def _steps_in_float32(X_NPQ: torch.Tensor, schedule, combine) -> torch.Tensor:
+    """The bf16 iteration with fp32 GEMMs: operands are bf16 values widened exactly to fp32, and every
+    product is rounded back to bf16 before it is used, so the values held between products are bf16."""
+    low = X_NPQ.dtype
+    X_NPQ = X_NPQ.float()
+    for a, b, c in schedule:
+        A_NPP = (X_NPQ @ X_NPQ.mT).to(low).float()
+        B_NPP = combine(A_NPP, A_NPP, A_NPP, beta=b, alpha=c).to(low).float()
+        X_NPQ = combine(X_NPQ, B_NPP, X_NPQ, beta=a).to(low).float()
+    return X_NPQ.to(low)
 
 
 def newton_schulz_reference(

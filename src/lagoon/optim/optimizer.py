@@ -129,22 +129,32 @@ def _grad_or_zeros(param: torch.Tensor) -> torch.Tensor:
 
 
 def orthogonalize_grouped(directions: list[tuple[MatrixParam, torch.Tensor]], config: OptimConfig) -> list[torch.Tensor]:
-    """Newton–Schulz for every matrix, one batched call per distinct R×C shape; returns one tensor per entry."""
+    """Newton–Schulz for every matrix, one batched call per distinct P×Q shape; returns one tensor per entry.
+
+    A tall R×C matrix is orthogonalized as its C×R transpose (as `newton_schulz` does inside), so R×C and
+    C×R matrices — an MoE layer's gate/up and down experts — share one batched call.
+    """
     by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
     for index, (matrix, _) in enumerate(directions):
-        by_shape[matrix.shape].append(index)
+        rows, cols = matrix.shape
+        by_shape[(min(rows, cols), max(rows, cols))].append(index)
     results: list[torch.Tensor | None] = [None] * len(directions)
-    for (rows, cols), indices in by_shape.items():
-        pieces = [directions[i][1].reshape(directions[i][0].count, rows, cols) for i in indices]
+    for (short, long), indices in by_shape.items():
+        pieces = []
+        for i in indices:
+            matrix, direction = directions[i]
+            piece_NRC = direction.reshape(matrix.count, *matrix.shape)
+            pieces.append(piece_NRC.mT if matrix.rows > matrix.cols else piece_NRC)
         if len(pieces) == 1:
-            stacked_NRC = pieces[0]
+            stacked_NPQ = pieces[0]
         else:  # concatenate straight into the Newton–Schulz dtype: one copy instead of two
             total = sum(piece.shape[0] for piece in pieces)
-            stacked_NRC = torch.empty((total, rows, cols), dtype=DTYPES[config.ns_dtype], device=pieces[0].device)
-            torch.cat(pieces, out=stacked_NRC)
-        ortho_NRC = newton_schulz(stacked_NRC, config.ns_steps, config.ns_coefficients, config.ns_dtype)
-        for i, piece in zip(indices, ortho_NRC.split([directions[i][0].count for i in indices])):
-            results[i] = piece
+            stacked_NPQ = torch.empty((total, short, long), dtype=DTYPES[config.ns_dtype], device=pieces[0].device)
+            torch.cat(pieces, out=stacked_NPQ)
+        ortho_NPQ = newton_schulz(stacked_NPQ, config.ns_steps, config.ns_coefficients, config.ns_dtype,
+                                  config.ns_matmul)
+        for i, piece in zip(indices, ortho_NPQ.split([directions[i][0].count for i in indices])):
+            results[i] = piece.mT if directions[i][0].rows > directions[i][0].cols else piece
     return results  # type: ignore[return-value]
 
 

@@ -112,7 +112,7 @@ class OwnerVerifier:
         from lagoon.optim.newton_schulz import newton_schulz
 
         config = self.optimizer.config
-        return newton_schulz(input_mRC, config.ns_steps, config.ns_coefficients, config.ns_dtype)
+        return newton_schulz(input_mRC, config.ns_steps, config.ns_coefficients, config.ns_dtype, config.ns_matmul)
 
     @torch.no_grad()
     def _observe(self, bucket: Any, updates_mRC: torch.Tensor) -> None:
