@@ -72,7 +72,11 @@ def run_command(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     if role == "trainer":
+        from lagoon.rl.affinity import pin_process
         from lagoon.rl.trainer import Trainer
+
+        trainer_config = config.rl.trainer
+        pin_process(trainer_config.cpus, max(1, len(trainer_config.cpus) // trainer_config.processes))
 
         run_dir.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(config, run_dir, resolve_servers(args.servers, config, run_dir))

@@ -155,8 +155,17 @@ class TrainerConfig:
     """How often the trainer looks for new snapshots while it waits for data."""
     seed: int = 0
     """Seed of the trainer's RNG."""
+    cpus: list[int] = field(default_factory=list)
+    """CPU cores (logical ids) the trainer process(es) run on, pinned with CPU affinity, with torch threads
+    = len(cpus) / processes (`lagoon.rl.affinity`): on a CPU machine, the trainer's own cores, as it would
+    have its own GPUs. Empty: wherever the operating system puts it, torch's default thread count."""
 
     def validate(self) -> None:
+        from lagoon.rl.affinity import validate_cpus
+
+        validate_cpus(self.cpus)
+        check(not self.cpus or len(self.cpus) >= self.processes, "cpus",
+              f"{len(self.cpus)} core(s) for {self.processes} trainer processes: give each at least one")
         check(self.groups_per_step >= 1, "groups_per_step", "must be >= 1")
         check(self.processes >= 1, "processes", "must be >= 1")
         check(self.max_restarts >= 0, "max_restarts", "must be >= 0")
@@ -240,8 +249,18 @@ class ServersConfig:
     """Requests a local server decodes together."""
     startup_timeout_s: float = 180.0
     """How long to wait for a server's /health."""
+    cpus: list[int] = field(default_factory=list)
+    """CPU cores (logical ids) the local servers run on, pinned with CPU affinity (`lagoon.rl.affinity`);
+    each server keeps `threads` torch threads, and `count` × `threads` may not exceed the cores given.
+    Empty: wherever the operating system puts them."""
 
     def validate(self) -> None:
+        from lagoon.rl.affinity import validate_cpus
+
+        validate_cpus(self.cpus)
+        check(not self.cpus or self.count * self.threads <= len(self.cpus), "cpus",
+              f"{self.count} server(s) × {self.threads} thread(s) need more than the {len(self.cpus)} core(s) given; "
+              "add cores or lower rl.servers.threads")
         check(self.count >= 1 or bool(self.urls), "count", "needs at least one server")
         check(0 <= self.base_port < 65536, "base_port", "must be a TCP port (0: pick free ones)")
         check(self.threads >= 1, "threads", "must be >= 1")
@@ -327,5 +346,7 @@ class RLConfig:
     """Held-out evaluation."""
 
     def validate(self) -> None:
+        shared = sorted(set(self.trainer.cpus) & set(self.servers.cpus))
+        check(not shared, "servers.cpus", f"shares core(s) {shared} with rl.trainer.cpus: give each role its own cores")
         check(self.total_steps >= 1, "total_steps", "must be >= 1")
         check(self.time_limit_s >= 0, "time_limit_s", "must be >= 0 (0: no limit)")

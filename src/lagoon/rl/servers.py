@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lagoon.errors import LagoonError
+from lagoon.rl.affinity import pin_child, pin_process
 from lagoon.rl.weights import read_latest, store_root
 
 
@@ -113,7 +114,8 @@ class LocalServers:
             with log.open("a") as handle:
                 process = subprocess.Popen(serve_command(self.config, checkpoint, port, version, index),
                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=die_with_parent)
+                                           env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                           preexec_fn=pin_child(die_with_parent, settings.cpus))
             self.servers.append(LocalServer(url, port, process, log))
         for server in self.servers:
             try:
@@ -146,5 +148,6 @@ def serve_one(config, run_dir: Path, index: int) -> int:
     ``rl.servers.base_port + index`` (8000 + index when base_port is 0)."""
     checkpoint, version = current_weights(config, Path(run_dir))
     command = serve_command(config, checkpoint, (config.rl.servers.base_port or 8000) + index, version, index)
+    pin_process(config.rl.servers.cpus, config.rl.servers.threads)
     os.execv(command[0], command)
     return 0  # not reached
