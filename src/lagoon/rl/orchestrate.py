@@ -76,6 +76,8 @@ class Supervisor:
         self.actors: dict[int, subprocess.Popen] = {}
         self.finished_actors: set[int] = set()
         self.ray = None
+        self.stopping = False
+        """Set once the trainer was told to stop (time limit): however it exits then, it is not restarted."""
 
     def _spawn(self, command: list[str], log_name: str) -> subprocess.Popen:
         handle = (self.logs / log_name).open("a")
@@ -140,7 +142,7 @@ class Supervisor:
         code = self.trainer.poll() if self.trainer is not None else None
         if code is None:
             return False
-        if code == 0:
+        if code == 0 or self.stopping:  # a trainer stopped while still starting exits by the signal itself
             return True
         if self.trainer_restarts >= self.config.rl.trainer.max_restarts:
             tail = (self.logs / "trainer.log").read_text()[-600:]
@@ -249,6 +251,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
                     time_up = True
                     say(f"time limit of {rl.time_limit_s:.0f} s reached: stopping the trainer")
                     supervisor.events.event("time_limit", seconds=rl.time_limit_s)
+                    supervisor.stopping = True
                     supervisor.trainer.terminate()   # it finishes its step, checkpoints and exits 0
                 version, reward = _trainer_version(run_dir)
                 progress.update(bar, completed=version,
