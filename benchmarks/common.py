@@ -94,8 +94,21 @@ def load_note() -> str:
             f"CPUs{' (a shared machine: other jobs ran beside this one)' if max(START_LOAD, load()) >= 2 else ''}.")
 
 
+def cpu_model() -> str:
+    """The CPU's model name and the vector ISA torch dispatches to (bf16 GEMM speed hangs on both)."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    return (f"{platform.machine()} ({cpu_model()}), {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
