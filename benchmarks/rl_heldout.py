@@ -14,8 +14,10 @@ job's recipe, a short SFT of the pretrained export), two arms:
 
 S and both results are evaluated with the production harness on held-out arith-code tasks (a seed no
 step trained on, one episode per task, temperature of ``[rl.eval]``) at two levels: the training level
-(in distribution) and `--harder-level`, which the SFT transcripts never show (docs/LOG.md: 100 SFT steps
-learn level 2's template and score 0 on levels 3 and 4). The seed moves the warm-up's data order (and
+(in distribution) and `--other-levels`, which the SFT transcripts never show: by default the harder level 3
+(docs/LOG.md: 100 SFT steps learn level 2's template and score 0 on levels 3 and 4) and the simpler level 1
+(two operands instead of three: a policy that learnt arithmetic by code rather than one template solves
+it too). The seed moves the warm-up's data order (and
 initialization from scratch), the task order, the trainer and the SFT arm's transcripts.
 """
 
@@ -90,7 +92,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="RL wall-clock budget per seed (0: the config's)")
     parser.add_argument("--steps", type=int, default=0,
                         help="RL trainer steps per seed instead of a time budget (the same RL whatever the load)")
-    parser.add_argument("--harder-level", type=int, default=3, help="arith-code level the SFT transcripts never show")
+    parser.add_argument("--other-levels", type=int, nargs="+", default=[3, 1],
+                        help="arith-code levels the SFT transcripts never show (the first is the harder one)")
     parser.add_argument("--eval-tasks", type=int, default=128, help="held-out tasks per evaluation")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. rl.init_checkpoint='\"runs/demo/hf\"' to start "
@@ -130,7 +133,7 @@ def main() -> None:
         sft_final = warmup(sft_config, out / "sft_only", say=print)
         scores = {}
         for arm, checkpoint in (("start", start), ("rl", rl_final), ("sft", sft_final)):
-            for which, lvl in (("in", level), ("harder", args.harder_level)):
+            for which, lvl in (("in", level), *((f"L{other}", other) for other in args.other_levels)):
                 cached = out / "eval" / f"{arm}_level{lvl}.json"
                 if arm == "start" and which == "in":
                     scores[(arm, which)] = result["eval_before"]["reward_mean"]
@@ -142,23 +145,23 @@ def main() -> None:
                      "sft_tokens": sft_tokens, "rl_minutes": result["rl_s"] / 60})
         print(json.dumps({**rows[-1], "scores": {f"{a}/{w}": v for (a, w), v in scores.items()}}), flush=True)
 
-    harder = args.harder_level
+    kinds = [("in", level), *((f"L{other}", other) for other in args.other_levels)]
     cap = (f", {args.steps} RL steps" if args.steps else f", RL capped at {args.minutes:g} min" if args.minutes
            else "")
     settings = "".join(f" `--set {o}`" for o in args.overrides)
+    others = " and ".join(f"level {other}" for other in args.other_levels)
     lines = [f"`{args.config}`{settings}{cap}; {args.eval_tasks} held-out arith-code tasks per evaluation (a seed "
-             f"disjoint from training, one episode each) at level {level} (the training level) and level {harder} "
+             f"disjoint from training, one episode each) at level {level} (the training level) and {others} "
              f"(never in the SFT transcripts); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at "
              "the end.", "",
-             f"| seed | start L{level} | RL L{level} | SFT-only L{level} | start L{harder} | RL L{harder} | "
-             f"SFT-only L{harder} | RL trainer tokens (steps) | SFT-only tokens (steps) | RL minutes |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| seed | " + " | ".join(f"start L{lvl} | RL L{lvl} | SFT-only L{lvl}" for _, lvl in kinds)
+             + " | RL trainer tokens (steps) | SFT-only tokens (steps) | RL minutes |",
+             "|---|" + "---|---|---|" * len(kinds) + "---|---|---|"]
     for row in rows:
         s = row["scores"]
-        lines.append(f"| {row['seed']} | {s[('start', 'in')]:.3f} | {s[('rl', 'in')]:.3f} | {s[('sft', 'in')]:.3f} | "
-                     f"{s[('start', 'harder')]:.3f} | {s[('rl', 'harder')]:.3f} | {s[('sft', 'harder')]:.3f} | "
-                     f"{row['rl_tokens']:,} ({row['rl_steps']}) | {row['sft_tokens']:,} ({row['sft_steps']}) | "
-                     f"{row['rl_minutes']:.1f} |")
+        cells = " | ".join(f"{s[('start', k)]:.3f} | {s[('rl', k)]:.3f} | {s[('sft', k)]:.3f}" for k, _ in kinds)
+        lines.append(f"| {row['seed']} | {cells} | {row['rl_tokens']:,} ({row['rl_steps']}) | "
+                     f"{row['sft_tokens']:,} ({row['sft_steps']}) | {row['rl_minutes']:.1f} |")
 
     def mean(arm: str, which: str) -> float:
         return statistics.mean(r["scores"][(arm, which)] for r in rows)
@@ -167,20 +170,19 @@ def main() -> None:
         gap = mean("rl", which) - mean("sft", which)
         noise = 2 * standard_error([r["scores"][("sft", which)] for r in rows], args.eval_tasks * len(rows))
         wins = sum(r["scores"][("rl", which)] > r["scores"][("sft", which)] for r in rows)
-        lead = "RL ahead" if gap > noise else "SFT ahead" if gap < -noise else "tie"
+        lead = "RL ahead" if gap > noise else "SFT-only ahead" if gap < -noise else "tie"
         return f"{lead} ({gap:+.3f}, ±{noise:.3f}; RL higher in {wins} of {len(rows)} seeds)"
 
-    summary = (f"L{level}: start {mean('start', 'in'):.2f} → RL {mean('rl', 'in'):.2f} vs SFT-only {mean('sft', 'in'):.2f}; "
-               f"L{harder}: start {mean('start', 'harder'):.2f} → RL {mean('rl', 'harder'):.2f} vs SFT-only "
-               f"{mean('sft', 'harder'):.2f} (means over {len(rows)} seeds, `{Path(args.config).name}`)")
+    summary = "; ".join(f"L{lvl}: start {mean('start', k):.2f} → RL {mean('rl', k):.2f} vs SFT-only {mean('sft', k):.2f}"
+                        for k, lvl in kinds) + f" (means over {len(rows)} seeds, `{Path(args.config).name}`)"
     lines += ["", f"Means over {len(rows)} seeds — {summary}.",
-              f"RL − SFT-only at level {level}: {verdict('in')}; at level {harder}: {verdict('harder')}. "
-              "± is two standard errors of the pooled held-out mean.", "",
+              "RL − SFT-only: " + "; ".join(f"level {lvl} {verdict(k)}" for k, lvl in kinds)
+              + ". ± is two standard errors of the pooled held-out mean.", "",
               table_row("rl_heldout.vs_sft", "RL ≥ compute-matched SFT", summary,
-                        f"L{level} {verdict('in').split(' (')[0]}, L{harder} {verdict('harder').split(' (')[0]}")]
+                        ", ".join(f"L{lvl} {verdict(k).split(' (')[0]}" for k, lvl in kinds))]
     print("\n".join(lines))
     if not args.no_record:
-        record("RL vs compute-matched SFT: held-out reward in distribution and on a harder level (issue 21)", lines)
+        record("RL vs compute-matched SFT: held-out reward in distribution and on other levels (issue 21)", lines)
 
 
 if __name__ == "__main__":
