@@ -5,8 +5,11 @@ Same run, same shape (global batch 8 × 256 tokens by default), interleaved: eac
 reads) and then one training step of the ``tiny`` Laguna on a batch from that loader (forward, backward,
 AdamW step — what training does with each batch), so both sides see the same machine at the same moment.
 Two untimed training steps and a few loader batches warm up first. The figure is the median over rounds
-of (loader sequences/s ÷ training sequences/s) in that round, with its range; both sides run at the
-process's torch thread count (the loader itself is single-threaded NumPy).
+of (loader sequences/s ÷ training sequences/s) in that round, with its range, in wall time and in CPU
+time of this process; both sides run at the process's torch thread count (the loader itself is
+single-threaded NumPy). On a loaded machine the wall-clock ratio flatters the loader (its short bursts fit
+in a scheduler slice, a training step of seconds is preempted many times), so the goal is judged on CPU
+time, which measures what each side costs.
 """
 
 from __future__ import annotations
@@ -48,20 +51,21 @@ def main() -> None:
         model = LagunaForCausalLM(preset_config("tiny")).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-        def train_step() -> float:
+        def train_step() -> tuple[float, float]:
             batch = next(loader)
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             loss = model(batch.input_ids, targets=batch.targets, document_ids=batch.document_ids).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            return time.perf_counter() - started
+            return time.perf_counter() - started, time.process_time() - cpu
 
-        def load_batches() -> float:
-            started = time.perf_counter()
+        def load_batches() -> tuple[float, float]:
+            started, cpu = time.perf_counter(), time.process_time()
             for _ in range(args.loader_batches):
                 next(loader)
-            return (time.perf_counter() - started) / args.loader_batches
+            return ((time.perf_counter() - started) / args.loader_batches,
+                    (time.process_time() - cpu) / args.loader_batches)
 
         for _ in range(20):
             next(loader)
@@ -75,10 +79,11 @@ def main() -> None:
             else:
                 train_s.append(train_step())
                 loader_s.append(load_batches())
-    per_round = [t / l for l, t in zip(loader_s, train_s)]  # (batch/l) ÷ (batch/t)
-    loader_rate = [args.batch * args.seq / s for s in loader_s]
-    train_rate = [args.batch * args.seq / s for s in train_s]
-    ratio = median(per_round)
+    per_round = [t[0] / l[0] for l, t in zip(loader_s, train_s)]  # (batch/l) ÷ (batch/t)
+    per_round_cpu = [t[1] / l[1] for l, t in zip(loader_s, train_s)]
+    loader_rate = [args.batch * args.seq / s for s, _ in loader_s]
+    train_rate = [args.batch * args.seq / s for s, _ in train_s]
+    ratio = median(per_round_cpu)
     lines = [f"Global batch {args.batch} × {args.seq} tokens, natural mixture over {len(shards.leaves)} leaves; "
              f"tiny Laguna step = forward + backward + AdamW; {torch.get_num_threads()} torch thread(s); "
              f"{args.rounds} interleaved rounds ({args.loader_batches} loader batches and one training step each, "
@@ -86,8 +91,10 @@ def main() -> None:
              "| side | tokens/s, median (min–max) over rounds |", "|---|---|",
              f"| MixtureLoader | {spread(loader_rate, '{:,.0f}')} |",
              f"| tiny model training | {spread(train_rate, '{:,.0f}')} |",
-             f"| ratio per round (goal ≥ {GOAL:g}×) | {spread(per_round, '{:,.0f}', '×')} |", "",
-             table_row("data_loader", f"≥ {GOAL:g}×", spread(per_round, "{:,.0f}", "×"),
+             f"| ratio per round, wall | {spread(per_round, '{:,.0f}', '×')} |",
+             f"| ratio per round, CPU time (goal ≥ {GOAL:g}×) | {spread(per_round_cpu, '{:,.0f}', '×')} |", "",
+             table_row("data_loader", f"≥ {GOAL:g}×", f"{spread(per_round_cpu, '{:,.0f}', '×')} per CPU-s "
+                       f"(wall {spread(per_round, '{:,.0f}', '×')}), {torch.get_num_threads()} thread(s)",
                        "met" if ratio >= GOAL else "missed")]
     print("\n".join(lines))
     if not args.no_record:
