@@ -44,7 +44,8 @@ class SandboxConfig:
     max_open_files: int = 256
     """Open file descriptors per process (RLIMIT_NOFILE)."""
     tmp_size_mb: int = 256
-    """Size of the private in-memory /tmp."""
+    """Size of the private in-memory /tmp, and of /dev/shm beside it (everything else but the workspace is
+    read-only)."""
     cpus: float = 1.0
     """CPU cores the whole sandbox may keep busy at once (the cpu cgroup's bandwidth limit, ``cpu.max`` or
     ``cpu.cfs_quota_us``, where a cpu cgroup is writable); 0 for no limit."""
