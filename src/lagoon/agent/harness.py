@@ -83,10 +83,8 @@ def run_episode(task: Task, policy: ChatClient | CompletionsClient, config: Agen
         grade_started = time.monotonic()
         verdict = Grade(0.0, False, {"skipped": "not graded"})
         if do_grade and exit_reason != "sandbox_error":
-            try:
-                verdict = grade(task, work, submission, sandbox_config)
-            except SandboxError as error:
-                verdict = Grade(0.0, False, {"error": str(error)})
+            # A grader that cannot run raises GradingError: an infrastructure failure, never a reward of 0.
+            verdict = grade(task, work, submission, sandbox_config)
         end = {"type": "end", "exit_reason": exit_reason, "reward": verdict.reward, "grade": verdict.to_dict(),
                "submission": submission, "num_turns": len(episode.turns), "num_samples": loop.num_samples(),
                "completion_tokens": loop.completion_tokens,
