@@ -16,7 +16,7 @@ What this cannot stop is code under test that tampers with the test process itse
 the hidden tests run in the same interpreter as the code they test.
 
 A grader that cannot run is not a submission that fails: before the first grade with a given sandbox
-configuration, the runner grades a known canary (one passing and one failing test) with no agent code
+configuration (and again after any failure), the runner grades a known canary (one passing and one failing test) with no agent code
 involved. If that self-check fails (pytest missing from the sandbox's Python, a sandbox that cannot start,
 a runner that crashes), or a grading sandbox later fails to start, or the host cannot copy a workspace,
 grading raises `GradingError`, which stops an evaluation with one line instead of scoring the episode 0.
@@ -152,18 +152,18 @@ def _run_runner(workspace: Path, scratch: Path, config: SandboxConfig) -> tuple[
     return (report if isinstance(report, dict) else {}), result
 
 
-_checked: dict[str, str | None] = {}
+_passed: set[str] = set()
 _checked_lock = threading.Lock()
 
 
 def check_grader(config: SandboxConfig) -> None:
-    """Raise `GradingError` unless the hidden-test runner grades a canary correctly under `config` (checked
-    once per configuration and process; concurrent first callers wait for one check)."""
+    """Raise `GradingError` unless the hidden-test runner grades a canary correctly under `config`. A pass is
+    remembered per configuration for the process; a failure is not, so a long-lived actor checks again."""
     key = json.dumps(dataclasses.asdict(config), sort_keys=True)
-    with _checked_lock:
-        if key not in _checked:
-            _checked[key] = _self_check(config)
-        problem = _checked[key]
+    with _checked_lock:  # concurrent first callers wait for one check
+        problem = None if key in _passed else _self_check(config)
+        if problem is None:
+            _passed.add(key)
     if problem is not None:
         raise GradingError(f"the grader cannot run: {problem}")
 
