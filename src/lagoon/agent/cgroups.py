@@ -1,11 +1,12 @@
 """Whole-sandbox process, memory and CPU limits with Linux cgroups (v1 controllers or a delegated v2 subtree).
 
-Resource limits (rlimits) bind one process at a time, and RLIMIT_NPROC does not bind processes whose real
-user is root at all (the kernel exempts INIT_USER in ``copy_process``). A fork bomb started by a sandbox
-that runs as root would then exhaust the host's PIDs. A pids cgroup caps the processes of the whole
-sandbox, whoever owns them, and a memory cgroup caps its total resident memory, so a sandbox of many
-modest processes cannot take the host's RAM either, and a cpu cgroup's bandwidth limit (``cpu.max``, or
-``cpu.cfs_quota_us`` per ``cpu.cfs_period_us`` in v1) caps the cores its threads keep busy together.
+Resource limits (rlimits) bind one process at a time, and RLIMIT_NPROC counts a user's processes: when lagoon
+runs as root every sandbox runs as the same unprivileged host user (`lagoon.agent.sandbox`), so that count
+would be shared by all of them, and a fork bomb in one could starve the others. A pids cgroup caps the
+processes of the whole sandbox, whoever owns them; a memory cgroup caps its total resident memory, so a
+sandbox of many modest processes cannot take the host's RAM; and a cpu cgroup's bandwidth limit
+(``cpu.max``, or ``cpu.cfs_quota_us`` per ``cpu.cfs_period_us`` in v1) caps the cores its threads keep busy
+together.
 
 `CgroupSupport.detect()` finds writable pids/memory/cpu controllers once per process; `SandboxCgroup`
 creates one leaf per action, which the sandbox's launcher joins before it starts bubblewrap (so every

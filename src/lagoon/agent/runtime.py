@@ -118,6 +118,6 @@ def probe_bwrap(bwrap: str, namespaces: tuple[str, ...]) -> None:
                 _probed[key] = str(error)
         problem = _probed[key]
     if problem is not None:
-        raise SandboxError(f"bubblewrap cannot create a sandbox here ({problem.splitlines()[-1]}); unprivileged "
-                           "user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
-                           "kernel.apparmor_restrict_unprivileged_userns=0)")
+        hint = ("; unprivileged user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
+                "kernel.apparmor_restrict_unprivileged_userns=0)") if "--unshare-user" in namespaces else ""
+        raise SandboxError(f"bubblewrap cannot create a sandbox here ({problem.splitlines()[-1]}){hint}")
