@@ -102,15 +102,16 @@ def pretrain(ctx: Context) -> dict[str, Any]:
     else:
         config_path = ctx.run_dir / "pretrain.toml"
         config_path.write_text(dumps_toml(to_dict(config)))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                   "-m", "lagoon", "train", str(config_path), "--run-dir", str(run_dir)]
-        ctx.say("$ " + " ".join(command[2:]))
+        # `lagoon launch` is torchrun that exits with the ranks' own code (91-94 for an SDC verdict).
+        command = [sys.executable, "-m", "lagoon", "launch", "--standalone", f"--nproc-per-node={ranks}",
+                   "train", str(config_path), "--run-dir", str(run_dir)]
+        ctx.say("$ lagoon " + " ".join(command[3:]))
         # Each rank gets an equal share of the cores (torchrun would otherwise leave one thread each).
         threads = max(1, (os.cpu_count() or 1) // ranks)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        code = subprocess.run(command, env=env).returncode
+        code = _run_tree(command, env)
         if code != 0:
-            raise LagoonError(f"pretraining under torchrun exited with code {code}; see {run_dir}/events.jsonl "
+            raise LagoonError(f"pretraining under `lagoon launch` exited with code {code}; see {run_dir}/events.jsonl "
                               f"and rerun `lagoon demo` to resume from its last checkpoint")
     checkpoint = newest_verified(run_dir, ctx.say)
     if checkpoint is None:
@@ -122,6 +123,19 @@ def pretrain(ctx: Context) -> dict[str, Any]:
             "eval_bpb": {key.split("/", 1)[1]: value for key, value in (evals[-1] if evals else {}).items()
                          if key.startswith("eval_bpb/")},
             **_sdc_summary(run_dir, final)}
+
+
+def _run_tree(command: list[str], env: dict[str, str]) -> int:
+    """Run a launcher to completion; if this process is interrupted (or killed: the child gets the parent-death
+    signal), the launcher and every rank below it stop too, ranks in sessions of their own included."""
+    from lagoon.processes import die_with_parent, stop_tree
+
+    process = subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+    try:
+        return process.wait()
+    except BaseException:
+        stop_tree(process, grace_s=30)
+        raise
 
 
 def _sdc_summary(run_dir: Path, final: dict[str, Any]) -> dict[str, Any]:

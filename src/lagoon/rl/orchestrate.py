@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lagoon.errors import LagoonError
-from lagoon.rl.servers import die_with_parent
+from lagoon.processes import alive, descendants, die_with_parent, kill_tree, wait_gone
 
 RESULT = "result.json"
 CONFIG_FILE = "config.toml"
@@ -92,8 +92,9 @@ class Supervisor:
     def start_trainer(self) -> None:
         processes = self.config.rl.trainer.processes
         if processes > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                       *self._role("trainer")]
+            # torchrun that exits with the trainer's own code (`lagoon.launch`)
+            command = [sys.executable, "-m", "lagoon", "launch", "--standalone", f"--nproc-per-node={processes}",
+                       *self._role("trainer")[2:]]
         else:
             command = [sys.executable, *self._role("trainer")]
         self.trainer = self._spawn(command, "trainer.log")
@@ -157,6 +158,8 @@ class Supervisor:
         if self.ray is not None:
             self.ray.stop()
         processes = [*self.actors.values(), *([self.trainer] if self.trainer else [])]
+        # Each tree whole: a trainer under torchrun has ranks in sessions of their own.
+        trees = {process.pid: [process.pid, *descendants(process.pid)] for process in processes}
         for process in processes:
             if process.poll() is None:
                 process.terminate()
@@ -165,8 +168,13 @@ class Supervisor:
             try:
                 process.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                pass
+            left = [pid for pid in trees[process.pid] if alive(pid)]
+            for pid in left:
+                kill_tree(pid)
+            if left:
                 process.wait()
+                wait_gone(left, timeout_s=30)
         self.actors = {}
         self.events.close()
 
