@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lagoon.configio import dumps_toml, from_dict, to_dict
-from lagoon.errors import LagoonError
+from lagoon.errors import ConfigError, LagoonError
 from lagoon.train.metrics import read_jsonl
 
 
@@ -120,6 +120,7 @@ def pretrain(ctx: Context) -> dict[str, Any]:
     final = metrics[-1] if metrics else {}
     evals = [row for row in metrics if any(key.startswith("eval_bpb/") for key in row)]
     return {"checkpoint": str(checkpoint), "ranks": ranks, "steps": final.get("step"), "loss": final.get("loss"),
+            "eval_step": evals[-1].get("step") if evals else None, "eval_tokens": config.train.eval_tokens,
             "eval_bpb": {key.split("/", 1)[1]: value for key, value in (evals[-1] if evals else {}).items()
                          if key.startswith("eval_bpb/")},
             **_sdc_summary(run_dir, final)}
@@ -168,6 +169,7 @@ def rl(ctx: Context) -> dict[str, Any]:
     return {"init_checkpoint": str(init), "final_checkpoint": str(final) if final else None,
             "version": result.get("version"), "rl_s": result.get("rl_s"),
             "reward_before": before.get("reward_mean"), "reward_after": after.get("reward_mean"),
+            "reward_before_policy": before.get("policy"),
             "episodes_per_eval": after.get("episodes")}
 
 
@@ -190,7 +192,7 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         model = from_pretrained(path, dtype=torch.float32).eval()
         bpb[name] = evaluate_bpb(model, shards, max_tokens=config.demo.eval_tokens, seq_len=config.data.seq_len)
         ctx.say(f"bits per byte, {name}: " + ", ".join(f"{g} {v:.3f}" for g, v in sorted(bpb[name].items())))
-    result: dict[str, Any] = {"bpb": bpb}
+    result: dict[str, Any] = {"bpb": bpb, "eval_tokens": config.demo.eval_tokens}
     rl_result = ctx.results.get("rl")
     if rl_result:
         result["arith_code_reward"] = {"before RL": rl_result.get("reward_before"),
@@ -201,12 +203,23 @@ def evaluate(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def _transformers_parity(hf_dir: Path, shards) -> float | None:
-    """Max |logit difference| between lagoon and transformers' LagunaForCausalLM on held-out text."""
+def require_transformers(config) -> None:
+    """The evaluation's parity check needs transformers: refuse to start a pipeline that would reach it
+    without (one line, exit 2) instead of finding out half an hour in, or skipping the check silently."""
+    demo = config.demo
+    if "evaluate" not in demo.stages or not demo.check_transformers:
+        return
     try:
-        import transformers
+        import transformers  # noqa: F401
     except ImportError:
-        return None
+        raise ConfigError("demo.check_transformers", "the evaluation compares the export with transformers' "
+                          "LagunaForCausalLM, but transformers is not installed: pip install 'lagoon[hf]' "
+                          "(or set demo.check_transformers = false to skip the comparison)") from None
+
+
+def _transformers_parity(hf_dir: Path, shards) -> float:
+    """Max |logit difference| between lagoon and transformers' LagunaForCausalLM on held-out text."""
+    import transformers
     import warnings
 
     import torch
