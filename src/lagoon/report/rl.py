@@ -145,8 +145,8 @@ def reward_section(runs: list[Run]) -> Section | None:
         axis.set_ylim(-0.02, 1.02)
         axis.legend(fontsize=7)
     caption = ("Left: the mean reward of every group the actors finished (filtered ones included), against wall "
-               "clock. Right: the trainer's batches (kept groups only), with the held-out reward before RL (circle) "
-               "and after (square).")
+               "clock. Right: the trainer's batches (kept groups only), with the held-out reward at the start of RL "
+               "(circle; after the SFT warm-up when there is one) and after it (square).")
     return Section("Reward", [render(figure, caption)])
 
 
