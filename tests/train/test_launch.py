@@ -89,3 +89,31 @@ def test_ranks_exit_on_their_own_when_torchrun_is_killed(shard_dir, tmp_path):
             if alive(pid):
                 kill_tree(pid)
         launcher.stderr.close()
+
+
+@pytest.mark.timeout(600)
+def test_stop_tree_stops_lagoon_launch_and_its_ranks(shard_dir, tmp_path):
+    """What `lagoon demo` and `lagoon rl` do to a launcher they started when they are stopped: SIGTERM reaches the
+    launcher, which stops its ranks and exits 128 + 15; anything left after the grace period is killed."""
+    from lagoon.processes import stop_tree
+
+    command = _long_run(shard_dir, tmp_path)
+    command = [sys.executable, "-m", "lagoon", "launch", *command[1:3], *command[5:]]   # the same, via lagoon launch
+    launcher = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    ranks: list[int] = []
+    try:
+        deadline = time.monotonic() + 400
+        while not (tmp_path / "run" / "metrics.jsonl").is_file():
+            assert launcher.poll() is None, launcher.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        ranks = _ranks_of(launcher.pid)
+        assert len(ranks) == 2, ranks
+        assert stop_tree(launcher, grace_s=120) == 128 + signal.SIGTERM
+        assert wait_gone(ranks, timeout_s=5) == []
+    finally:
+        for pid in [launcher.pid, *ranks]:
+            if alive(pid):
+                kill_tree(pid)
+        launcher.stderr.close()
