@@ -122,8 +122,11 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
         assert live.scan(selected_fields=("trajectory_id",)).to_arrow().num_rows >= len(committed) > 0
         output, _ = process.communicate(timeout=240)
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:   # the supervisor and everything it started (servers, trainer, actors)
+            from lagoon.processes import kill_tree
+
+            kill_tree(process.pid)
+            process.wait()
     assert process.returncode == 0, output[-3000:]
 
     result = json.loads((run_dir / "result.json").read_text())

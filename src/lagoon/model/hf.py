@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lagoon.errors import LagoonError
+from lagoon.files import publish_mode, staging_dir
 from lagoon.model.config import ModelConfig
 from lagoon.model.transformer import LagunaForCausalLM
 
@@ -169,7 +169,7 @@ def save_pretrained(model: LagunaForCausalLM, path: str | os.PathLike, dtype: to
     """Write the Hugging Face form of `model` to `path` atomically (temporary directory, then rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target.parent, prefix=f".{target.name}.")   # the umask's mode, not mkdtemp's 0700
     try:
         write_checkpoint_files(model, staging, dtype=dtype, tokenizer_dir=tokenizer_dir)
         for name, content in (extra_files or {}).items():
@@ -204,6 +204,7 @@ def write_checkpoint_files(model: LagunaForCausalLM, directory: Path, dtype: tor
         if name.endswith("e_score_correction_bias"):
             state[name] = state[name].float()
     save_file(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    publish_mode(directory / WEIGHTS_FILE)   # safetensors writes 0600 whatever the umask
     hf_config = config.to_hf_dict()
     hf_config["dtype"] = str(weights_dtype).removeprefix("torch.")
     (directory / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")

@@ -96,12 +96,23 @@ class ActorConfig:
     drop_truncated: bool = False
     """Drop episodes cut off by the turn or token limit (else they keep their reward)."""
     drop_errored: bool = True
-    """Drop episodes whose harness or sandbox failed (infrastructure errors, not model mistakes)."""
+    """Drop episodes whose harness or sandbox failed (infrastructure errors, not model mistakes) after their
+    retries; they are counted in the actor's health file (`lagoon.rl.health`), never dropped silently."""
     request_timeout_s: float = 120.0
     """Timeout of one completion request."""
+    infra_retries: int = 2
+    """Times an episode that failed on the infrastructure (server error or timeout, sandbox failure, harness
+    error) is run again, with backoff, before it counts as errored. Safe: nothing of an episode is kept
+    until its group is appended."""
+    max_consecutive_infra_failures: int = 24
+    """Infrastructure failures in a row (failed episode attempts and failed table appends, with no episode
+    completing and no append landing in between) after which the actor stops with one line and exit code 3,
+    and the run with it: a broken server, sandbox or table, not a flaky one. 0: never stop."""
 
     def validate(self) -> None:
         check(self.num_actors >= 1, "num_actors", "must be >= 1")
+        check(self.infra_retries >= 0, "infra_retries", "must be >= 0")
+        check(self.max_consecutive_infra_failures >= 0, "max_consecutive_infra_failures", "must be >= 0 (0: never stop)")
         check(self.concurrent_episodes >= 1, "concurrent_episodes", "must be >= 1")
         check(self.append_every_groups >= 1, "append_every_groups", "must be >= 1")
         check(self.request_timeout_s > 0, "request_timeout_s", "must be positive")

@@ -3,8 +3,9 @@
     1. the initial policy: ``rl.init_checkpoint``, or the supervised warm-up (`lagoon.rl.sft`);
     2. the trajectory table (created if absent);
     3. inference servers: ``rl.servers.count`` local `lagoon serve` processes (or ``rl.servers.urls``);
-    4. the held-out reward of the initial policy (``eval_before.json``);
-    5. the trainer (a process, or torchrun) and N actors (processes, or Ray actors), supervised: an actor
+    4. the held-out reward of the policy RL starts from — after the warm-up, if any (``eval_before.json``,
+       whose ``policy`` says which);
+    5. the trainer (a process, or `lagoon launch` over torchrun) and N actors (processes, or Ray actors), supervised: an actor
        that dies is restarted at once (it resumes its slots), a trainer that dies is restarted from its
        last checkpoint up to ``rl.trainer.max_restarts`` times;
     6. when the trainer reaches ``rl.total_steps``: actors stop, the held-out reward of the final policy
@@ -35,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from lagoon.errors import LagoonError
-from lagoon.rl.servers import die_with_parent
+from lagoon.processes import alive, descendants, die_with_parent, kill_tree, wait_gone
+from lagoon.rl.health import EXIT_INFRASTRUCTURE, InfrastructureError, read_health
 
 RESULT = "result.json"
 CONFIG_FILE = "config.toml"
@@ -92,8 +94,9 @@ class Supervisor:
     def start_trainer(self) -> None:
         processes = self.config.rl.trainer.processes
         if processes > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                       *self._role("trainer")]
+            # torchrun that exits with the trainer's own code (`lagoon.launch`)
+            command = [sys.executable, "-m", "lagoon", "launch", "--standalone", f"--nproc-per-node={processes}",
+                       *self._role("trainer")[2:]]
         else:
             command = [sys.executable, *self._role("trainer")]
         self.trainer = self._spawn(command, "trainer.log")
@@ -127,8 +130,15 @@ class Supervisor:
         exited = {i: p.returncode for i, p in self.actors.items() if p.poll() is not None}
         if self.ray is not None:
             exited.update({i: (0 if error is None else 1) for i, error in self.ray.finished()})
+        health = read_health(self.run_dir)
         for index, code in exited.items():
             self.actors.pop(index, None)
+            stopped = health.get(f"actor-{index}", {}).get("stopped")
+            if code == EXIT_INFRASTRUCTURE or (self.ray is not None and code != 0 and stopped):
+                # Not a crash that a restart mends: its servers, sandbox or table keep failing (lagoon.rl.health).
+                self.events.event("infra_stop", actor=index, exit_code=code, reason=stopped)
+                raise InfrastructureError(stopped or f"actor-{index} stopped on infrastructure failures; see "
+                                                     f"{self.logs / f'actor-{index}.log'}")
             # Exit 0: the actor ran out of slots or saw the trainer finish. Anything else is a crash.
             if code != 0 and self.trainer is not None and self.trainer.poll() is None:
                 self.events.event("actor_restart", actor=index, exit_code=code)
@@ -142,6 +152,11 @@ class Supervisor:
             return False
         if code == 0:
             return True
+        if code == EXIT_INFRASTRUCTURE:
+            tail = (self.logs / "trainer.log").read_text().strip().splitlines()
+            raise InfrastructureError(next((line.removeprefix("lagoon: error: ") for line in reversed(tail)
+                                            if line.startswith("lagoon: error: ")), "the trainer stopped on "
+                                           f"infrastructure failures; see {self.logs / 'trainer.log'}"))
         if self.trainer_restarts >= self.config.rl.trainer.max_restarts:
             tail = (self.logs / "trainer.log").read_text()[-600:]
             raise LagoonError(f"the trainer failed {self.trainer_restarts + 1} times (exit {code}); "
@@ -157,6 +172,8 @@ class Supervisor:
         if self.ray is not None:
             self.ray.stop()
         processes = [*self.actors.values(), *([self.trainer] if self.trainer else [])]
+        # Each tree whole: a trainer under torchrun has ranks in sessions of their own.
+        trees = {process.pid: [process.pid, *descendants(process.pid)] for process in processes}
         for process in processes:
             if process.poll() is None:
                 process.terminate()
@@ -165,8 +182,13 @@ class Supervisor:
             try:
                 process.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                pass
+            left = [pid for pid in trees[process.pid] if alive(pid)]
+            for pid in left:
+                kill_tree(pid)
+            if left:
                 process.wait()
+                wait_gone(left, timeout_s=30)
         self.actors = {}
         self.events.close()
 
@@ -204,6 +226,8 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     rl = config.rl
     if rl.init_checkpoint and not Path(rl.init_checkpoint).is_dir():
         raise LagoonError(f"rl.init_checkpoint {rl.init_checkpoint} is not a directory")
+    # What "before RL" measures: the policy RL starts from, which the warm-up (when there is one) has trained.
+    start_policy = "after the SFT warm-up" if rl.sft.steps else "the initial checkpoint"
     if rl.sft.steps:
         from lagoon.rl.sft import warmup
 
@@ -234,8 +258,9 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
                 before = evaluate_servers(config, urls, tokenizer_dir)
             else:
                 before = evaluate_checkpoint(config, Path(rl.init_checkpoint))
+            before["policy"] = start_policy
             _write_json(before_path, before)
-            say(f"held-out reward before RL: {before['reward_mean']:.3f} ({before['episodes']} episodes)")
+            say(f"held-out reward before RL ({start_policy}): {before['reward_mean']:.3f} ({before['episodes']} episodes)")
         supervisor = Supervisor(config, run_dir, config_path, urls, say)
         supervisor.start()
         rl_started = time.monotonic()

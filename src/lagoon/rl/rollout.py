@@ -18,7 +18,7 @@ from typing import Any
 
 from lagoon.rl.trajectory import Trajectory, Turn
 
-TRUNCATED = {"max_steps", "max_tokens", "max_wall_s", "max_context_tokens"}
+TRUNCATED = {"max_steps", "max_tokens", "max_wall_s", "max_context_tokens", "context_exhausted"}
 """Exit reasons of an episode cut off by a budget (the model may have been on its way)."""
 ERRORED = {"model_error", "sandbox_error"}
 """Exit reasons of an infrastructure failure (not the model's doing)."""

@@ -23,7 +23,10 @@ loss_tokens, loss, grad_norm, lr, clip_high_frac, clip_low_frac, mismatch_kl (k3
 KL(μ‖π) over all trained tokens), mismatch_kl_fresh (over tokens sampled by the trainer's current
 version only: the pure train–inference numerical mismatch), ratio_max, staleness_mean, staleness_max,
 staleness_hist ({versions behind: trajectories}), dropped_stale, wait_s, train_s, weight_sync_s,
-weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups.
+weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups, and the actors' counters
+(`lagoon.rl.health`): infra/server, infra/sandbox, infra/harness, infra/append, infra/retries, episodes,
+episodes_model_failed. While it waits for data the trainer stops (exit 3, one line) once every actor
+reports only infrastructure failures past ``rl.actor.max_consecutive_infra_failures``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import torch.distributed as dist
 from lagoon.errors import LagoonError
 from lagoon.rl.batching import MicroBatch, pack, samples_from_groups
 from lagoon.rl.consumer import Batch, ConsumerState
+from lagoon.rl.health import TrainerWatch
 from lagoon.rl.loss import CispoStats, cispo_loss, sequence_logprobs
 from lagoon.rl.staleness import StalenessFilter, histogram
 from lagoon.rl.store import TrajectoryStore
@@ -102,6 +106,7 @@ class Trainer:
         self._last_expiry = self.version
         self.store = TrajectoryStore(self.rl.table, self.run_dir) if self.is_main else None
         self.publisher = WeightPublisher(self.rl.weights, self.run_dir, servers or []) if self.is_main else None
+        self.watch = TrainerWatch(self.run_dir, self.rl) if self.is_main else None  # actors' infrastructure health
         if self.is_main:
             (self.run_dir / CONSUMED_LOG).parent.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
@@ -177,6 +182,7 @@ class Trainer:
                     batch = "stop"
                     break
                 if self.consumer.poll(self.store) == 0:
+                    self.watch.check()   # stop with one line when every actor is stuck on infrastructure
                     time.sleep(self.rl.trainer.poll_interval_s)
         batch = broadcast_object(batch, self.dist)
         if batch == "stop":
@@ -271,7 +277,7 @@ class Trainer:
             step=self.version, staleness_hist=histogram(batch.staleness),
             staleness_mean=sum(batch.staleness) / len(batch.staleness), staleness_max=max(batch.staleness),
             dropped_stale=sum(len(g.trajectories) for g in batch.dropped), queued_groups=len(self.consumer.pending),
-            elapsed_s=time.perf_counter() - self.started,
+            elapsed_s=time.perf_counter() - self.started, **self.watch.metrics(),
         )
         if self.version % t.checkpoint_every == 0:
             self.save_checkpoint()

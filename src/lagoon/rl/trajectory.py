@@ -1,6 +1,6 @@
 """One agent episode as the trainer sees it, and its row in the Iceberg trajectory table.
 
-The table contract (DESIGN.md, "Trajectory table") — one row per trajectory:
+The table contract (docs/INTERFACES.md, "Trajectory table") — one row per trajectory:
 
     trajectory_id       string, required   deterministic id of the (run, epoch, task, attempt) slot; writes
                                            are idempotent on it (`make_trajectory_id`)

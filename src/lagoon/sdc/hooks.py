@@ -19,10 +19,19 @@ After every optimizer step (all ranks together):
                                                  rollback: restore the last verified checkpoint
    no majority   event, train on                 replay from the last verified checkpoint to this
                                                  step and compare again (escalation): gone →
-                                                 transient, the rank whose first result differed is
-                                                 named (fail: exit 91; rollback: train on); still
+                                                 transient, the rank it began on is named (below;
+                                                 fail: exit 91; rollback: train on); still
                                                  there → persistent: exit 91 naming the suspects
    ============  ==============================  ==============================================
+
+   Which rank a transient fault began on: once a faulty replica's weights have been through one more
+   step, the gradient all-reduce has changed every replica's weights, so comparing weights with the
+   replay names them all. The replay therefore also compares each replica's pre-reduction statistics
+   (its own loss and local gradient norm, `lagoon.sdc.precheck`) step by step: the first step where
+   they differ names the replica whose own computation went wrong. Without those statistics (the
+   pre-reduction checks are off) a replica whose weights matched the replay bit for bit is cleared;
+   if none did, the event says plainly that the replicas cannot tell (``localized = false``) and names
+   every replica as a suspect.
 
 4. counters go into the step's metrics line (``sdc/checks``, ``sdc/events``, ``sdc/rollbacks``, ...).
 
@@ -48,7 +57,7 @@ from lagoon.sdc.errors import SDCError, SDCRetriesExhausted
 from lagoon.sdc.events import EventLog
 from lagoon.sdc.fingerprint import Fingerprinter
 from lagoon.sdc.inject import FaultInjector
-from lagoon.sdc.precheck import PreReductionMonitor
+from lagoon.sdc.precheck import PreReductionMonitor, first_divergence
 from lagoon.sdc.replicas import ReplicaGroup
 from lagoon.sdc.vote import compare_runs, consensus
 from lagoon.sdc.watchdog import Watchdog
@@ -63,6 +72,13 @@ class Escalation:
     gathered: torch.Tensor
     parameters: list[str]
     suspects: list[int]
+    pre_reduction: dict[int, torch.Tensor]
+    """The first run's pre-reduction statistics since the checkpoint the replay starts from."""
+
+
+_UNLOCALIZED = ("every replica's weights differ from the replay (the gradient reduction spread the fault before "
+                "the check) and no pre-reduction statistics show where it began, so the replicas cannot tell "
+                "which one was faulty")
 
 
 def _listed(names: list[str], limit: int = 3) -> str:
@@ -223,7 +239,8 @@ class SDCHooks(Hooks):
         if policy == "log":
             return
         if escalate:
-            self.pending = Escalation(step, result.gathered, parameters, suspects)
+            first = {s: r for s, r in self.precheck.rows.items() if s > self.last_checkpoint}
+            self.pending = Escalation(step, result.gathered, parameters, suspects, first)
             self._rollback(ctx, f"no majority after step {step}; replaying from step {self.last_checkpoint} to tell "
                                 f"a transient fault from a persistent one")
             return
@@ -235,17 +252,24 @@ class SDCHooks(Hooks):
         step, verdict = pending.step, result.verdict
         if verdict.agreed:
             changed = compare_runs(pending.gathered, result.gathered)
-            ranks, hosts = self._ranks(changed)
+            origin, evidence = self._transient_origin(pending, changed)
+            ranks, hosts = self._ranks(origin)
             self.events.record("sdc_transient", step, ranks=ranks, hosts=hosts, parameters=pending.parameters,
                                action=self.config.policy, digest=table_hash(result.local),
-                               replicas_reproduced=self.replicas.size - len(changed))
-            what = (f"the replay of step {step} agrees on every replica: the earlier disagreement was a transient "
-                    f"fault on {self.replicas.names(changed)} ({_listed(pending.parameters)})")
+                               replicas_reproduced=self.replicas.size - len(changed),
+                               localized=evidence is not None, detail=evidence or _UNLOCALIZED)
+            if evidence is not None:
+                what = (f"the replay of step {step} agrees on every replica: the earlier disagreement was a transient "
+                        f"fault on {self.replicas.names(origin)} ({_listed(pending.parameters)}; {evidence})")
+            else:
+                what = (f"the replay of step {step} agrees on every replica: the earlier disagreement was a transient "
+                        f"fault ({_listed(pending.parameters)}), but {_UNLOCALIZED}; suspects: "
+                        f"{self.replicas.names(origin)}")
             self._say(what)
             self.verified = (step, result.names, result.local)
             if self.config.policy == "fail":
-                raise SDCError(f"{what}; exclude the node", ranks=ranks, hosts=hosts,
-                               parameters=pending.parameters, step=step)
+                advice = "exclude the node" if evidence is not None else "test every suspect node"
+                raise SDCError(f"{what}; {advice}", ranks=ranks, hosts=hosts, parameters=pending.parameters, step=step)
             return
         faulty = verdict.faulty_replicas() if verdict.resolved else {}
         positions = list(faulty) if faulty else verdict.suspects()
@@ -257,6 +281,16 @@ class SDCHooks(Hooks):
         raise SDCError(f"persistent silent data corruption: the replay of step {step} disagrees again; {who} "
                        f"({_listed(parameters)}); exclude the suspect node(s)", ranks=ranks, hosts=hosts,
                        parameters=parameters, step=step)
+
+    def _transient_origin(self, pending: Escalation, changed: list[int]) -> tuple[list[int], str | None]:
+        """Replica positions a transient fault began on, and the evidence (None: the replicas cannot tell)."""
+        found = first_divergence(pending.pre_reduction, self.precheck.rows)
+        if found is not None:
+            step, positions = found
+            return positions, f"its own loss and gradients before the reduction first differed from the replay in step {step}"
+        if changed and len(changed) < self.replicas.size:
+            return changed, "its weights alone differed from the replay"
+        return changed or list(range(self.replicas.size)), None
 
     def _rollback(self, ctx: HookContext, reason: str) -> None:
         if self.last_checkpoint is None:
@@ -284,6 +318,7 @@ class SDCHooks(Hooks):
         self._setup(ctx)
         step = ctx.step
         self.last_checkpoint = step
+        self.precheck.forget_through(step)
         if not self.config.enabled:
             return
         if self.verified is None or self.verified[0] != step:

@@ -1,6 +1,6 @@
 """Checkpoint directories: written atomically, verified by a SHA-256 manifest, pruned to `keep_last`.
 
-The contract (DESIGN.md, "Checkpoint directory"):
+The contract (docs/INTERFACES.md, "Checkpoint directory"):
 
     DIR/checkpoints/step_00000200/
         config.json  model.safetensors  lagoon_model.json     Hugging Face Laguna weights (lagoon.model)
