@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lagoon.errors import LagoonError
-from lagoon.rl.weights import read_latest, store_root
+from lagoon.weights.publish import read_latest, store_root
 
 
 def current_weights(config, run_dir: Path) -> tuple[Path, int]:
