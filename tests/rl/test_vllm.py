@@ -8,9 +8,6 @@ carries the version that sampled it, and the sampler's logprobs equal the traine
 
 from __future__ import annotations
 
-import datetime
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -29,11 +26,10 @@ pytestmark = pytest.mark.timeout(900)
 
 VLLM_PYTHON = repository_root() / ".venv-vllm" / "bin" / "python"
 
-# Expert width 128: vLLM 0.32's CPU MoE kernel pads narrower experts, and its in-place weight reload then
-# mis-packs them (docs/LOG.md); the plugin's reload runs on unpadded shapes.
+# Expert width 48: vLLM's CPU MoE kernel pads it to its alignment, the case the plugin's reload must repack.
 MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=1, head_dim=32, attention_heads_by_type={"full_attention": 2, "sliding_attention": 2},
-             sliding_window=128, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=128,
+             sliding_window=128, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
              shared_expert_intermediate_size=64)
 
 
@@ -169,5 +165,3 @@ def test_lagoon_rl_with_vllm_as_the_rollout_engine(vllm_server, checkpoint, tmp_
     assert checked >= 20
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert metrics[0]["mismatch_kl_fresh"] < 1e-4
-    assert json.loads((run_dir / "servers.json").read_text()) if (run_dir / "servers.json").exists() else True
-    _ = (os, datetime)

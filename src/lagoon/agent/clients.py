@@ -259,7 +259,7 @@ class VLLMClient:
     def generate(self, prompt_ids: list[int], sampling: SamplingConfig, max_tokens: int,
                  seed: int | None = None) -> Generation:
         params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": sampling.temperature,
-                                  "top_p": sampling.top_p, "top_k": sampling.top_k or -1, "logprobs": 0,
+                                  "top_p": sampling.top_p, "top_k": sampling.top_k, "logprobs": 0,
                                   "stop_token_ids": self.stop_token_ids, "detokenize": False}
         if seed is not None:
             params["seed"] = seed

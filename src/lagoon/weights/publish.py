@@ -148,8 +148,9 @@ class WeightPublisher:
                         started: float) -> dict[str, Any]:
         if not isinstance(source, (nn.Module, dict)):
             # lagoon's transfers lay out (or announce) every tensor before the first byte moves: keep one copy.
-            check = LayoutCheck(_stream_layout(source, self.model_config)[0])
-            source = {name: (check(name, t), t)[1] for name, t in _stream_layout(source, self.model_config)[1]}
+            layout, stream = _stream_layout(source, self.model_config)
+            check = LayoutCheck(layout)
+            source = {name: (check(name, t), t)[1] for name, t in stream}
             check.finish()
         num_bytes = sum(t.numel() * t.element_size() for _, t in ordered_tensors(source))
         if self.transfer is None:

@@ -26,6 +26,4 @@ def register() -> None:
     from lagoon_vllm.routing import patch_cpu_sigmoid_routing
 
     patch_cpu_sigmoid_routing()
-    from lagoon_vllm.routing import keep_cpu_gemm_sources
-    keep_cpu_gemm_sources()
     register_engine()

@@ -14,7 +14,9 @@ raw bytes and concatenated into uint8 chunks; a chunk is closed as soon as its s
 rank 0. The trainer side is `lagoon.weights.vllm` (lagoon's environment does not import vLLM).
 Received tensors go to the model's ``load_weights`` inside vLLM's layerwise reload (started in
 ``start_weight_update``, finished in ``finish_weight_update``), as the NCCL engine does, so whatever vLLM
-does after loading (repacking expert weights for the CPU kernels) runs again.
+does after loading runs again. One exception, `lagoon_vllm.moe_reload`: vLLM 0.32's reload leaves the CPU
+MoE kernels' prepacked expert weights and the router's correction bias wrong (its own ``reload_weights``
+from a checkpoint path does the same), so the engine repacks the received experts itself afterwards.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         super().__init__(config, vllm_config, device, model)
         self.group = None
         self.buffer_bytes = DEFAULT_BUFFER_BYTES
+        self.experts: dict[str, torch.Tensor] = {}   # this update's expert tensors, for `moe_reload`
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         parallel = self.parallel_config
@@ -99,12 +102,17 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
+        self.experts = {}
         initialize_layerwise_reload(self.model)
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
+        from lagoon_vllm.moe_reload import restore_moe_weights
+
         finalize_layerwise_reload(self.model, self.model_config)
+        restore_moe_weights(self.model, self.experts)
+        self.experts = {}
 
     def update_weights(self, update_info) -> None:
         # The base class also synchronizes an accelerator; on CPU there is none to wait for.
@@ -130,8 +138,10 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             # Receive the next chunk while this one is loaded (gloo progresses on its own threads).
             pending = post(chunks[number + 1]) if number + 1 < len(chunks) else None
             pieces = buffer.split([sizes[i] for i in chunk])
-            self.model.load_weights([(update_info.names[i], piece.view(dtypes[i]).view(update_info.shapes[i]))
-                                     for i, piece in zip(chunk, pieces)])
+            tensors = [(update_info.names[i], piece.view(dtypes[i]).view(update_info.shapes[i]))
+                       for i, piece in zip(chunk, pieces)]
+            self.experts.update((name, t) for name, t in tensors if ".mlp.experts." in name)
+            self.model.load_weights(tensors)
 
     def shutdown(self) -> None:
         if self.group is not None:

@@ -38,21 +38,3 @@ def patch_cpu_sigmoid_routing() -> None:
         if create is not None and not getattr(create, _PATCHED, False):
             module.create_fused_moe_router = _wrap(create)
 
-
-def keep_cpu_gemm_sources() -> None:
-    """Keep alive the weight each CPU GEMM kernel is built from (experiment)."""
-    from vllm.model_executor.layers import utils
-
-    dispatch = utils.dispatch_cpu_unquantized_gemm
-    if getattr(dispatch, _PATCHED, False):
-        return
-
-    @functools.wraps(dispatch)
-    def dispatch_cpu_unquantized_gemm(layer, remove_weight):
-        source = layer.weight
-        dispatch(layer, remove_weight)
-        if not source.is_meta:
-            layer._lagoon_gemm_source = source
-
-    setattr(dispatch_cpu_unquantized_gemm, _PATCHED, True)
-    utils.dispatch_cpu_unquantized_gemm = dispatch_cpu_unquantized_gemm
