@@ -141,7 +141,8 @@ class VLLMServers:
         except BaseException:
             self.stop()
             raise
-        (self.run_dir / "servers.json").write_text(json.dumps({"urls": self.urls, "engine": "vllm"}) + "\n")
+        (self.run_dir / "servers.json").write_text(
+            json.dumps({"urls": self.urls, "engine": "vllm", "pids": [s.process.pid for s in self.servers]}) + "\n")
         return self.urls
 
     def dead(self) -> list[LocalServer]:

@@ -14,9 +14,10 @@ raw bytes and concatenated into uint8 chunks; a chunk is closed as soon as its s
 rank 0. The trainer side is `lagoon.weights.vllm` (lagoon's environment does not import vLLM).
 Received tensors go to the model's ``load_weights`` inside vLLM's layerwise reload (started in
 ``start_weight_update``, finished in ``finish_weight_update``), as the NCCL engine does, so whatever vLLM
-does after loading runs again. One exception, `lagoon_vllm.moe_reload`: vLLM 0.32's reload leaves the CPU
-MoE kernels' prepacked expert weights and the router's correction bias wrong (its own ``reload_weights``
-from a checkpoint path does the same), so the engine repacks the received experts itself afterwards.
+does after loading runs again. One exception on CPU, `lagoon_vllm.moe_reload`: vLLM 0.32's reload mis-packs
+the CPU MoE kernels' expert weights (or fails outright when the expert width needs padding) and leaves the
+router's correction bias as it was — its own ``reload_weights`` from a checkpoint path does the same — so the
+expert tensors bypass it: the engine keeps them and packs them itself once the reload has finished.
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
         self.group = None
         self.buffer_bytes = DEFAULT_BUFFER_BYTES
         self.experts: dict[str, torch.Tensor] = {}   # this update's expert tensors, for `moe_reload`
+        from vllm.platforms import current_platform
+
+        self.cpu = current_platform.is_cpu()
 
     def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
         parallel = self.parallel_config
@@ -140,8 +144,11 @@ class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo
             pieces = buffer.split([sizes[i] for i in chunk])
             tensors = [(update_info.names[i], piece.view(dtypes[i]).view(update_info.shapes[i]))
                        for i, piece in zip(chunk, pieces)]
-            self.experts.update((name, t) for name, t in tensors if ".mlp.experts." in name)
-            self.model.load_weights(tensors)
+            if self.cpu:   # the MoE experts bypass vLLM's reload (`lagoon_vllm.moe_reload`)
+                self.experts.update((name, t) for name, t in tensors if ".mlp.experts." in name)
+                tensors = [(name, t) for name, t in tensors if ".mlp.experts." not in name]
+            if tensors:
+                self.model.load_weights(tensors)
 
     def shutdown(self) -> None:
         if self.group is not None:

@@ -1,12 +1,14 @@
 """Putting a weight update's expert weights into vLLM's CPU MoE kernels the way a fresh load does.
 
 vLLM 0.32's in-place reload (``initialize_layerwise_reload``/``finalize_layerwise_reload``, also behind its
-own ``reload_weights``) leaves two things of a CPU MoE layer wrong on this machine: the experts' weights,
-which the CPU kernels hold prepacked (``cpu_prepack_moe_weight``, after zero-padding the expert width to the
-kernel's alignment), differ from what a fresh load of the same checkpoint packs; and the router's
-``e_score_correction_bias`` keeps its old values. A fresh load is the reference: the experts are stacked as
-vLLM's loader does (w13 = gate rows then up rows, each at the start of its padded half; w2 = down), packed
-with the same op, and copied into the layer's existing tensors (the kernels keep references to them).
+own ``reload_weights``) gets a CPU MoE layer wrong: the experts' weights, which the CPU kernels hold prepacked
+(``cpu_prepack_moe_weight``, after zero-padding the expert width to the kernel's alignment), come out different
+from what a fresh load of the same checkpoint packs (or, when padding is needed, loading fails with a shape
+error), and the router's ``e_score_correction_bias`` keeps its old values. So the expert tensors skip vLLM's
+reload (which then puts the layer's own tensors back as they were) and are applied here, with a fresh load as
+the reference: stacked as vLLM's loader does (w13 = gate rows then up rows, each at the start of its padded
+half; w2 = down), packed with the same op, copied into the layer's existing tensors (the kernels keep
+references to them); the correction bias is copied in place too.
 """
 
 from __future__ import annotations
