@@ -83,3 +83,15 @@ def test_a_weight_update_mid_turn_gives_per_token_versions_through_the_client(se
     assert sequence.policy_versions[len(PROMPT):] == versions
     assert trajectory.policy_version_min == 0 and trajectory.policy_version_max == 1
     assert sum(r is not None for r in sequence.routed_experts) == len(PROMPT) + 600 - 1
+
+
+def test_a_server_that_reports_no_policy_version_is_an_error_not_minus_one():
+    from lagoon.agent.clients import PolicyError, token_versions
+
+    assert token_versions([3, 3, 4], 3, "s") == [3, 3, 4]
+    assert token_versions([5], 3, "s") == [5, 5, 5]          # one version for the whole turn
+    assert token_versions(["7", "7"], 2, "s") == [7, 7]      # vLLM's labels are strings
+    for reported, message in ((None, "no policy version"), ([], "no policy version"),
+                              (["default"], "not integers"), ([1, 2], "2 policy versions for 3 tokens")):
+        with pytest.raises(PolicyError, match=message):
+            token_versions(reported, 3, "http://server")

@@ -9,6 +9,7 @@ carries the version that sampled it, and the sampler's logprobs equal the traine
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -106,8 +107,8 @@ def test_weights_stream_into_vllm_and_an_update_the_probe_rejects_stops_in_one_l
     assert record["transfer"] == "vllm-gloo" and record["retries"] == 0 and record["sync_s"] > 0
     assert httpx.get(f"{vllm_server}/weight_info", timeout=30).json()["weight_version"] == "7"
     # A check no transfer can pass: retried once from the store, then one line naming the server.
-    strict = WeightPublisher.for_run(config.rl, tmp_path / "strict", [vllm_server])
-    strict.config = type(strict.config)(**{**strict.config.__dict__, "check_tolerance": 1e-12})
+    strict = WeightPublisher(replace(config.rl.weights, check_tolerance=1e-12), tmp_path / "strict", [vllm_server],
+                             engine="vllm", served_model=config.rl.servers.served_model_name)
     with pytest.raises(LagoonError, match=f"failed twice: vLLM at {vllm_server} does not hold the trainer's weights"):
         strict.publish(policy, 8, checkpoint)
     publisher.close()

@@ -238,6 +238,9 @@ class ServersConfig:
     (``make vllm-env``), else ``python`` of the ``VLLM_PYTHON`` environment variable."""
     served_model_name: str = "policy"
     """The model name vLLM servers answer to (lagoon's servers answer to any)."""
+    vllm_args: list[str] = field(default_factory=list)
+    """Extra arguments for local vLLM servers, e.g. ``["--enable-return-routed-experts"]`` on GPUs (routing
+    replay; vLLM 0.32 refuses it on CPU) or ``["--tensor-parallel-size", "2"]``."""
     count: int = 1
     """Local `lagoon serve` processes started by `lagoon rl` (ignored when `urls` is given)."""
     host: str = "127.0.0.1"

@@ -58,7 +58,7 @@ import pyarrow as pa
 
 from lagoon.agent.clients import RoutedExperts
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"   # 2: turns carry routed_experts
 
 
 @dataclass

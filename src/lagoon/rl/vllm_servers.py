@@ -19,7 +19,7 @@ plugin missing (without it vLLM cannot route Laguna's MoE on CPU).
 
 Routed experts: vLLM returns them (``--enable-return-routed-experts``) through its aux-output connector, which
 needs Model Runner V2, which needs Triton; on CPU vLLM 0.32 disables Triton ("Triton is installed, but doesn't
-include CPU backend") and refuses the flag, so CPU servers start without it. On GPUs pass it in
+include CPU backend") and refuses the flag, so CPU servers start without it. On GPUs add it to
 ``rl.servers.vllm_args``; `lagoon.agent.clients.VLLMClient` stores what the server returns.
 """
 
@@ -86,7 +86,8 @@ def vllm_command(config, python: Path, checkpoint: Path, port: int) -> list[str]
             "--dtype", servers.dtype, "--enforce-eager", "--enable-scale-out",
             "--logprobs-mode", "processed_logprobs", "--weight-transfer-config", transfer,
             "--max-model-len", str(max_len), "--max-num-seqs", str(servers.max_batch_size),
-            "--generation-config", "vllm", "--disable-log-stats", "--uvicorn-log-level", "warning"]
+            "--generation-config", "vllm", "--disable-log-stats", "--uvicorn-log-level", "warning",
+            *servers.vllm_args]
 
 
 def vllm_environment(config) -> dict[str, str]:
