@@ -56,7 +56,7 @@ def test_a_weight_update_mid_turn_gives_per_token_versions_through_the_client(se
     client = CompletionsClient(server.url + "/v1", stop_token_ids=[], return_routed_experts=True)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0)
     result = {}
-    worker = threading.Thread(target=lambda: result.update(g=client.generate(PROMPT, sampling, 600, seed=1)))
+    worker = threading.Thread(target=lambda: result.update(g=client.generate(PROMPT, sampling, 300, seed=1)))
     worker.start()
     deadline = time.monotonic() + 120
     while httpx.get(server.url + "/health", timeout=10).json()["running"] == 0 and time.monotonic() < deadline:
@@ -66,10 +66,10 @@ def test_a_weight_update_mid_turn_gives_per_token_versions_through_the_client(se
     worker.join(timeout=240)
     generation = result["g"]
     versions = generation.policy_versions
-    assert len(versions) == len(generation.token_ids) == 600
+    assert len(versions) == len(generation.token_ids) == 300
     assert versions[0] == 0 and versions[-1] == 1 and versions == sorted(versions)
     routed = generation.routed_experts.array()
-    assert routed.dtype.name == "uint8" and routed.shape[0] == len(PROMPT) + 600 - 1
+    assert routed.dtype.name == "uint8" and routed.shape[0] == len(PROMPT) + 300 - 1
 
     # The table row keeps one version per completion token, and the turn's experts.
     record = {"prompt_ids": PROMPT, "prompt_len": len(PROMPT), "completion_ids": generation.token_ids,
@@ -82,7 +82,7 @@ def test_a_weight_update_mid_turn_gives_per_token_versions_through_the_client(se
     [sequence] = trajectory.sequences()
     assert sequence.policy_versions[len(PROMPT):] == versions
     assert trajectory.policy_version_min == 0 and trajectory.policy_version_max == 1
-    assert sum(r is not None for r in sequence.routed_experts) == len(PROMPT) + 600 - 1
+    assert sum(r is not None for r in sequence.routed_experts) == len(PROMPT) + 300 - 1
 
 
 def test_a_server_that_reports_no_policy_version_is_an_error_not_minus_one():

@@ -235,10 +235,9 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     try:
         urls = rl.servers.urls or servers.start()
         if rl.servers.urls and rl.servers.engine == "vllm":
-            from lagoon.rl.servers import current_weights
-            from lagoon.rl.vllm_servers import label_servers
+            from lagoon.rl.vllm_servers import sync_servers
 
-            label_servers(urls, current_weights(config, run_dir)[1])   # they serve the run's current weights
+            sync_servers(config, run_dir, urls)   # servers started elsewhere get the run's current weights first
         say(f"servers ({rl.servers.engine}): {', '.join(urls)}")
         tokenizer_dir = Path(rl.tokenizer or rl.init_checkpoint)
         before_path = run_dir / "eval_before.json"

@@ -174,6 +174,22 @@ def label_servers(urls: list[str], version: int) -> None:
             server.close()
 
 
+def sync_servers(config, run_dir: Path, urls: list[str]) -> None:
+    """Give vLLM servers started elsewhere the run's current weights (and their version), checked by the probe,
+    before any episode or evaluation samples from them: what such a server holds is unknown."""
+    import torch
+
+    from lagoon.model import from_pretrained
+    from lagoon.weights.publish import WeightPublisher
+
+    checkpoint, version = current_weights(config, Path(run_dir))
+    publisher = WeightPublisher.for_run(config.rl, run_dir, urls)
+    try:
+        publisher.publish(from_pretrained(checkpoint, dtype=torch.float32), version, checkpoint)
+    finally:
+        publisher.close()
+
+
 def serve_one(config, run_dir: Path, index: int) -> int:
     """`lagoon rl serve` with engine vllm: run vLLM server `index` in the foreground (replaces this process)."""
     python = vllm_python(config)
