@@ -117,6 +117,9 @@ def main() -> None:
     out = Path(args.out)
     small = [f"rl.total_steps={args.steps}", "rl.time_limit_s=0", "rl.eval.num_tasks=0", "rl.trainer.groups_per_step=2",
              "rl.tasks.group_size=4", "rl.actor.concurrent_episodes=8", "rl.trainer.checkpoint_every=100",
+             # Throughput, not learning: a briefly warmed-up policy often scores 0 on a whole group, which the
+             # zero-variance filter would drop, leaving the trainer waiting.
+             "rl.actor.filter_zero_variance=false", "rl.servers.startup_timeout_s=900",
              *args.overrides]
     base = load_config(args.config, small)
     init = warmup(base, out / "warmup", say=print)
