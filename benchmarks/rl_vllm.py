@@ -9,7 +9,7 @@ fresh ``lagoon.rl.run``. vLLM runs in its own environment (``make vllm-env``) wi
 started once and reused by every vLLM round (its ~2-minute start is not part of the RL phase; lagoon's
 server starts with each round, in seconds, also outside the RL phase). Reported per engine, median and
 range over rounds: finished episodes per minute of the RL phase (trajectories in the table ÷ ``rl_s``) and
-seconds per weight update (``updates.jsonl`` ``sync_s``, every update after the first sync): lagoon's
+seconds per weight update (``updates.jsonl`` ``sync_s`` of versions ≥ 1): lagoon's
 shared-memory transfer vs vLLM's native protocol over gloo (pause, start, packed update, finish, prefix-cache
 reset, resume) plus its log-probability check.
 
@@ -50,13 +50,15 @@ def rl_round(base, overrides: list[str], run_dir: Path) -> dict:
     config = load_config(None, overrides, base=data) if overrides else from_dict(LagoonConfig, data)
     result = run(config, run_dir, say=lambda *_: None)
     episodes = len(TrajectoryStore(TableConfig(), run_dir).read_all())
-    syncs = [u["sync_s"] for u in read_jsonl(run_dir / "weights" / "updates.jsonl")][1:]
+    # Updates to new versions only (not the start-up syncs of version 0 that vLLM servers get).
+    syncs = [u["sync_s"] for u in read_jsonl(run_dir / "weights" / "updates.jsonl") if u["version"] >= 1]
     return {"episodes_per_min": episodes / (result["rl_s"] / 60), "episodes": episodes,
             "sync_s": statistics.median(syncs) if syncs else float("nan"), "rl_s": result["rl_s"]}
 
 
-def replay_mismatch(run_dir: Path) -> dict:
-    """k3 KL(μ‖π) and top-k disagreement over the run's table, without and with routing replay."""
+def replay_mismatch(run_dir: Path, lag: int = 0) -> dict:
+    """k3 KL(μ‖π) and top-k disagreement over the run's table, without and with routing replay; π is the
+    policy `lag` versions after the one that sampled (lag 1: an asynchronous trainer one version ahead)."""
     from lagoon.model import from_pretrained
     from lagoon.model.routing import topk_disagreement
     from lagoon.rl.config import TableConfig
@@ -71,7 +73,7 @@ def replay_mismatch(run_dir: Path) -> dict:
             versions = {v for v, m in zip(sequence.policy_versions, sequence.loss_mask) if m}
             if len(versions) != 1 or sequence.routed_experts is None:
                 continue
-            version = versions.pop()
+            version = versions.pop() + lag
             path = run_dir / "weights" / f"v_{version:08d}"
             if not path.is_dir():
                 continue
@@ -143,7 +145,8 @@ def main() -> None:
     replay_dir = out / "replay"
     rl_round(base, ["rl.trainer.routing_replay=true", f'rl.servers.dtype="{args.replay_dtype}"'], replay_dir)
     mismatch = replay_mismatch(replay_dir)
-    print("replay", mismatch)
+    stale = replay_mismatch(replay_dir, lag=1)
+    print("replay", mismatch, "one version stale", stale)
 
     def summary(engine: str, key: str) -> tuple[float, float, float]:
         values = [r[key] for r in rows[engine]]
@@ -160,7 +163,10 @@ def main() -> None:
               f"Routing replay (lagoon engine, {args.replay_dtype} servers, fp32 trainer; {mismatch['tokens']} sampled "
               f"tokens, {mismatch['pairs']} (token, layer) pairs): mismatch KL {mismatch['kl_free']:.3g} without "
               f"replay, {mismatch['kl_replay']:.3g} with; top-k sets differing from the engine's "
-              f"{100 * mismatch['topk_differ']:.2f}% without replay, 0% with (replay uses the engine's sets)."]
+              f"{100 * mismatch['topk_differ']:.2f}% without replay, 0% with (replay uses the engine's sets). "
+              f"Scored one version later (an asynchronous trainer one step ahead; {stale['tokens']} tokens): "
+              f"KL {stale['kl_free']:.3g} without replay, {stale['kl_replay']:.3g} with; top-k differing "
+              f"{100 * stale['topk_differ']:.2f}%."]
     if not args.no_record:
         record("RL rollouts on stock vLLM vs lagoon's engine; routing replay (rl)", lines)
     else:
