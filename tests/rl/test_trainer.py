@@ -16,7 +16,7 @@ import torch
 from lagoon.rl.config import TableConfig
 from lagoon.rl.store import TrajectoryStore
 from lagoon.rl.trainer import CONSUMED_LOG, Trainer
-from lagoon.rl.weights import read_latest, store_root
+from lagoon.weights.publish import read_latest, store_root
 from lagoon.train.metrics import read_jsonl
 from tests.conftest import ROOT
 from tests.rl.helpers import make_group, rl_config, tiny_checkpoint

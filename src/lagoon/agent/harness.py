@@ -232,6 +232,8 @@ class _Loop:
         record.update(sample=sample, prompt_ids=context.take_prompt_ids(), prompt_len=prompt_len,
                       completion_ids=generation.token_ids, logprobs=generation.logprobs,
                       finish_reason=generation.finish_reason, policy_versions=generation.policy_versions)
+        if generation.routed_experts is not None:
+            record["routed_experts"] = generation.routed_experts.to_record()
         self.completion_tokens += len(generation.token_ids)
         text = context.add_completion(generation.token_ids)
         record["completion_text"] = text

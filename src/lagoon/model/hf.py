@@ -1,15 +1,9 @@
 """Hugging Face checkpoint format: ``config.json`` + ``model.safetensors`` that transformers, vLLM and SGLang load.
 
 On disk, Laguna checkpoints store each routed expert separately and name two tensors differently from the
-runtime modules (transformers' conversion mapping for ``laguna`` undoes exactly this when loading):
-
-    runtime (lagoon and transformers)                 on disk (Hugging Face hub format)
-    mlp.experts.gate_up_proj [E, 2F, D]         <->   mlp.experts.{j}.gate_proj.weight [F, D], .up_proj.weight [F, D]
-    mlp.experts.down_proj    [E, D, F]          <->   mlp.experts.{j}.down_proj.weight [D, F]
-    mlp.gate.e_score_correction_bias            <->   mlp.experts.e_score_correction_bias
-    mlp.shared_experts.*                        <->   mlp.shared_expert.*
-
-lagoon writes the on-disk form and reads either form. Writes go to a temporary directory that is renamed
+runtime modules (transformers' conversion mapping for ``laguna`` undoes exactly this when loading); the
+mapping lives with the rest of the weights' naming in `lagoon.weights.tensors`. lagoon writes the on-disk
+form and reads either form. Writes go to a temporary directory that is renamed
 into place, so an interrupted export never leaves a half-written checkpoint.
 """
 
@@ -17,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -30,6 +23,7 @@ from lagoon.errors import LagoonError
 from lagoon.files import publish_mode, staging_dir
 from lagoon.model.config import ModelConfig
 from lagoon.model.transformer import LagunaForCausalLM
+from lagoon.weights.tensors import from_hub_state_dict, to_hub_state_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -37,55 +31,6 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 LAGOON_MODEL_FILE = "lagoon_model.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "token_bytes.json")
-
-_EXPERT_STACK = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
-_EXPERT_SPLIT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-
-
-def to_hub_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Runtime names and fused expert stacks → the on-disk Hugging Face layout."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        match = _EXPERT_STACK.match(name)
-        if match:
-            prefix, kind = match.groups()
-            if kind == "gate_up_proj":
-                hidden = tensor.shape[1] // 2
-                for j in range(tensor.shape[0]):
-                    out[f"{prefix}.{j}.gate_proj.weight"] = tensor[j, :hidden].contiguous()
-                    out[f"{prefix}.{j}.up_proj.weight"] = tensor[j, hidden:].contiguous()
-            else:
-                for j in range(tensor.shape[0]):
-                    out[f"{prefix}.{j}.down_proj.weight"] = tensor[j].contiguous()
-            continue
-        name = name.replace(".mlp.gate.e_score_correction_bias", ".mlp.experts.e_score_correction_bias")
-        name = name.replace(".mlp.shared_experts.", ".mlp.shared_expert.")
-        out[name] = tensor.contiguous()
-    return out
-
-
-def from_hub_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The on-disk layout (or transformers' fused runtime layout) → lagoon's runtime names."""
-    out: dict[str, torch.Tensor] = {}
-    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    for name, tensor in state.items():
-        match = _EXPERT_SPLIT.match(name)
-        if match:
-            prefix, index, kind = match.groups()
-            experts.setdefault(prefix, {}).setdefault(int(index), {})[kind] = tensor
-            continue
-        name = name.replace(".mlp.experts.e_score_correction_bias", ".mlp.gate.e_score_correction_bias")
-        name = name.replace(".mlp.shared_expert.", ".mlp.shared_experts.")
-        out[name] = tensor
-    for prefix, by_index in experts.items():
-        count = max(by_index) + 1
-        missing = [j for j in range(count) if set(by_index.get(j, {})) != {"gate_proj", "up_proj", "down_proj"}]
-        if missing:
-            raise LagoonError(f"checkpoint is missing weights of expert {missing[0]} in {prefix}")
-        out[f"{prefix}.gate_up_proj"] = torch.stack(
-            [torch.cat([by_index[j]["gate_proj"], by_index[j]["up_proj"]], dim=0) for j in range(count)])
-        out[f"{prefix}.down_proj"] = torch.stack([by_index[j]["down_proj"] for j in range(count)])
-    return out
 
 
 def read_config(directory: Path) -> ModelConfig:

@@ -95,7 +95,7 @@ class Actor:
         self.stream = TaskStream(self.tasks, rl.tasks.epochs, rl.tasks.seed, rl.tasks.shuffle)
         self.tokenizer = Tokenizer.from_dir(tokenizer_dir_of(config))
         self.agent = agent_config(config)
-        self.clients = Clients(servers, rl.actor.request_timeout_s)
+        self.clients = Clients.for_run(rl, servers)
         self.store = TrajectoryStore(rl.table, self.run_dir)
         self.budget = actor_budget(rl.trainer.max_staleness, rl.trainer.groups_per_step, self.num_actors)
         self.log_path = self.run_dir / "actors" / f"{self.id}.jsonl"

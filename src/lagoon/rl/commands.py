@@ -91,7 +91,10 @@ def run_command(args: argparse.Namespace) -> int:
         run_actor(config, run_dir, args.index, servers)
         return 0
     if role == "serve":
-        from lagoon.rl.servers import serve_one
+        if config.rl.servers.engine == "vllm":
+            from lagoon.rl.vllm_servers import serve_one
+        else:
+            from lagoon.rl.servers import serve_one
 
         return serve_one(config, run_dir, args.index)
     if role == "eval":

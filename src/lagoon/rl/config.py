@@ -166,6 +166,11 @@ class TrainerConfig:
     """How often the trainer looks for new snapshots while it waits for data."""
     seed: int = 0
     """Seed of the trainer's RNG."""
+    routing_replay: bool = False
+    """Routing replay (R3): every MoE layer routes each token to the experts the rollout engine chose for it
+    (stored in the trajectory table), while the gate weights still come from the trainer's own router over
+    its full logits, so gradients reach the router (`lagoon.rl.replay`). Tokens without recorded experts
+    route as usual."""
 
     def validate(self) -> None:
         check(self.groups_per_step >= 1, "groups_per_step", "must be >= 1")
@@ -201,7 +206,7 @@ class WeightsConfig:
     transfer: Literal["auto", "shared_memory", "files", "shm", "broadcast"] = "auto"
     """``shared_memory``: the trainer copies each tensor once into a segment in /dev/shm and every server (on
     this machine) copies it straight into its parameters (``POST /v1/weights/load_shared``,
-    `lagoon.infer.shared_weights`); the version directory under RUN_DIR/weights is written after the servers
+    `lagoon.weights.shared_memory`); the version directory under RUN_DIR/weights is written after the servers
     have the weights. ``files``: a versioned safetensors directory under RUN_DIR/weights that servers load;
     ``shm``: the same directory in /dev/shm; ``broadcast``: torch.distributed broadcast in buckets from the
     trainer to every server (gloo on CPU, NCCL on GPU), with pause/update/resume. ``auto``: ``shared_memory``
@@ -220,9 +225,14 @@ class WeightsConfig:
     """Published weight versions kept in the store (older ones are deleted)."""
     pause_mode: Literal["keep", "abort"] = "keep"
     """During an update, in-flight requests wait (keep) or are aborted and retried by the actor (abort)."""
+    check_tolerance: float = 0.0
+    """vLLM servers: the largest difference allowed between a server's and the trainer's log-probabilities of
+    a fixed probe sequence after each update (`lagoon.weights.probe`); 0 picks 1e-3 for float32 servers and
+    5e-2 for bfloat16/float16 ones."""
 
     def validate(self) -> None:
         check(self.bucket_mb > 0, "bucket_mb", "must be positive")
+        check(self.check_tolerance >= 0, "check_tolerance", "must be >= 0 (0: by the servers' dtype)")
         check(0 <= self.master_port < 65536, "master_port", "must be a TCP port (0: any free one)")
         check(self.keep_versions >= 2, "keep_versions", "must be >= 2 (the served version and the next)")
 
@@ -231,6 +241,17 @@ class WeightsConfig:
 class ServersConfig:
     """Inference servers the actors sample from."""
 
+    engine: Literal["lagoon", "vllm"] = "lagoon"
+    """The rollout engine: ``lagoon`` (`lagoon serve`, the embedded default) or ``vllm`` (stock vLLM with
+    lagoon's plugin, `lagoon.rl.vllm_servers`; weights move by vLLM's native RL protocol, `lagoon.weights.vllm`)."""
+    vllm_python: str = ""
+    """The Python of the environment that has vLLM and lagoon's plugin; empty: the repository's ``.venv-vllm``
+    (``make vllm-env``), else ``python`` of the ``VLLM_PYTHON`` environment variable."""
+    served_model_name: str = "policy"
+    """The model name vLLM servers answer to (lagoon's servers answer to any)."""
+    vllm_args: list[str] = field(default_factory=list)
+    """Extra arguments for local vLLM servers, e.g. ``["--enable-return-routed-experts"]`` on GPUs (routing
+    replay; vLLM 0.32 refuses it on CPU) or ``["--tensor-parallel-size", "2"]``."""
     count: int = 1
     """Local `lagoon serve` processes started by `lagoon rl` (ignored when `urls` is given)."""
     host: str = "127.0.0.1"
@@ -258,6 +279,7 @@ class ServersConfig:
         check(self.threads >= 1, "threads", "must be >= 1")
         check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
         check(len(self.devices) >= 1, "devices", "needs at least one device")
+        check(bool(self.served_model_name), "served_model_name", "must not be empty")
 
 
 @dataclass

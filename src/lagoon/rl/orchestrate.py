@@ -2,7 +2,9 @@
 
     1. the initial policy: ``rl.init_checkpoint``, or the supervised warm-up (`lagoon.rl.sft`);
     2. the trajectory table (created if absent);
-    3. inference servers: ``rl.servers.count`` local `lagoon serve` processes (or ``rl.servers.urls``);
+    3. inference servers: ``rl.servers.count`` local `lagoon serve` processes, or vLLM servers with
+       ``rl.servers.engine = "vllm"`` (`lagoon.rl.vllm_servers`), or ``rl.servers.urls``; a local server that
+       dies stops the run with one line (rerun to resume);
     4. the held-out reward of the policy RL starts from — after the warm-up, if any (``eval_before.json``,
        whose ``policy`` says which);
     5. the trainer (a process, or `lagoon launch` over torchrun) and N actors (processes, or Ray actors), supervised: an actor
@@ -215,7 +217,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     from lagoon.rl.evaluate import evaluate_checkpoint, evaluate_servers
     from lagoon.rl.servers import LocalServers
     from lagoon.rl.store import TrajectoryStore
-    from lagoon.rl.weights import read_latest, segment_root, store_root
+    from lagoon.weights.publish import read_latest, segment_root, store_root
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -242,14 +244,25 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     config_path.write_text(dumps_toml({key: data[key] for key in ROLE_SECTIONS if key in data}))
     TrajectoryStore(rl.table, run_dir)
 
-    servers = None if rl.servers.urls else LocalServers(config, run_dir)
+    if rl.servers.urls:
+        servers = None
+    elif rl.servers.engine == "vllm":
+        from lagoon.rl.vllm_servers import VLLMServers
+
+        servers = VLLMServers(config, run_dir)
+    else:
+        servers = LocalServers(config, run_dir)
     supervisor = None
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": rl.total_steps}
     rl_seconds = 0.0
     try:
         urls = rl.servers.urls or servers.start()
-        say(f"servers: {', '.join(urls)}")
+        if rl.servers.urls and rl.servers.engine == "vllm":
+            from lagoon.rl.vllm_servers import sync_servers
+
+            sync_servers(config, run_dir, urls)   # servers started elsewhere get the run's current weights first
+        say(f"servers ({rl.servers.engine}): {', '.join(urls)}")
         tokenizer_dir = Path(rl.tokenizer or rl.init_checkpoint)
         before_path = run_dir / "eval_before.json"
         if rl.eval.num_tasks and not before_path.is_file():
@@ -270,6 +283,12 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
         with Progress(*columns, transient=False) as progress:
             bar = progress.add_task("rl", total=rl.total_steps, reward="")
             while not supervisor.check():
+                dead = servers.dead() if servers is not None else []
+                if dead:
+                    # Its in-flight episodes end as errors (dropped, not appended); everything committed stays in
+                    # the table and the trainer's checkpoint, so rerunning `lagoon rl` resumes the run.
+                    raise LagoonError(f"the inference server at {dead[0].url} exited with code "
+                                      f"{dead[0].process.returncode} (see {dead[0].log}); rerun to resume")
                 if rl.time_limit_s and not time_up and time.monotonic() - rl_started > rl.time_limit_s:
                     time_up = True
                     say(f"time limit of {rl.time_limit_s:.0f} s reached: stopping the trainer")

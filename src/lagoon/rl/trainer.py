@@ -6,7 +6,7 @@
 Each step: read the new append snapshots (`ConsumerState.poll`), drop groups staler than η, take the
 oldest B groups, compute group-normalized advantages, pack the sequences, and run CISPO with the LM head
 in fp32 (`lagoon.rl.loss`), accumulating gradients over micro-batches; then one optimizer step
-(`lagoon.optim`), publish the weights as the next policy version (`lagoon.rl.weights`), publish progress
+(`lagoon.optim`), publish the weights as the next policy version (`lagoon.weights`), publish progress
 to the table's properties (for the actors' admission control), and every few steps a checkpoint.
 
 Run directory (shared with the orchestrator):
@@ -45,9 +45,10 @@ from lagoon.rl.batching import MicroBatch, pack, samples_from_groups
 from lagoon.rl.consumer import Batch, ConsumerState
 from lagoon.rl.health import TrainerWatch
 from lagoon.rl.loss import CispoStats, cispo_loss, sequence_logprobs
+from lagoon.rl.replay import replay
 from lagoon.rl.staleness import StalenessFilter, histogram
 from lagoon.rl.store import TrajectoryStore
-from lagoon.rl.weights import WeightPublisher
+from lagoon.weights import WeightPublisher
 
 CONSUMED_LOG = Path("trainer") / "consumed.jsonl"
 
@@ -105,7 +106,7 @@ class Trainer:
         self.last_checkpoint = self.version
         self._last_expiry = self.version
         self.store = TrajectoryStore(self.rl.table, self.run_dir) if self.is_main else None
-        self.publisher = WeightPublisher(self.rl.weights, self.run_dir, servers or []) if self.is_main else None
+        self.publisher = WeightPublisher.for_run(self.rl, self.run_dir, servers or []) if self.is_main else None
         self.watch = TrainerWatch(self.run_dir, self.rl) if self.is_main else None  # actors' infrastructure health
         if self.is_main:
             (self.run_dir / CONSUMED_LOG).parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +152,7 @@ class Trainer:
 
     def _sync_servers(self) -> None:
         """Make sure every server serves this trainer's current version (after a resume it may not)."""
-        from lagoon.infer.weight_sync import weights_digest
+        from lagoon.weights import weights_digest
 
         if not self.publisher.servers:
             return
@@ -244,7 +245,8 @@ class Trainer:
     def _micro_step(self, mb: MicroBatch, num_tokens: int) -> tuple[float, CispoStats, float, float]:
         t = self.rl.trainer
         device = self.device
-        logprobs_BT = sequence_logprobs(self.model, mb.input_ids.to(device), mb.document_ids.to(device))
+        with replay(self.model, mb.routed_experts, t.routing_replay):   # rl.trainer.routing_replay (lagoon.rl.replay)
+            logprobs_BT = sequence_logprobs(self.model, mb.input_ids.to(device), mb.document_ids.to(device))
         mask_BT = mb.loss_mask.to(device)
         sampler_BT = mb.sampler_logprobs.to(device)
         loss, stats = cispo_loss(logprobs_BT, sampler_BT, mb.advantages.to(device), mask_BT,
