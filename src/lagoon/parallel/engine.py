@@ -64,8 +64,9 @@ class Engine:
 
     @classmethod
     def build(cls, model_config: Any, parallel: ParallelConfig, optim: Any, dist_info: Any,
-              source: Path | None = None, seed: int | None = None) -> "Engine":
-        """Meta construction → parallelize → materialize → initialise (seeded) or load `source`."""
+              source: Path | None = None, seed: int | None = None, initialize: bool = True) -> "Engine":
+        """Meta construction → parallelize → materialize → initialise (seeded) or load `source`. With
+        ``initialize = False`` the weights are left unset (the caller loads a checkpoint with `load`)."""
         from lagoon.model import LagunaForCausalLM
         from lagoon.optim import DataParallel, build_optimizer
         from lagoon.parallel.load import load_weights
@@ -80,7 +81,7 @@ class Engine:
         materialize(model, dist_info.device)
         if source is not None:
             load_weights(model, source, distributed=is_sharded(model))
-        else:
+        elif initialize:
             if seed is not None:
                 torch.manual_seed(seed)
             init_parameters(model)

@@ -53,3 +53,25 @@ def full_tensors(model: nn.Module, dtype: torch.dtype | None, mesh: Mesh | None 
         local = tensor.to_local().detach().to(cast)
         full = _gather_rows(local, tensor.shape[0], mesh.shard_group, coordinate[1] == 0)
         yield name, full.to(device) if rank == 0 and full is not None else None
+
+
+def gathered_model(model: nn.Module, mesh: Mesh | None, dtype: torch.dtype | None = None) -> nn.Module | None:
+    """A plain copy of a sharded model on rank 0 (None elsewhere), filled tensor by tensor (a collective).
+
+    For consumers that still take a whole model object (`lagoon.rl.weights.WeightPublisher`): rank 0 holds
+    one full copy, in `dtype`, while it publishes; the gather itself never holds more than one tensor extra."""
+    from lagoon.model import LagunaForCausalLM
+    from lagoon.parallel.materialize import materialize
+
+    copy = None
+    if mesh is None or mesh.rank == 0:
+        with torch.device("meta"):
+            copy = LagunaForCausalLM(model.config)
+        if dtype is not None:
+            copy.to(dtype)
+        materialize(copy, "cpu")
+        targets = copy.state_dict()
+    for name, tensor in full_tensors(model, dtype, mesh):
+        if tensor is not None:
+            targets[name].copy_(tensor)
+    return copy
