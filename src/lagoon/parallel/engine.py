@@ -131,6 +131,24 @@ class Engine:
         checkpoint.load(Path(path), self.model, self.optimizer if with_optimizer else None,
                         distributed=self.dist.group is not None)
 
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes this rank holds of parameters, gradients (as they are now) and optimizer state."""
+        from lagoon.parallel.materialize import local_part
+
+        def size(tensor: torch.Tensor) -> int:
+            local = local_part(tensor)
+            return local.numel() * local.element_size()
+
+        params = [p for p in self.model.parameters()]
+        optimizer = self.optimizer
+        if hasattr(optimizer, "owned_state_elements"):   # distributed Muon: its owned momenta and AdamW shard
+            state = optimizer.owned_state_elements() * 4
+        else:
+            state = sum(size(t) for table in (optimizer.momentum, optimizer.exp_avg, optimizer.exp_avg_sq)
+                        for t in table.values())
+        return {"params": sum(size(p) for p in params), "grads": sum(size(p.grad) for p in params if p.grad is not None),
+                "optimizer": state}
+
     def full_tensors(self, dtype: torch.dtype | None = None):
         """(name, full tensor on rank 0) one at a time (`lagoon.parallel.gather`; collective when sharded)."""
         from lagoon.parallel.gather import full_tensors

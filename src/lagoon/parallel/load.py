@@ -4,10 +4,11 @@ Two sources:
 
 - a Hugging Face Laguna directory (``model.safetensors`` or sharded files with
   ``model.safetensors.index.json``), in the on-disk naming (`lagoon.model.hf`: one tensor per routed expert)
-  or transformers' fused runtime naming. Each parameter's local region is read with safetensors'
-  ``get_slice``; an expert stack [E, ·, ·] reads only the experts of its local rows. A file is opened for
-  one parameter at a time, so the pages it maps are released before the next one: the process holds the
-  model in its target dtype plus one parameter in flight.
+  or transformers' fused runtime naming. Each parameter's local rows are read from the file straight into
+  the parameter (`SafetensorsDirectory.read_rows_into`: one byte range per tensor, from the safetensors
+  header's offsets); an expert stack [E, ·, ·] reads only the experts of its local rows. Nothing is
+  memory-mapped, so the process holds the model in its target dtype plus, when a cast is needed, one
+  tensor's rows in the stored dtype.
 - a lagoon sharded checkpoint (``DIR/dcp``, torch.distributed.checkpoint): DCP reads the chunks that
   overlap each rank's shard; across a different world size or layout it reshards on read.
 
@@ -40,8 +41,17 @@ def has_sharded_weights(directory: Path) -> bool:
 # Hugging Face safetensors
 
 
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}
+
+
 class SafetensorsDirectory:
-    """Which file holds which tensor in a single-file or sharded safetensors checkpoint."""
+    """Which file holds which tensor in a single-file or sharded safetensors checkpoint, from the headers.
+
+    Reads go straight from the file into the destination with ``readinto``: the rows a rank holds are one
+    contiguous byte range of a row-major tensor (FSDP2 shards dim 0), so nothing is mapped or staged when
+    the stored dtype is the target's, and one tensor's rows are staged when it must be cast."""
 
     def __init__(self, directory: Path):
         from lagoon.model.hf import WEIGHTS_FILE, WEIGHTS_INDEX_FILE
@@ -50,42 +60,63 @@ class SafetensorsDirectory:
         single, index = self.directory / WEIGHTS_FILE, self.directory / WEIGHTS_INDEX_FILE
         try:
             if single.is_file():
-                files = {single.name: single}
+                files = [single]
             elif index.is_file():
-                weight_map = json.loads(index.read_text())["weight_map"]
-                files = {name: self.directory / file for name, file in weight_map.items()}
+                files = sorted({self.directory / f for f in json.loads(index.read_text())["weight_map"].values()})
             else:
                 raise LagoonError(f"{self.directory} has neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}")
-            self.where: dict[str, Path] = {}
-            self.shapes: dict[str, tuple[int, ...]] = {}
-            for path in sorted(set(files.values())):
-                for name, entry in _header(path).items():
-                    self.where[name] = path
-                    self.shapes[name] = tuple(entry["shape"])
+            self.entries: dict[str, tuple[Path, torch.dtype, tuple[int, ...], int]] = {}
+            for path in files:
+                start, header = _header(path)
+                for name, entry in header.items():
+                    self.entries[name] = (path, DTYPES[entry["dtype"]], tuple(entry["shape"]),
+                                          start + entry["data_offsets"][0])
         except (OSError, KeyError, ValueError) as error:
             raise LagoonError(f"cannot read the weights in {self.directory}: {error}") from None
 
-    def read(self, name: str, region: tuple[slice, ...] | None = None) -> torch.Tensor:
-        """Tensor `name` (its `region` only), as stored."""
-        from safetensors import SafetensorError, safe_open
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: entry[2] for name, entry in self.entries.items()}
 
-        path = self.where[name]
-        try:
-            with safe_open(path, framework="pt") as handle:
-                if region is None:
-                    return handle.get_tensor(name)
-                return handle.get_slice(name)[region]
-        except (SafetensorError, OSError) as error:
-            raise LagoonError(f"cannot read {name} from {path}: {error}") from None
+    def read_rows_into(self, name: str, rows: slice, out: torch.Tensor) -> None:
+        """Rows `rows` (dim 0) of tensor `name` into `out` (same shape as those rows), cast if needed."""
+        path, dtype, shape, offset = self.entries[name]
+        row_bytes = dtype.itemsize
+        for size in shape[1:]:
+            row_bytes *= size
+        direct = out.dtype == dtype and out.device.type == "cpu" and out.is_contiguous()
+        buffer = out if direct else torch.empty(out.shape, dtype=dtype)
+        if buffer.numel():
+            view = memoryview(buffer.view(-1).view(torch.uint8).numpy())
+            try:
+                with path.open("rb") as handle:
+                    handle.seek(offset + rows.start * row_bytes)
+                    if handle.readinto(view) != len(view):
+                        raise LagoonError(f"{path} ends inside tensor {name}; the file is truncated")
+            except OSError as error:
+                raise LagoonError(f"cannot read {name} from {path}: {error}") from None
+        if not direct:
+            out.copy_(buffer)
+
+    def read(self, name: str) -> torch.Tensor:
+        """Tensor `name` as stored."""
+        _, dtype, shape, _ = self.entries[name]
+        out = torch.empty(shape, dtype=dtype)
+        self.read_rows_into(name, slice(0, shape[0] if shape else 1), out)
+        return out
+
+    @property
+    def where(self) -> dict[str, Path]:
+        return {name: entry[0] for name, entry in self.entries.items()}
 
 
-def _header(path: Path) -> dict[str, dict]:
-    """The JSON header of a safetensors file (names, dtypes, shapes), without reading any tensor."""
+def _header(path: Path) -> tuple[int, dict[str, dict]]:
+    """(where the data starts, the JSON header: names, dtypes, shapes, offsets) of a safetensors file."""
     with path.open("rb") as handle:
         size = int.from_bytes(handle.read(8), "little")
         header = json.loads(handle.read(size))
     header.pop("__metadata__", None)
-    return header
+    return 8 + size, header
 
 
 def _disk_name(name: str) -> str:
@@ -94,35 +125,35 @@ def _disk_name(name: str) -> str:
     return name.replace(".mlp.shared_experts.", ".mlp.shared_expert.")
 
 
-def read_runtime_tensor(files: SafetensorsDirectory, name: str, shape: tuple[int, ...],
-                        region: tuple[slice, ...]) -> torch.Tensor:
-    """Runtime tensor `name`'s `region` from a Hugging Face directory, in either naming."""
+def fill_runtime_tensor(files: SafetensorsDirectory, name: str, shape: tuple[int, ...], region: tuple[slice, ...],
+                        out: torch.Tensor) -> None:
+    """Write runtime tensor `name`'s `region` (rows of dim 0) from a Hugging Face directory into `out`."""
     from lagoon.model.hf import _EXPERT_STACK
 
+    assert all(r == slice(0, s) for r, s in zip(region[1:], shape[1:])), "only dim 0 is ever sharded"
+    rows = region[0] if region else slice(0, 1)
     for candidate in (name, _disk_name(name)):
-        if candidate in files.where:
+        if candidate in files.entries:
             if files.shapes[candidate] != tuple(shape):
                 raise LagoonError(f"{candidate} in {files.where[candidate]} has shape {files.shapes[candidate]}, "
                                   f"the model expects {tuple(shape)}")
-            return files.read(candidate, region)
+            files.read_rows_into(candidate, rows, out)
+            return
     match = _EXPERT_STACK.match(name)
     if match is None:
         raise LagoonError(f"{files.directory} has no tensor {_disk_name(name)}")
     prefix, kind = match.groups()
-    assert all(r == slice(0, s) for r, s in zip(region[1:], shape[1:])), "expert stacks are sharded by expert only"
-    pieces = []
-    for j in range(region[0].start, region[0].stop):
-        parts = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
-        keys = [f"{prefix}.{j}.{part}.weight" for part in parts]
-        for key in keys:
-            if key not in files.where:
+    parts = ("gate_proj", "up_proj") if kind == "gate_up_proj" else ("down_proj",)
+    height = shape[1] // len(parts)
+    for k, j in enumerate(range(rows.start, rows.stop)):
+        for p, part in enumerate(parts):
+            key = f"{prefix}.{j}.{part}.weight"
+            if key not in files.entries:
                 raise LagoonError(f"{files.directory} is missing {key}")
-        expert = torch.cat([files.read(key) for key in keys]) if len(keys) > 1 else files.read(keys[0])
-        if tuple(expert.shape) != tuple(shape[1:]):
-            raise LagoonError(f"expert {j} of {prefix} in {files.directory} has shape {tuple(expert.shape)}, "
-                              f"the model expects {tuple(shape[1:])}")
-        pieces.append(expert)
-    return torch.stack(pieces) if pieces else torch.empty((0, *shape[1:]))
+            if files.shapes[key] != (height, *shape[2:]):
+                raise LagoonError(f"{key} in {files.where[key]} has shape {files.shapes[key]}, the model expects "
+                                  f"{(height, *shape[2:])}")
+            files.read_rows_into(key, slice(0, height), out[k, p * height : (p + 1) * height])
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -146,9 +177,7 @@ def load_hf_slices(model: nn.Module, directory: Path) -> None:
     if unexpected:
         raise LagoonError(f"weights in {directory} do not match its config.json: unexpected {unexpected[:3]}")
     for name, target in state.items():
-        region = local_region(target)
-        local = local_part(target)
-        local.copy_(read_runtime_tensor(files, name, tuple(target.shape), region).reshape(local.shape))
+        fill_runtime_tensor(files, name, tuple(target.shape), local_region(target), local_part(target))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -110,6 +110,8 @@ class Trainer:
             loss_sum += output.lm_loss.detach().double() * counts[index]
             aux_sum += aux.detach().double() / len(pieces)
 
+        # What this rank holds at its peak of training state (gradients present), measured once.
+        memory = {f"state_bytes/{k}": v for k, v in self.engine.state_bytes().items()} if self.step == 0 else {}
         scale = lr_scale(train, self.step)
         self.optimizer.set_lr_scale(scale)
         stats = self.optimizer.step(max_grad_norm=train.max_grad_norm or None)
@@ -128,7 +130,7 @@ class Trainer:
             row["aux_loss"] = aux_total / self.dist.world_size
         row.update(lr=self.base_lr() * scale, lr_scale=scale)
         row.update({key: float(value) for key, value in (stats or {}).items()})   # the optimizer's lr wins
-        row.update(tokens=self.tokens_seen, tokens_per_s=step_tokens / elapsed, **load)
+        row.update(tokens=self.tokens_seen, tokens_per_s=step_tokens / elapsed, **load, **memory)
         if not math.isfinite(loss):
             self.metrics.write(row)
             raise TrainingDiverged(f"the training loss is {loss} at step {self.step}; lower optim.lr or raise "
