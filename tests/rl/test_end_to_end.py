@@ -113,7 +113,7 @@ def _appends(path):
     return [r for r in read_jsonl(path) if r.get("type") == "append"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     config = tmp_path / "mini.toml"
     config.write_text(MINI)
@@ -124,7 +124,7 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     try:
         # Once actor-1 has committed an append, kill it in the middle of its next episodes.
         actor_log = run_dir / "actors" / "actor-1.jsonl"
-        _wait_for(lambda: _appends(actor_log), 240, process)
+        _wait_for(lambda: _appends(actor_log), 300, process)
         store = TrajectoryStore(TableConfig(), run_dir)
         pid = json.loads((run_dir / "pids.json").read_text())["actors"]["1"]
         os.kill(pid, signal.SIGKILL)
@@ -134,7 +134,7 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
 
         live = load_catalog("lagoon", **catalog_properties(TableConfig(), run_dir)).load_table("lagoon.trajectories")
         assert live.scan(selected_fields=("trajectory_id",)).to_arrow().num_rows >= len(committed) > 0
-        output, _ = process.communicate(timeout=240)
+        output, _ = process.communicate(timeout=280)
     finally:
         if process.poll() is None:
             process.kill()

@@ -45,8 +45,8 @@ class ParallelDims:
                 raise ConfigError("parallel.dp_replicate", f"{replicate} does not divide the world size {world_size}")
             shard = world_size // replicate
         if replicate * shard != world_size:
-            raise ConfigError("parallel.dp_shard", f"dp_replicate ({replicate}) × dp_shard ({shard}) = "
-                                                   f"{replicate * shard}, but the world has {world_size} ranks")
+            raise ConfigError("parallel", f"dp_replicate ({replicate}) × dp_shard ({shard}) = {replicate * shard} "
+                                          f"ranks, but the world has {world_size}; set one of them to -1 (the rest)")
         if shard % config.ep:
             raise ConfigError("parallel.ep", f"{config.ep} does not divide dp_shard ({shard})")
         return cls(replicate, shard, config.ep)
