@@ -144,7 +144,7 @@ def plan(config: Any, gpus: int, gpu_memory_gb: float, role: str = "pretrain") -
     servers = 0
     optim = config.optim
     if role == "rl":
-        servers = config.rl.servers.count if not config.rl.servers.urls else 0
+        servers = len(config.rl.servers.urls) or config.rl.servers.count
         trainers = config.rl.trainer.processes
         if trainers + servers > gpus:
             raise ValueError(f"rl.trainer.processes ({trainers}) + rl.servers.count ({servers}) need {trainers + servers} "
