@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,17 +47,16 @@ def test_sharded_export_reloads_in_bf16_without_an_fp32_copy(tmp_path):
 
 
 def _fsdp_reads_its_rows(rank: int, world_size: int, source: str, out: str) -> None:
-    from lagoon.parallel.materialize import local_part, local_region
+    from lagoon.model.hf import read_config
+    from lagoon.parallel.load import load_weights
+    from lagoon.parallel.materialize import local_part, local_region, materialize
     from lagoon.parallel.mesh import ParallelDims, build_mesh
     from lagoon.parallel.parallelize import parallelize
-    from lagoon.parallel.load import load_weights
-    from lagoon.parallel.materialize import materialize
-    from lagoon.model.hf import read_config
 
     config = ParallelConfig(dp_replicate=1, dp_shard=-1)
     mesh = build_mesh(ParallelDims.resolve(config, world_size), "cpu")
     with torch.device("meta"):
-        model = LagunaForCausalLM(read_config(__import__("pathlib").Path(source)))
+        model = LagunaForCausalLM(read_config(Path(source)))
     parallelize(model, mesh, config)
     materialize(model, "cpu")
     load_weights(model, source, distributed=True)

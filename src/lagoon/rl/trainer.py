@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from lagoon.errors import LagoonError
 from lagoon.rl.batching import MicroBatch, pack, samples_from_groups
