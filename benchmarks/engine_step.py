@@ -2,7 +2,8 @@
 
 Method: the demo's pretraining config (configs/demo.toml: the tiny Laguna, seq 256 × 16 sequences, distributed
 Muon over 2 gloo ranks, SDC checks) runs `lagoon train` under torchrun for STEPS steps without evaluation or
-checkpoints, once per arm per round, the arms interleaved round by round so machine load hits them alike:
+checkpoints, once per arm per round, the arms interleaved round by round (their order rotating from round to
+round) so machine load hits them alike:
 
     baseline   the tree given by --baseline-src (lagoon before the engine: DDP-style replicated training)
     engine     this tree, the same config (the engine's replicated layout, what the demo runs)
@@ -75,8 +76,11 @@ def main() -> None:
     arms = {"baseline": (Path(args.baseline_src), []), "engine": (ROOT / "src", []),
             "fsdp": (ROOT / "src", ["parallel.dp_shard=2"])}
     times: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
     for round_index in range(args.rounds):
-        for name, (src, overrides) in arms.items():
+        # The order rotates every round, so no arm always runs first (or right after another).
+        for name in names[round_index % len(names):] + names[: round_index % len(names)]:
+            src, overrides = arms[name]
             rows = _run(src, 2, config, work / f"{name}-{round_index}", base + overrides)
             times[name].append(_step_seconds(rows, tokens))
             print(f"round {round_index + 1} {name}: {times[name][-1] * 1000:.1f} ms/step", flush=True)
