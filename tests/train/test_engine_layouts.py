@@ -129,7 +129,7 @@ def _run_and_kill(config_path: Path, run_dir: Path, ranks: int) -> list[tuple[in
 
 
 @pytest.fixture(scope="module")
-def reference(shard_dir, tmp_path_factory) -> list[tuple[int, float]]:
+def reference_run(shard_dir, tmp_path_factory) -> Path:
     """One process, uninterrupted, in this process (the same code path as the CLI)."""
     import torch
 
@@ -139,7 +139,17 @@ def reference(shard_dir, tmp_path_factory) -> list[tuple[int, float]]:
         run_training(from_dict(LagoonConfig, _config(shard_dir, {})), run_dir)
     finally:
         torch.set_num_threads(threads)
-    return losses(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> list[tuple[int, float]]:
+    return losses(reference_run)
+
+
+def _state_bytes(run_dir: Path) -> int:
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    return sum(row[f"state_bytes/{key}"] for key in ("params", "grads", "optimizer"))
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +197,25 @@ def test_a_four_rank_hsdp_checkpoint_resumes_on_two_fsdp_ranks(shard_dir, refere
 
 
 @pytest.mark.timeout(600)
-def test_four_fsdp_ranks_hold_a_third_of_one_process_state(shard_dir, tmp_path):
-    """Parameters + gradients + optimizer state per rank, as the trainer measures them at its first step."""
+def test_four_fsdp_ranks_hold_a_third_of_one_process_state(shard_dir, reference_run, tmp_path):
+    """Parameters + gradients + optimizer state per rank, as the trainer measures them at its first step, and
+    what `lagoon plan` says they are."""
+    from lagoon.parallel.plan import state_bytes
+
     config = _config(shard_dir, {"dp_replicate": 1, "dp_shard": -1})
     config["train"].update(steps=1, checkpoint_at_end=False)
     config_path = write_config(tmp_path / "run.toml", config)
-    totals = {}
-    for ranks in (1, 4):
-        run_dir = tmp_path / f"w{ranks}"
-        _run(config_path, run_dir, ranks)
-        row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-        totals[ranks] = sum(row[f"state_bytes/{key}"] for key in ("params", "grads", "optimizer"))
-    ratio = totals[4] / totals[1]
-    print(f"per-rank parameter + gradient + optimizer bytes: W=1 {totals[1]}, W=4 {totals[4]} ({ratio:.3f}x)")
-    assert ratio <= 0.35, ratio
+    _run(config_path, tmp_path / "w4", 4)
+    one, four = _state_bytes(reference_run), _state_bytes(tmp_path / "w4")
+    print(f"per-rank parameter + gradient + optimizer bytes: W=1 {one}, W=4 {four} ({four / one:.3f}x)")
+    assert four / one <= 0.35, four / one
+    resolved = from_dict(LagoonConfig, config)
+    planned = sum(state_bytes(_resolved_model(tmp_path / "w4"), resolved.optim, 4, 4, resolved.optim.distributed))
+    assert abs(planned - four) <= 0.15 * four, (planned, four)
+
+
+def _resolved_model(run_dir: Path):
+    """The run's model config as `lagoon train` resolved it (its vocabulary follows the tokenizer)."""
+    from lagoon.config import load_config
+
+    return load_config(run_dir / "config.toml").model
