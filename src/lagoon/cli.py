@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "lagoon.model.commands",
     "lagoon.data.commands",
     "lagoon.train.commands",
+    "lagoon.parallel.commands",
     "lagoon.automix.commands",
     "lagoon.report.commands",
     "lagoon.infer.commands",

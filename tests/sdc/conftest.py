@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from lagoon.configio import dumps_toml
 
@@ -113,4 +114,9 @@ def events(run_dir: Path) -> list[dict]:
 
 
 def final_weights(run_dir: Path, step: int) -> bytes:
-    return (run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors").read_bytes()
+    """The checkpoint's model tensors, in order, as bytes (equal bytes: bit-identical weights)."""
+    from lagoon.parallel.load import read_dcp_tensors
+
+    tensors = read_dcp_tensors(run_dir / "checkpoints" / f"step_{step:08d}")
+    return b"".join(name.encode() + tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                    for name, tensor in tensors)

@@ -73,13 +73,14 @@ def _corrupt_newest_and_leave_a_torn_write(run_dir: Path) -> str:
     """Flip one byte of the newest checkpoint's weights and leave a half-written staging directory beside it."""
     root = run_dir / "checkpoints"
     newest = sorted(p for p in root.iterdir() if p.name.startswith("step_"))[-1]
-    weights = newest / "model.safetensors"
+    weights = newest / "dcp" / "__0_0.distcp"    # rank 0's shard of the weights and optimizer state
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0x40
     weights.write_bytes(bytes(data))
     torn = root / ".step_00000099.tmp-4242"
     torn.mkdir()
-    (torn / "model.safetensors").write_bytes(b"partial")
+    (torn / "dcp").mkdir()
+    (torn / "dcp" / "__0_0.distcp").write_bytes(b"partial")
     return newest.name
 
 
@@ -109,7 +110,7 @@ def test_sigkill_resume_is_bit_exact_single_process(reference, tmp_path):
     _run_and_kill(config_path, killed, ranks=1)
     corrupted = _corrupt_newest_and_leave_a_torn_write(killed)
     resumed = _run(config_path, killed, ranks=1)
-    assert f"skipping checkpoint {corrupted}: model.safetensors does not match its SHA-256" in resumed.stderr
+    assert f"skipping checkpoint {corrupted}: dcp/__0_0.distcp does not match its SHA-256" in resumed.stderr
     assert "removing .step_00000099.tmp-4242: an interrupted checkpoint write" in resumed.stderr
     assert "resuming from step_" in resumed.stderr
     assert losses(killed) == expected                     # bit for bit, one line per step

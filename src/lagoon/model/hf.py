@@ -49,7 +49,12 @@ def read_config(directory: Path) -> ModelConfig:
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a single-file or sharded safetensors checkpoint."""
+    """All tensors of a single-file or sharded safetensors checkpoint (or of a lagoon sharded checkpoint's
+    ``dcp/``, in runtime names)."""
+    from lagoon.parallel.load import has_sharded_weights, read_dcp_tensors
+
+    if has_sharded_weights(directory):
+        return dict(read_dcp_tensors(directory))
     single = directory / WEIGHTS_FILE
     index = directory / WEIGHTS_INDEX_FILE
     try:
@@ -86,26 +91,16 @@ def from_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
     config = read_config(directory)
     if dtype == "auto":
         dtype = stored_dtype(directory)
-    state = from_hub_state_dict(read_weights(directory))
+    from lagoon.parallel.load import load_weights
+    from lagoon.parallel.materialize import materialize
+
+    # Built on the meta device and cast there (free), then allocated once in the target dtype and filled
+    # tensor by tensor: the process never holds a second copy of the weights, nor an fp32 one of a bf16 model.
     with torch.device("meta"):
         model = LagunaForCausalLM(config)
-    model.to_empty(device=device)
     model.to(dtype)
-    model.tie_weights()
-    model.reset_rotary()
-    expected = set(model.state_dict())
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing = sorted(expected - set(state) - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise LagoonError(f"weights in {directory} do not match its config.json: {detail}")
-    for name, tensor in model.state_dict().items():
-        if name in state and tuple(state[name].shape) != tuple(tensor.shape):
-            raise LagoonError(f"{name} in {directory} has shape {tuple(state[name].shape)}, "
-                              f"config.json implies {tuple(tensor.shape)}")
-    model.load_state_dict(state, strict=False)
+    materialize(model, device)
+    load_weights(model, directory)
     return model
 
 
@@ -168,10 +163,11 @@ def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
 
 
 def export_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-    """`lagoon export hf`: a lagoon checkpoint (or any Laguna directory) → a clean Hugging Face directory."""
-    source = Path(source)
-    model = from_pretrained(source, dtype="auto")
-    return save_pretrained(model, out, dtype=dtype, tokenizer_dir=source)
+    """`lagoon export hf`: a lagoon checkpoint (or any Laguna directory) → a clean Hugging Face directory,
+    streamed tensor by tensor (`lagoon.parallel.export`): memory stays bounded by one output file."""
+    from lagoon.parallel.export import stream_export
+
+    return stream_export(Path(source), Path(out), dtype)
 
 
 def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,16 +128,9 @@ class TrainerConfig:
     max_staleness: int = 2
     """η: the most policy versions a trajectory may lag the trainer. Actors hold back new episodes so
     that at most (η + 1)·B groups are outstanding (AReaL, Fu et al. 2025, §5.1); older data is dropped."""
-    learning_rate: float = 1e-4
-    """Learning rate (constant after `warmup_steps`)."""
     warmup_steps: int = 0
-    """Linear learning-rate warm-up over the first steps."""
-    optimizer: Literal["adamw", "muon"] = "adamw"
-    """``adamw`` for every parameter, or ``muon`` for hidden matrices and AdamW for the rest (lagoon.optim)."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    """AdamW betas."""
+    """Linear learning-rate warm-up over the first steps (the rates themselves are ``[optim]``'s, with
+    ``[rl.optim]`` replacing keys for the RL phase)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the trainer computes (auto: CUDA when available)."""
     processes: int = 1
@@ -177,10 +171,7 @@ class TrainerConfig:
         check(self.processes >= 1, "processes", "must be >= 1")
         check(self.max_restarts >= 0, "max_restarts", "must be >= 0")
         check(self.max_staleness >= 0, "max_staleness", "must be >= 0")
-        check(self.learning_rate > 0, "learning_rate", "must be positive")
         check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
         check(self.epsilon_high > 0, "epsilon_high", "must be positive")
         check(0 < self.epsilon_low <= 1, "epsilon_low", "must be in (0, 1]")
@@ -191,12 +182,13 @@ class TrainerConfig:
         check(self.publish_every >= 1, "publish_every", "must be >= 1")
         check(self.poll_interval_s > 0, "poll_interval_s", "must be positive")
 
-    def optim_config(self):
-        """The `lagoon.optim.OptimConfig` these settings describe."""
-        from lagoon.optim import OptimConfig
-
-        return OptimConfig(name=self.optimizer, lr=self.learning_rate, adamw_lr=self.learning_rate,
-                           weight_decay=self.weight_decay, adamw_betas=list(self.betas))
+    _MOVED = {
+        "learning_rate": "the RL trainer reads [optim]; set optim.lr and optim.adamw_lr (or rl.optim.lr and "
+                         "rl.optim.adamw_lr to change them for the RL phase only)",
+        "optimizer": "set optim.name (or rl.optim.name for the RL phase only)",
+        "weight_decay": "set optim.weight_decay (or rl.optim.weight_decay for the RL phase only)",
+        "betas": "set optim.adamw_betas (or rl.optim.adamw_betas for the RL phase only)",
+    }
 
 
 @dataclass
@@ -358,7 +350,24 @@ class RLConfig:
     """Optional supervised warm-up."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Held-out evaluation."""
+    optim: dict[str, Any] = field(default_factory=dict)
+    """Keys of ``[optim]`` replaced for the RL phase (the SFT warm-up and the RL trainer), e.g. ``{name =
+    "adamw", lr = 2e-4}`` in a pipeline whose pretraining runs Muon at a higher rate; empty: ``[optim]`` as is.
+    Both trainers build their optimizer from the one ``OptimConfig`` type (`optim_config`)."""
+
+    def optim_config(self, optim: Any) -> Any:
+        """The pipeline's ``[optim]`` with ``[rl.optim]``'s keys replaced, validated."""
+        from lagoon.configio import from_dict, to_dict
+        from lagoon.optim.config import OptimConfig
+
+        return from_dict(OptimConfig, {**to_dict(optim), **self.optim}, "rl.optim")
 
     def validate(self) -> None:
+        from lagoon.configio import from_dict
+        from lagoon.optim.config import OptimConfig
+
+        unknown = sorted(set(self.optim) - {f.name for f in dataclasses.fields(OptimConfig)})
+        check(not unknown, f"optim.{unknown[0]}" if unknown else "optim", "unknown key; rl.optim replaces keys of [optim]")
+        from_dict(OptimConfig, self.optim, "optim")   # each replaced value is checked like [optim]'s own
         check(self.total_steps >= 1, "total_steps", "must be >= 1")
         check(self.time_limit_s >= 0, "time_limit_s", "must be >= 0 (0: no limit)")

@@ -43,13 +43,35 @@ from lagoon.rl.health import EXIT_INFRASTRUCTURE, InfrastructureError, read_heal
 
 RESULT = "result.json"
 CONFIG_FILE = "config.toml"
-ROLE_SECTIONS = ("model", "agent", "rl")
+ROLE_SECTIONS = ("model", "agent", "rl", "optim", "parallel")
 
 
 def _write_json(path: Path, data: Any) -> None:
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     staging.write_text(json.dumps(data, indent=2) + "\n")
     staging.replace(path)
+
+
+def _sft_under_torchrun(config, run_dir: Path, say) -> Path:
+    """The warm-up on `rl.trainer.processes` ranks (``lagoon rl sft`` under torchrun); its final checkpoint."""
+    from lagoon.configio import dumps_toml, to_dict
+    from lagoon.train import checkpoint as ckpt
+
+    sft = config.rl.sft
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "sft.toml"
+    data = to_dict(config)
+    config_path.write_text(dumps_toml({key: data[key] for key in ROLE_SECTIONS if key in data}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={config.rl.trainer.processes}", "-m", "lagoon", "rl", "sft", str(config_path),
+               "--run-dir", str(run_dir)]
+    say(f"sft: warm-up on {config.rl.trainer.processes} ranks (torchrun)")
+    with (run_dir / "sft.log").open("w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True).returncode
+    final = ckpt.checkpoints_root(run_dir / "sft") / ckpt.step_dir_name(sft.steps)
+    if code != 0 or ckpt.verify(final) is not None:
+        raise LagoonError(f"the supervised warm-up failed (exit {code}); see {run_dir / 'sft.log'}")
+    return final
 
 
 def _with_init(config, init_checkpoint: Path):
@@ -233,8 +255,13 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     if rl.sft.steps:
         from lagoon.rl.sft import warmup
 
-        # From scratch with its own tokenizer, or fine-tuning rl.init_checkpoint when one is given.
-        config = _with_init(config, warmup(config, run_dir, say))
+        # From scratch with its own tokenizer, or fine-tuning rl.init_checkpoint when one is given; on as many
+        # ranks as the trainer gets.
+        if rl.trainer.processes > 1:
+            final = _sft_under_torchrun(config, run_dir, say)
+        else:
+            final = warmup(config, run_dir, say)
+        config = _with_init(config, final)
         rl = config.rl
     elif not rl.init_checkpoint:
         raise LagoonError("rl.init_checkpoint is empty and rl.sft.steps is 0: there is no policy to start from")

@@ -109,35 +109,50 @@ class SDCHooks(Hooks):
         config = self.config
         self.rank = ctx.rank
         self.train = ctx.config.train
-        self.replicas = self._replicas_override or self._replica_group(ctx)
+        self.replicas, self.ranks, self.shards = self._groups(ctx)
         self.events = EventLog(ctx.run_dir, active=ctx.rank == 0)
         self.checker = ReplicaChecker(self.replicas, Fingerprinter(config.lanes, config.kernel))
         self.injector = FaultInjector(config.faults, ctx.rank)
         self.max_rollbacks = min(config.max_rollbacks, self.train.max_rollbacks)
         # With `enabled = false` only the configured faults fire (a drill of what goes unnoticed).
-        self.watchdog = Watchdog(self.replicas, config.timeout_s, on_fire=self._watchdog_fired)
+        self.watchdog = Watchdog(self.ranks, config.timeout_s, on_fire=self._watchdog_fired)
         if config.enabled and config.watchdog:
             self.watchdog.start()
-        self.precheck = PreReductionMonitor(config, self.replicas)
+        self.precheck = PreReductionMonitor(config, self.ranks)
         # With one rank there is nobody to name and the optimizer already skips non-finite steps.
-        if config.enabled and self.precheck.enabled and (self.replicas.size > 1 or config.loss_spike_factor > 0):
+        if config.enabled and self.precheck.enabled and (self.ranks.size > 1 or config.loss_spike_factor > 0):
             self.precheck.attach(ctx.model, ctx.wrapped_model, ctx.optimizer, ctx.step)
         self.owner = None
         if (config.enabled and config.owner_verify_every > 0) or any(f.kind == "ns_corrupt" for f in config.faults):
             from lagoon.sdc.owner import OwnerVerifier
 
-            self.owner = OwnerVerifier.attach(ctx.optimizer, config, self.replicas, self.injector, ctx.step)
+            # Distributed Muon's owners live in its data-parallel group: every rank (DDP), the shard group (FSDP2).
+            owners = self.shards if self.shards is not None else self.replicas
+            self.owner = OwnerVerifier.attach(ctx.optimizer, config, owners, self.injector, ctx.step)
         self.ready = True
 
-    def _replica_group(self, ctx: HookContext) -> ReplicaGroup:
-        """DDP: every data-parallel rank. DTensor parameters (HSDP): the ranks along the mesh's "replicate" dim."""
+    def _groups(self, ctx: HookContext) -> tuple[ReplicaGroup, ReplicaGroup, ReplicaGroup | None]:
+        """(replicas, every rank, shard peers) for this layout.
+
+        Replicas hold the same weights and are compared by fingerprint: every rank under DDP, the ranks along
+        ``dp_replicate`` under HSDP, none but this rank under plain FSDP (there the owner verification and the
+        NaN/spike checks are what runs). The pre-reduction checks and the watchdog span every rank; the shard
+        peers (None unless sharded) are distributed Muon's owners and the ranks whose verified digests
+        together describe a checkpoint."""
+        from lagoon.parallel.mesh import REPLICATE, SHARD
+
+        if self._replicas_override is not None:
+            return self._replicas_override, self._replicas_override, None
         mesh = next((p.device_mesh for p in ctx.model.parameters() if hasattr(p, "device_mesh")), None)
         if mesh is None:
-            return ReplicaGroup.from_group(ctx.group, self.config.timeout_s)
-        if "replicate" not in (mesh.mesh_dim_names or ()):
-            raise LagoonError("sdc: the parameters are sharded over every rank (FSDP without a \"replicate\" mesh "
-                              "dimension), so no two ranks hold the same weights to compare; set sdc.enabled = false")
-        return ReplicaGroup.from_mesh(mesh, "replicate", self.config.timeout_s)
+            replicas = ReplicaGroup.from_group(ctx.group, self.config.timeout_s)
+            return replicas, replicas, None
+        names = list(mesh.mesh_dim_names or ())
+        assert SHARD in names, f"a sharded model's mesh names its shard dimension: {names}"
+        replicas = (ReplicaGroup.from_mesh(mesh, REPLICATE, self.config.timeout_s) if REPLICATE in names
+                    else ReplicaGroup.single())
+        return replicas, ReplicaGroup.from_group(ctx.group, self.config.timeout_s), \
+            ReplicaGroup.from_mesh(mesh, SHARD, self.config.timeout_s)
 
     def _say(self, message: str) -> None:
         if self.rank == 0:
@@ -332,7 +347,7 @@ class SDCHooks(Hooks):
                 raise SDCError(f"refusing to write checkpoint step {step}: the replicas disagree in "
                                f"{len(result.verdict.votes)} parameter(s)", step=step)
         if self.verified is not None and self.verified[0] == step:
-            ctx.sdc_digest = encode_digest(self.verified[1], self.verified[2])
+            ctx.sdc_digest = self._digest(self.verified[1], self.verified[2], step)
         else:
             ctx.sdc_digest = None
         self.watchdog.progress(step)
@@ -348,10 +363,11 @@ class SDCHooks(Hooks):
             return
         result = self.checker.check(ctx.model, step)
         self.checks += 1
-        if ctx.sdc_digest:
+        stored = self._stored_digest(ctx.sdc_digest, step)
+        if stored:
             stored_ok = []
             for position in range(self.replicas.size):
-                differs = differing_parameters(result.names, result.gathered[position], ctx.sdc_digest)
+                differs = differing_parameters(result.names, result.gathered[position], stored)
                 stored_ok.append(differs)
             mismatched = [p for p, differs in enumerate(stored_ok) if differs]
             if mismatched:
@@ -372,6 +388,27 @@ class SDCHooks(Hooks):
                            f"({self.replicas.names(suspects)})", ranks=ranks, hosts=hosts, step=step)
         self.verified = (step, result.names, result.local)
         self.watchdog.progress(step)
+
+
+    def _digest(self, names: list[str], local: torch.Tensor, step: int) -> str:
+        """The verified digest a checkpoint stores: this replica's, or under sharding every shard's, joined by
+        "|" in shard order (each rank fingerprints only the rows it holds)."""
+        if self.shards is None:
+            return encode_digest(names, local)
+        tables = self.shards.all_gather(local, "checkpoint digest", step)
+        return "|".join(encode_digest(names, table) for table in tables)
+
+    def _stored_digest(self, digest: str | None, step: int) -> str | None:
+        """The part of a stored digest this rank's shard must reproduce; None when there is nothing to compare:
+        no digest, or one written by another sharding (a resume across layouts re-verifies across replicas)."""
+        if not digest:
+            return None
+        parts = digest.split("|")
+        count = 1 if self.shards is None else self.shards.size
+        if len(parts) != count:
+            self.events.record("sdc_digest_layout_changed", step, stored_shards=len(parts), shards=count)
+            return None
+        return parts[0 if self.shards is None else self.shards.position]
 
 
 def sdc_hooks(config: Any) -> list[Hooks]:
