@@ -128,7 +128,7 @@ def _disk_name(name: str) -> str:
 def fill_runtime_tensor(files: SafetensorsDirectory, name: str, shape: tuple[int, ...], region: tuple[slice, ...],
                         out: torch.Tensor) -> None:
     """Write runtime tensor `name`'s `region` (rows of dim 0) from a Hugging Face directory into `out`."""
-    from lagoon.model.hf import _EXPERT_STACK
+    from lagoon.weights.tensors import _EXPERT_STACK
 
     assert all(r == slice(0, s) for r, s in zip(region[1:], shape[1:])), "only dim 0 is ever sharded"
     rows = region[0] if region else slice(0, 1)
@@ -167,7 +167,7 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def load_hf_slices(model: nn.Module, directory: Path) -> None:
     """Fill every tensor's local region from a Hugging Face directory (one parameter in memory at a time)."""
-    from lagoon.model.hf import _EXPERT_SPLIT
+    from lagoon.weights.tensors import _EXPERT_SPLIT
 
     files = SafetensorsDirectory(directory)
     state = model_tensors(model)
