@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from lagoon.errors import LagoonError
+from lagoon.files import publish_mode, staging_dir
 
 DEFAULT_SHARD_BYTES = 4 << 30
 
@@ -54,7 +54,7 @@ def stream_export(source: Path, out: Path, dtype: torch.dtype | None = None,
     weights_dtype = dtype or stored_dtype(source)
     _check_source(source, config)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging = staging_dir(out.parent, prefix=f".{out.name}.")   # the umask's mode, not mkdtemp's 0700
     try:
         parts: list[dict[str, torch.Tensor]] = [{}]
         size, files = 0, []
@@ -87,6 +87,8 @@ def stream_export(source: Path, out: Path, dtype: torch.dtype | None = None,
             (staging / WEIGHTS_INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=2))
         write_model_files(config, staging, source, dtype=str(weights_dtype).removeprefix("torch."))
         assert (staging / CONFIG_FILE).is_file()
+        for path in staging.iterdir():   # safetensors writes 0600; published files follow the umask
+            publish_mode(path)
         if out.exists():
             backup = out.with_name(f".{out.name}.old")
             shutil.rmtree(backup, ignore_errors=True)

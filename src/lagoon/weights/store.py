@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from lagoon.rl.config import WeightsConfig
+from lagoon.files import publish_mode, staging_dir
 from lagoon.weights.tensors import Digest, hub_tensors
 
 LATEST = "LATEST.json"
@@ -75,7 +75,7 @@ class VersionWriter:
         self.model_config = model_config
         self.tokenizer_dir = tokenizer_dir
         self.shard_bytes = shard_bytes
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{version_dir_name(version)}.", dir=self.root))
+        self.staging = staging_dir(self.root, prefix=f".{version_dir_name(version)}.")   # the umask's mode
         self.digest = Digest()
         self.pending: dict[str, torch.Tensor] = {}
         self.pending_bytes = 0
@@ -122,7 +122,8 @@ class VersionWriter:
         (self.staging / LAGOON_MODEL_FILE).write_text(json.dumps(self.model_config.lagoon_fields(), indent=2) + "\n")
         if self.tokenizer_dir is not None:
             copy_tokenizer_files(Path(self.tokenizer_dir), self.staging)
-        os.chmod(self.staging, 0o755)   # mkdtemp makes it private; a version is read by other processes
+        for path in self.staging.iterdir():   # safetensors writes 0600; a version is read by other processes
+            publish_mode(path)
         target = self.root / version_dir_name(self.version)
         if target.exists():
             shutil.rmtree(target)
