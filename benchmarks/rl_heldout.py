@@ -103,7 +103,7 @@ def main() -> None:
 
     from lagoon.rl import run
     from lagoon.rl.sft import task_level, warmup
-    from lagoon.rl.weights import read_latest, store_root
+    from lagoon.weights.publish import read_latest, store_root
 
     rows = []
     for seed in args.seeds:

@@ -29,6 +29,7 @@ END = "<!-- end of benchmark table -->"
 
 ROW_LINE = re.compile(r"^Table row `(?P<id>[\w.-]+)` \| (?P<goal>[^|]*) \| (?P<measured>[^|]*) \|\s*(?P<status>[^|]*)$")
 NEW_LOAD = re.compile(r"Load \(1-minute average\) (?P<start>[\d.]+) at the start, (?P<end>[\d.]+) at the end")
+START_END_LOAD = re.compile(r"Load average at the start: (?P<start>[\d.]+)[^;]*; at the end: (?P<end>[\d.]+)")
 OLD_LOAD = re.compile(r"[Ll]oad(?: average)?(?: during the run)?:? ~?(?P<value>\d+(?:\.\d+)?(?:[–-]\d+(?:\.\d+)?)?)")
 
 
@@ -67,6 +68,7 @@ ROWS = [
     Row("rl_async_vs_sync", "async ÷ sync RL throughput, trainer and servers on disjoint cores (RL)",
         "rl_async_vs_sync"),
     Row("rl_weight_transfer", "weight transfer ÷ memcpy (RL)", "rl_weight_transfer"),
+    Row("rl_vllm", "stock vLLM ÷ lagoon's engine as the rollout engine (RL)", "rl_vllm"),
     Row("rl_heldout.demo", "held-out arith-code reward before → after RL, main job's recipe, 3 seeds (RL)",
         "rl_heldout"),
     Row("rl_heldout.rl_demo", "held-out reward change under RL, `rl_demo.toml` from scratch, 3 seeds (RL)",
@@ -92,7 +94,7 @@ class Figure:
 def _entry_load(entry: list[str]) -> str:
     """The load the entry reports: ``start–end`` from `common.load_note`, else an older free-text mention."""
     text = "\n".join(entry)
-    match = NEW_LOAD.search(text)
+    match = NEW_LOAD.search(text) or START_END_LOAD.search(text)
     if match:
         start, end = float(match["start"]), float(match["end"])
         return f"{start:.1f}" if abs(start - end) < 0.05 else f"{start:.1f}–{end:.1f}"
