@@ -67,9 +67,10 @@ def gemm_profile(rows: int, cols: int, repeats: int = 5, batch: int = 16) -> str
     bf16 = X.bfloat16()
     rates = {"bf16": rate(lambda: bf16 @ bf16.T, 1), "fp32": rate(lambda: X @ X.T, 1),
              "loop": rate(lambda: [x @ x.T for x in singles], batch), "batched": rate(lambda: X_NPQ @ X_NPQ.mT, batch)}
-    return (f"{P}×{Q}·{Q}×{P}: bf16 GEMM {rates['bf16']:.1f} GFLOP/s, fp32 GEMM {rates['fp32']:.1f} GFLOP/s "
-            f"({rates['fp32'] / rates['bf16']:.1f}×); {batch} fp32 products one call each "
-            f"{rates['loop']:.1f} GFLOP/s, as one batched call {rates['batched']:.1f} GFLOP/s")
+    # Three significant digits: a GEMM stalled by oversubscription runs at hundredths of a GFLOP/s.
+    return (f"{P}×{Q}·{Q}×{P}: bf16 GEMM {rates['bf16']:.3g} GFLOP/s, fp32 GEMM {rates['fp32']:.3g} GFLOP/s "
+            f"({rates['fp32'] / rates['bf16']:.3g}×); {batch} fp32 products one call each "
+            f"{rates['loop']:.3g} GFLOP/s, as one batched call {rates['batched']:.3g} GFLOP/s")
 
 
 def main() -> None:

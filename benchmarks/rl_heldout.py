@@ -19,6 +19,11 @@ step trained on, one episode per task, temperature of ``[rl.eval]``) at two leve
 (two operands instead of three: a policy that learnt arithmetic by code rather than one template solves
 it too). The seed moves the warm-up's data order (and
 initialization from scratch), the task order, the trainer and the SFT arm's transcripts.
+
+Reported: every seed's nine scores (three checkpoints × three levels), then per level the mean and min–max
+over seeds of each arm, and RL − SFT-only with two standard errors of the pooled held-out mean: "RL ahead"
+or "SFT-only ahead" only outside that band, "tie" inside it. `--steps` fixes the amount of RL (the same
+RL whatever the machine's load); `--minutes` caps it by wall clock instead.
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 
@@ -152,8 +156,7 @@ def main() -> None:
     others = " and ".join(f"level {other}" for other in args.other_levels)
     lines = [f"`{args.config}`{settings}{cap}; {args.eval_tasks} held-out arith-code tasks per evaluation (a seed "
              f"disjoint from training, one episode each) at level {level} (the training level) and {others} "
-             f"(never in the SFT transcripts); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at "
-             "the end.", "",
+             f"(never in the SFT transcripts).", "",
              "| seed | " + " | ".join(f"start L{lvl} | RL L{lvl} | SFT-only L{lvl}" for _, lvl in kinds)
              + " | RL trainer tokens (steps) | SFT-only tokens (steps) | RL minutes |",
              "|---|" + "---|---|---|" * len(kinds) + "---|---|---|"]
@@ -166,6 +169,11 @@ def main() -> None:
     def mean(arm: str, which: str) -> float:
         return statistics.mean(r["scores"][(arm, which)] for r in rows)
 
+    def mean_range(arm: str, which: str) -> str:
+        """Mean over seeds with the seeds' min–max (the spread the issue asks for)."""
+        values = [r["scores"][(arm, which)] for r in rows]
+        return f"{statistics.mean(values):.2f}" + (f" ({min(values):.2f}–{max(values):.2f})" if len(values) > 1 else "")
+
     def verdict(which: str) -> str:
         gap = mean("rl", which) - mean("sft", which)
         noise = 2 * standard_error([r["scores"][("sft", which)] for r in rows], args.eval_tasks * len(rows))
@@ -173,9 +181,10 @@ def main() -> None:
         lead = "RL ahead" if gap > noise else "SFT-only ahead" if gap < -noise else "tie"
         return f"{lead} ({gap:+.3f}, ±{noise:.3f}; RL higher in {wins} of {len(rows)} seeds)"
 
-    summary = "; ".join(f"L{lvl}: start {mean('start', k):.2f} → RL {mean('rl', k):.2f} vs SFT-only {mean('sft', k):.2f}"
-                        for k, lvl in kinds) + f" (means over {len(rows)} seeds, `{Path(args.config).name}`)"
-    lines += ["", f"Means over {len(rows)} seeds — {summary}.",
+    summary = "; ".join(f"L{lvl}{' (training level)' if k == 'in' else ''}: start {mean_range('start', k)} → RL "
+                        f"{mean_range('rl', k)} vs SFT-only {mean_range('sft', k)}" for k, lvl in kinds) \
+        + f" (mean (min–max) over {len(rows)} seed{'s' if len(rows) > 1 else ''}, `{Path(args.config).name}`{cap})"
+    lines += ["", f"Held-out reward, {summary}.",
               "RL − SFT-only: " + "; ".join(f"level {lvl} {verdict(k)}" for k, lvl in kinds)
               + ". ± is two standard errors of the pooled held-out mean.", "",
               table_row("rl_heldout.vs_sft", "RL ≥ compute-matched SFT", summary,

@@ -73,7 +73,8 @@ ROWS = [
         "rl_heldout"),
     Row("rl_heldout.rl_demo", "held-out reward change under RL, `rl_demo.toml` from scratch, 3 seeds (RL)",
         "rl_heldout"),
-    Row("rl_heldout.vs_sft", "RL vs compute-matched SFT, held-out level 2 / harder level 3, 3 seeds (RL)",
+    Row("rl_heldout.vs_sft", "RL vs compute-matched SFT, held-out tasks of the training level 2, the harder level 3 "
+        "and the simpler level 1, 3 seeds (RL)",
         "rl_heldout"),
     Row("automix_mixture.surrogate", "AutoMixer surrogate CV Spearman, 60 proxies (AutoMixer)", "automix_mixture"),
     Row("automix_mixture.validation", "optimized mix vs natural / uniform at 4× parameters, 3 seeds (AutoMixer)",
