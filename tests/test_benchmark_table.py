@@ -17,10 +17,20 @@ def test_readme_table_matches_results():
         "README.md's benchmark table is out of date: run python -m benchmarks.table"
 
 
-def test_every_row_comes_from_a_run():
-    figures = table.latest_figures(table.RESULTS.read_text())
-    assert {row.id for row in table.ROWS} <= set(figures)
+def test_every_figure_comes_from_a_run():
+    """Each row is either a recorded run's figure or marked pending; every recorded row is in the table."""
+    results = table.RESULTS.read_text()
+    figures = table.latest_figures(results)
     assert len({row.id for row in table.ROWS}) == len(table.ROWS)
+    assert set(figures) <= {row.id for row in table.ROWS}
+    assert {row.id for row in table.pending(results)} == {row.id for row in table.ROWS} - set(figures)
+    rendered = table.render(results)
+    for row in table.ROWS:
+        line = next(line for line in rendered.splitlines() if line.startswith(f"| {row.claim} |"))
+        if row.id in figures:
+            assert f"| {figures[row.id].measured} | {figures[row.id].status} |" in line
+        else:
+            assert "| pending |" in line
 
 
 def test_newest_entry_wins_and_load_is_read():
@@ -37,9 +47,14 @@ def test_newest_entry_wins_and_load_is_read():
     assert table.latest_figures(results.split("### New")[0])["data_loader"].load == "24.0"
 
 
-def test_missing_row_is_an_error():
-    with pytest.raises(ValueError, match="no entry of RESULTS.md carries"):
-        table.render("### A run (2026-01-01)\n\n" + table_row("data_loader", "≥ 10×", "81×", "met"))
+def test_a_row_no_run_measures_is_pending_and_an_unknown_row_is_an_error():
+    results = "### A run (2026-01-01)\n\n" + table_row("data_loader", "≥ 10×", "81×", "met")
+    rendered = table.render(results)
+    assert "| 81× | met |" in rendered
+    assert "| not measured yet: run `python -m benchmarks.data_tokenize` | pending |" in rendered
+    assert [row.id for row in table.pending(results)] == [row.id for row in table.ROWS if row.id != "data_loader"]
+    with pytest.raises(ValueError, match="rows the table does not list: no_such_claim"):
+        table.render(results + "\n" + table_row("no_such_claim", "≥ 1×", "2×", "met"))
 
 
 def test_cells_cannot_break_the_table():
