@@ -8,6 +8,7 @@ carries the version that sampled it, and the sampler's logprobs equal the traine
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,11 @@ MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
              shared_expert_intermediate_size=64)
 
 
-def _config(checkpoint: Path, urls: list[str], **rl) -> object:
+# The servers' own core (`rl.servers.cpus`), as a trainer on the other core would leave them.
+SERVER_CORES = sorted(os.sched_getaffinity(0))[-1:]
+
+
+def _config(checkpoint: Path, urls: list[str], cpus: list[int] | None = None, **rl) -> object:
     base = {
         "agent": {"sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens_per_turn": 16},
                   "budgets": {"max_steps": 2, "max_context_tokens": 320}},
@@ -43,7 +48,8 @@ def _config(checkpoint: Path, urls: list[str], **rl) -> object:
                "actor": {"num_actors": 1, "concurrent_episodes": 2, "filter_zero_variance": False},
                "trainer": {"groups_per_step": 1, "max_staleness": 0, "learning_rate": 1e-3, "device": "cpu",
                            "checkpoint_every": 2, "poll_interval_s": 0.1},
-               "servers": {"engine": "vllm", "urls": urls, "vllm_python": str(VLLM_PYTHON), "startup_timeout_s": 600},
+               "servers": {"engine": "vllm", "urls": urls, "vllm_python": str(VLLM_PYTHON), "startup_timeout_s": 600,
+                           "cpus": cpus or []},
                "eval": {"num_tasks": 0}, **rl},
     }
     return load_config(None, [], base=base)
@@ -60,14 +66,49 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vllm_server(checkpoint, tmp_path_factory):
+def vllm_servers(checkpoint, tmp_path_factory):
     if not VLLM_PYTHON.is_file():
         pytest.fail(f"{VLLM_PYTHON} is missing: build the vLLM environment with `make vllm-env`")
-    config = _config(checkpoint, [])
+    config = _config(checkpoint, [], cpus=SERVER_CORES)
     servers = VLLMServers(config, tmp_path_factory.mktemp("vllm-run"))
     servers.start()
-    yield servers.urls[0]
+    yield servers
     servers.stop()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(vllm_servers) -> str:
+    return vllm_servers.urls[0]
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (from /proc: each process's parent is field 4 of its stat line)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue    # it exited while being listed
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        found.append(queue.pop())
+        queue += parents.get(found[-1], [])
+    return found
+
+
+def test_the_server_and_its_engine_run_on_their_cores(vllm_servers):
+    """`rl.servers.cpus`: the server is pinned before it execs, so vLLM's API server and its engine-core
+    process (started later, by vLLM itself) both stay on the servers' cores."""
+    cores = {}
+    for pid in _descendants(vllm_servers.servers[0].process.pid):
+        try:
+            cores[pid] = sorted(os.sched_getaffinity(pid))
+        except ProcessLookupError:
+            continue    # a short-lived helper that exited since the listing
+    assert len(cores) >= 2, cores    # the API server and at least its engine core
+    assert cores == {pid: SERVER_CORES for pid in cores}
 
 
 def test_a_missing_or_wrong_vllm_is_one_line(tmp_path, checkpoint):

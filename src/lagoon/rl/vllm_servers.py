@@ -32,6 +32,7 @@ import subprocess
 from pathlib import Path
 
 from lagoon.errors import ConfigError
+from lagoon.rl.affinity import pin_child
 from lagoon.rl.servers import LocalServer, current_weights, die_with_parent, free_ports, wait_healthy
 
 VLLM_VERSION = "0.32.0"
@@ -94,7 +95,8 @@ def vllm_environment(config) -> dict[str, str]:
     servers = config.rl.servers
     env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": str(servers.threads),
-           # A small KV cache (GiB) and no core pinning: a shared CPU machine, tiny models.
+           # A small KV cache (GiB) and no per-thread binding of vLLM's own: a shared CPU machine, tiny models
+           # (`rl.servers.cpus`, when set, pins the whole server process before it execs, as for lagoon serve).
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
            "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind")}
     env.pop("PYTHONPATH", None)   # lagoon's source tree must not shadow the vLLM environment's packages
@@ -127,7 +129,8 @@ class VLLMServers:
             with log.open("a") as handle:
                 process = subprocess.Popen(vllm_command(self.config, self.python, checkpoint, port),
                                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                           env=vllm_environment(self.config), preexec_fn=die_with_parent)
+                                           env=vllm_environment(self.config),
+                                           preexec_fn=pin_child(die_with_parent, settings.cpus))
             self.servers.append(LocalServer(f"http://{settings.host}:{port}", port, process, log))
         try:
             for server in self.servers:
