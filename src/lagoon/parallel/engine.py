@@ -154,12 +154,3 @@ class Engine:
         from lagoon.parallel.gather import full_tensors
 
         return full_tensors(self.model, dtype, self.mesh if self.sharded else None)
-
-    def unsharded_copy(self) -> nn.Module:
-        """A plain copy of the model on every rank, for work that must not run FSDP2 collectives (each rank
-        evaluating its own batches); the model itself in replicated layouts."""
-        if not self.sharded:
-            return self.model
-        from lagoon.optim.fsdp import unsharded_copy
-
-        return unsharded_copy(self.model)
