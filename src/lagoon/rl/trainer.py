@@ -90,6 +90,8 @@ class Trainer:
         self.engine = Engine.build(read_config(source), config.parallel, self.rl.optim_config(config.optim), self.dist,
                                    source=source if resume is None else None, initialize=resume is None)
         self.model, self.optimizer = self.engine.model, self.engine.optimizer
+        self.publish_dtype = getattr(torch, self.rl.servers.dtype)
+        """What the weights are published in: the servers' dtype (`lagoon.weights.tensors.publish_dtype`)."""
         self.tokenizer_dir = Path(self.rl.init_checkpoint) if self.rl.init_checkpoint else source
         self.consumer = ConsumerState()
         self.version = 0
@@ -154,34 +156,48 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         self._stop = True
 
-    def _publishable(self):
-        """The model as the publisher takes it: this rank's model, or under sharding a copy gathered tensor by
-        tensor onto rank 0 (`lagoon.parallel.gather`; a collective, None on the other ranks)."""
-        if not self.engine.sharded:
-            return self.model
-        from lagoon.parallel.gather import gathered_model
+    def _publish(self) -> dict[str, Any] | None:
+        """Publish the weights as version `self.version` (a collective: every rank calls it); the publisher's
+        record on rank 0, None elsewhere.
 
-        return gathered_model(self.model, self.engine.mesh)
+        The weights stream to rank 0 one full tensor at a time, in the servers' dtype and the fixed order
+        (`lagoon.parallel.gather.on_rank0`), and straight into the publisher: no rank holds a whole copy. If the
+        publication fails on rank 0, every rank still takes its part in the gather to the end, then all raise."""
+        config = self.model.config
+        return self.engine.on_rank0(
+            lambda pairs: self.publisher.publish(pairs, self.version, self.tokenizer_dir, config=config),
+            self.publish_dtype)
 
     def _sync_servers(self) -> None:
-        """Make sure every server serves this trainer's current version (after a resume it may not)."""
+        """Make sure every server serves this trainer's current version (a collective: every rank calls it).
+
+        Servers that report the trainer's version are checked by digest — one pass over the weights, hashed in
+        the servers' dtype as they stream to rank 0; servers that report another version (or no digest: vLLM,
+        checked by its probe instead) get the weights published at once, in one pass. Only servers that hold
+        other bits under the trainer's version number cost both passes."""
         from lagoon.train.distributed import broadcast_object
         from lagoon.weights import weights_digest
 
-        if not broadcast_object(bool(self.publisher.servers) if self.is_main else None, self.dist):
+        reason, replies = None, []
+        if self.is_main and self.publisher.servers:
+            replies = self.publisher.server_weights()
+            reason = _out_of_sync(replies, self.publisher.servers, self.version) or "check"
+        reason = broadcast_object(reason, self.dist)
+        if reason is None:   # no servers: the store alone, written at the next publish
             return
-        model = self._publishable()
-        if not self.is_main:
-            return
-        digest = weights_digest(model)
-        replies = self.publisher.server_weights()
-        if all(r is not None and r.get("policy_version") == self.version and r.get("digest") == digest for r in replies):
+        if reason == "check":
+            digest = self.engine.on_rank0(lambda pairs: weights_digest(pairs, self.publish_dtype), self.publish_dtype)
+            if self.is_main:
+                differ = [url for url, reply in zip(self.publisher.servers, replies) if reply["digest"] != digest]
+                reason = (f"{differ[0]} holds other weights under version {self.version}" if differ else None)
+            reason = broadcast_object(reason, self.dist)
+        if reason is not None:
+            record = self._publish()
+            if self.is_main:
+                self.metrics.event("publish", step=self.version, reason=reason, sync_s=record["sync_s"],
+                                   failed=record["failed_servers"])
+        if self.is_main:
             self._publish_progress()
-            return
-        record = self.publisher.publish(model, self.version, self.tokenizer_dir)
-        self.metrics.event("publish", step=self.version, reason="servers behind the trainer",
-                           sync_s=record["sync_s"], failed=record["failed_servers"])
-        self._publish_progress()
 
     # ----------------------------------------------------------------------------------------------
     def _next_batch(self) -> tuple[Batch, float]:
@@ -284,13 +300,12 @@ class Trainer:
         self.version += 1
         t = self.rl.trainer
         publish = self.version % t.publish_every == 0 or self.version == self.rl.total_steps
-        model = self._publishable() if publish else None
+        sync = self._publish() if publish else None
         if not self.is_main:
             if self.version % t.checkpoint_every == 0:
                 self.save_checkpoint()
             return
         if publish:
-            sync = self.publisher.publish(model, self.version, self.tokenizer_dir)
             record.update(weight_sync_s=sync["sync_s"], weight_sync_gbps=sync["gb_per_s"], weight_bytes=sync["bytes"])
             if sync["failed_servers"]:
                 self.metrics.event("publish_failed", step=self.version, servers=sync["failed_servers"])
@@ -341,6 +356,18 @@ class Trainer:
 
     def close(self) -> None:
         self.dist.close()
+
+
+def _out_of_sync(replies: list[dict[str, Any] | None], urls: list[str], version: int) -> str | None:
+    """Why the servers need the trainer's weights published without a digest check (None: check them)."""
+    for url, reply in zip(urls, replies):
+        if reply is None:
+            return f"{url} did not report its weights"
+        if reply.get("policy_version") != version:
+            return f"{url} serves version {reply.get('policy_version')}, the trainer is at {version}"
+        if not reply.get("digest"):
+            return f"{url} reports no digest"
+    return None
 
 
 def _empty_micro_batch() -> MicroBatch:
