@@ -27,8 +27,9 @@ Metrics keys: step (= the new policy version), reward_mean, reward_std, groups, 
 loss_tokens, loss, grad_norm, lr, clip_high_frac, clip_low_frac, mismatch_kl (k3 estimate of
 KL(μ‖π) over all trained tokens), mismatch_kl_fresh (over tokens sampled by the trainer's current
 version only: the pure train–inference numerical mismatch), ratio_max, staleness_mean, staleness_max,
-staleness_hist ({versions behind: trajectories}), dropped_stale, wait_s, train_s, weight_sync_s,
-weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups, and the actors' counters
+staleness_hist ({versions behind: trajectories}), dropped_stale, dropped_ahead (trajectories sampled by a
+version newer than the trainer's: weights it never published, `lagoon.rl.consumer`), wait_s, train_s,
+weight_sync_s, weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups, and the actors' counters
 (`lagoon.rl.health`): infra/server, infra/sandbox, infra/harness, infra/append, infra/retries, episodes,
 episodes_model_failed. While it waits for data the trainer stops (exit 3, one line) once every actor
 reports only infrastructure failures past ``rl.actor.max_consecutive_infra_failures``.
@@ -313,7 +314,8 @@ class Trainer:
         record.update(
             step=self.version, staleness_hist=histogram(batch.staleness),
             staleness_mean=sum(batch.staleness) / len(batch.staleness), staleness_max=max(batch.staleness),
-            dropped_stale=sum(len(g.trajectories) for g in batch.dropped), queued_groups=len(self.consumer.pending),
+            dropped_stale=sum(len(g.trajectories) for g in batch.dropped) - batch.ahead, dropped_ahead=batch.ahead,
+            queued_groups=len(self.consumer.pending),
             elapsed_s=time.perf_counter() - self.started, **self.watch.metrics(),
         )
         if self.version % t.checkpoint_every == 0:
