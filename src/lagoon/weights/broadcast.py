@@ -205,7 +205,13 @@ def broadcast_weights(source: WeightSource, group: WeightGroup, version: int, bu
             total += payload.numel() * payload.element_size()
         for work, _ in in_flight:
             work.wait()
-    if group.max(_OK) != _OK:
+    # Drive the source to its end: a stream's own checks run after its last tensor, and one with more tensors
+    # than announced is a failed update — the servers are told so in the closing vote, not left waiting.
+    extra = next(tensors, None)
+    if group.max(_OK if extra is None else _REJECTED) != _OK:
+        if extra is not None:
+            raise LagoonError(f"the weights have more tensors than the announced layout ({len(entries)}); "
+                              f"first extra: {extra[0]}")
         raise LagoonError("a server failed while applying the broadcast weights")
     seconds = time.perf_counter() - started
     return TransferStats(version, len(entries), total, len(buckets), seconds, total / max(seconds, 1e-9) / 1e9)
