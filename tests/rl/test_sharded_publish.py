@@ -1,7 +1,8 @@
 """A sharded RL trainer publishes by streaming: 2 FSDP ranks gather one full tensor at a time onto rank 0, in the
 servers' dtype, straight into the publisher — and a live bf16 server ends up holding exactly the bits a
 single-process trainer gives it, through every transfer (files, shared memory, broadcast). The startup check
-hashes the same stream. A publication that fails on rank 0 halfway leaves no rank waiting in the gather."""
+hashes the same stream, the vLLM probe's reference comes from the sharded model itself, and a publication that
+fails on rank 0 halfway leaves no rank waiting in the gather."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def _sharded_trainer(rank: int, world_size: int, init: str, run_dir: str, url: s
 
     from lagoon.errors import LagoonError
     from lagoon.rl.trainer import Trainer
+    from lagoon.weights.probe import policy_logprobs, probe_ids
 
     trainer = Trainer(rl_config(init, **SERVERS, **SHARDED), run_dir, servers=[url], say=lambda _: None)
     assert trainer.engine.sharded and trainer.publish_dtype == torch.bfloat16
@@ -61,7 +63,12 @@ def _sharded_trainer(rank: int, world_size: int, init: str, run_dir: str, url: s
 
     with pytest.raises(LagoonError, match="the server went away") as error:
         trainer.engine.on_rank0(fails_halfway, trainer.publish_dtype)
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"published": published, "error": str(error.value)}))
+    # The vLLM probe's reference log-probabilities, from the sharded model itself (a collective forward).
+    probe = policy_logprobs(trainer.model, probe_ids(trainer.model.config.vocab_size))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"published": published, "error": str(error.value),
+                                                         "probe": probe}))
+    if trainer.publisher is not None:
+        trainer.publisher.close()          # its shared-memory segments
     trainer.metrics.close()
 
 
@@ -69,6 +76,7 @@ def _sharded_trainer(rank: int, world_size: int, init: str, run_dir: str, url: s
 def test_two_fsdp_ranks_publish_the_bits_of_one_process(tmp_path):
     from lagoon.rl.trainer import Trainer
     from lagoon.train.metrics import read_jsonl
+    from lagoon.weights.probe import policy_logprobs, probe_ids
 
     init = tiny_checkpoint(tmp_path / "init")
     servers = LocalServers(rl_config(init, **SERVERS), tmp_path / "serving")
@@ -78,6 +86,7 @@ def test_two_fsdp_ranks_publish_the_bits_of_one_process(tmp_path):
         assert not single.engine.sharded
         reference = _publish_each_transfer(single)
         single.publisher.close()
+        probe = policy_logprobs(single.model, probe_ids(single.model.config.vocab_size))
         spawn(_sharded_trainer, 2, str(init), str(tmp_path / "sharded"), url, str(tmp_path))
     finally:
         servers.stop()
@@ -90,5 +99,7 @@ def test_two_fsdp_ranks_publish_the_bits_of_one_process(tmp_path):
     # bf16 weights on the server, the router's correction bias in fp32 in the store: two different digests.
     assert sharded[0]["served"] != sharded[0]["store"]
     assert "publish" not in [e["event"] for e in read_jsonl(tmp_path / "sharded" / "events.jsonl")]
+    for rank in ranks:
+        assert rank["probe"] == pytest.approx(probe, abs=1e-6, rel=0)
     assert ranks[0]["error"] == "the server went away"
     assert ranks[1]["error"] == "trainer rank 0 failed while the weights streamed to it: the server went away"

@@ -69,7 +69,7 @@ class Trainer:
         from lagoon.model.hf import read_config
         from lagoon.parallel.engine import Engine
         from lagoon.train import checkpoint as ckpt
-        from lagoon.train.distributed import setup
+        from lagoon.train.distributed import broadcast_object, setup
         from lagoon.train.metrics import MetricsWriter
         from lagoon.train.rng import restore_rng
 
@@ -114,7 +114,9 @@ class Trainer:
         self.last_checkpoint = self.version
         self._last_expiry = self.version
         self.store = TrajectoryStore(self.rl.table, self.run_dir) if self.is_main else None
-        self.publisher = WeightPublisher.for_run(self.rl, self.run_dir, servers or []) if self.is_main else None
+        # Rank 0's list on every rank: whether a publish runs the probe's collective forward depends on it.
+        self.servers = broadcast_object(list(servers or []), self.dist)
+        self.publisher = WeightPublisher.for_run(self.rl, self.run_dir, self.servers) if self.is_main else None
         self.watch = TrainerWatch(self.run_dir, self.rl) if self.is_main else None  # actors' infrastructure health
         if self.is_main:
             (self.run_dir / CONSUMED_LOG).parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +167,16 @@ class Trainer:
         (`lagoon.parallel.gather.on_rank0`), and straight into the publisher: no rank holds a whole copy. If the
         publication fails on rank 0, every rank still takes its part in the gather to the end, then all raise."""
         config = self.model.config
+        reference = None
+        if self.rl.servers.engine == "vllm" and self.servers:
+            from lagoon.weights.probe import policy_logprobs, probe_ids
+
+            # What the publisher's probe compares each vLLM server with, from the model as this rank holds it
+            # (a collective forward under sharding), so the check needs no copy of the weights either.
+            reference = policy_logprobs(self.model, probe_ids(config.vocab_size))
         return self.engine.on_rank0(
-            lambda pairs: self.publisher.publish(pairs, self.version, self.tokenizer_dir, config=config),
+            lambda pairs: self.publisher.publish(pairs, self.version, self.tokenizer_dir, config=config,
+                                                 reference=reference),
             self.publish_dtype)
 
     def _sync_servers(self) -> None:

@@ -113,17 +113,20 @@ class WeightPublisher:
 
     # ----------------------------------------------------------------------------------------------
     def publish(self, source: WeightSource, version: int, tokenizer_dir: Path | None = None, *,
-                config=None) -> dict[str, Any]:
+                config=None, reference: list[float] | None = None) -> dict[str, Any]:
         """Make `version` the weights every server samples from; returns the update's measurements.
 
         `source` is the model, or its (runtime name, tensor) pairs in the fixed order (then `config`, the
-        model's `ModelConfig`, is needed once: the store writes it into each version)."""
+        model's `ModelConfig`, is needed once: the store writes it into each version). `reference`: the policy's
+        log-probabilities of the vLLM probe sequence (`lagoon.weights.probe`), computed by the caller — a sharded
+        trainer computes them with its own model; without them the probe of a stream loads the version just
+        written to the store."""
         self.model_config = config or getattr(source, "config", None) or self.model_config
         if self.model_config is None:
             raise LagoonError("publishing a stream of tensors needs the model's config (publish(..., config=...))")
         started = time.perf_counter()
         if self.engine == "vllm" and self.servers:
-            record = self._publish_vllm(source, version, tokenizer_dir, started)
+            record = self._publish_vllm(source, version, tokenizer_dir, started, reference)
         else:
             record = self._publish_lagoon(source, version, tokenizer_dir, started)
         record["gb_per_s"] = record["bytes"] / max(record["sync_s"], 1e-9) / 1e9
@@ -204,7 +207,7 @@ class WeightPublisher:
 
     # ----------------------------------------------------------------------------------------------
     def _publish_vllm(self, source: WeightSource, version: int, tokenizer_dir: Path | None,
-                      started: float) -> dict[str, Any]:
+                      started: float, reference: list[float] | None) -> dict[str, Any]:
         from lagoon.weights.vllm import VLLMError, VLLMTarget
 
         if self._vllm is None:
@@ -247,8 +250,9 @@ class WeightPublisher:
             if stats is not None:
                 record["send_s"] = stats.seconds
                 check_started = time.perf_counter()
-                policy = policy or _load_policy(path)
-                problem = self._check(policy)
+                if reference is None:
+                    policy = policy or _load_policy(path)
+                problem = self._check(policy, reference)
                 record["check_s"] = time.perf_counter() - check_started
                 if problem is None:
                     break
@@ -268,13 +272,16 @@ class WeightPublisher:
         record["problems"] = failures
         return record
 
-    def _check(self, policy: nn.Module) -> str | None:
-        """The log-probability probe on every server (`lagoon.weights.probe`): None, or what is wrong."""
-        from lagoon.weights.probe import TOLERANCE, probe_difference
+    def _check(self, policy: nn.Module | None, reference: list[float] | None) -> str | None:
+        """The log-probability probe on every server (`lagoon.weights.probe`), against `reference` or `policy`'s
+        own log-probabilities: None, or what is wrong."""
+        from lagoon.weights.probe import TOLERANCE, policy_logprobs, probe_difference, probe_ids
 
         tolerance = self.config.check_tolerance or TOLERANCE[self.server_dtype]
+        ids = probe_ids(self.model_config.vocab_size)
+        ours = reference if reference is not None else policy_logprobs(policy, ids)
         for url in self.servers:
-            difference = probe_difference(policy, url, self.served_model)
+            difference = probe_difference(policy, url, self.served_model, ids, ours)
             if not difference <= tolerance:
                 return (f"vLLM at {url} does not hold the trainer's weights after the update: the probe's "
                         f"log-probabilities differ by {difference:.3g} (tolerance {tolerance:g})")
