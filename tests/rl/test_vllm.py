@@ -36,12 +36,13 @@ MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_att
 
 def _config(checkpoint: Path, urls: list[str], **rl) -> object:
     base = {
+        "optim": {"name": "adamw", "lr": 1e-3, "adamw_lr": 1e-3, "weight_decay": 0.0, "adamw_betas": [0.9, 0.99]},
         "agent": {"sampling": {"temperature": 1.0, "top_p": 1.0, "max_tokens_per_turn": 16},
                   "budgets": {"max_steps": 2, "max_context_tokens": 320}},
         "rl": {"init_checkpoint": str(checkpoint), "total_steps": 2,
                "tasks": {"task_set": "arith-code:level=1", "num_tasks": 8, "group_size": 2},
                "actor": {"num_actors": 1, "concurrent_episodes": 2, "filter_zero_variance": False},
-               "trainer": {"groups_per_step": 1, "max_staleness": 0, "learning_rate": 1e-3, "device": "cpu",
+               "trainer": {"groups_per_step": 1, "max_staleness": 0, "device": "cpu",
                            "checkpoint_every": 2, "poll_interval_s": 0.1},
                "servers": {"engine": "vllm", "urls": urls, "vllm_python": str(VLLM_PYTHON), "startup_timeout_s": 600},
                "eval": {"num_tasks": 0}, **rl},
