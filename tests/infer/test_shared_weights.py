@@ -114,7 +114,6 @@ def test_a_reader_copies_while_the_writer_writes(tmp_path):
     writer.write(tiny_model(seed=1), version=0)
     writer.write(tiny_model(seed=1), version=1)
     trainer = tiny_model(seed=6)
-    assert writer.streamable(trainer)
     segment = SharedSegment.open(writer.path(0))
     served = tiny_model(seed=2)
     copied: list = []
@@ -230,7 +229,7 @@ def test_the_rl_publisher_uses_shared_memory_for_local_servers(server, tmp_path)
                     parameter.add_(0.01)
             record = publisher.publish(trainer, version)
             assert record["transfer"] == "shared_memory" and record["failed_servers"] == []
-            assert record["streamed"] == (version == 8)    # the second update reuses the mapped files
+            assert record["streamed"]    # the slots exist before the data, from the first update on
             (served,) = publisher.server_weights()
             assert served["policy_version"] == version and served["digest"] == weights_digest(trainer)
             assert served["last_update"]["source"] == "shared"

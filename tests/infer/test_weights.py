@@ -154,6 +154,20 @@ def test_mismatched_weights_are_refused_and_nothing_changes(server, tmp_path):
     assert _complete(server.url)["policy_version"] == before["policy_version"]
 
 
+def test_a_stream_longer_than_its_announced_layout_fails_the_update_on_both_sides(server):
+    from lagoon.weights.tensors import layout_of, ordered_tensors
+
+    trained = tiny_model(sliding_window=16, seed=23)
+    stream = [*ordered_tensors(trained), ("zz.extra", torch.zeros(4))]   # the layout fits the model, the stream not
+    with pytest.raises(LagoonError, match="more tensors than the announced layout.*zz.extra"):
+        push_weights(iter(stream), [server.url], version=7, timeout_s=60, layout=layout_of(trained))
+    # The server heard of the failure in the closing vote (nothing left waiting) and serves again once whole weights
+    # arrive.
+    push_weights(trained, [server.url], version=8, timeout_s=60)
+    weights = httpx.get(server.url + "/v1/weights").json()
+    assert weights["policy_version"] == 8 and weights["digest"] == weights_digest(trained)
+
+
 def test_digest_is_dtype_aware_and_order_independent():
     import copy
 

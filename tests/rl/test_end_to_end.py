@@ -98,8 +98,7 @@ num_tasks = 6
 """
 
 
-def _wait_for(predicate, timeout, process):
-    deadline = time.monotonic() + timeout
+def _wait_for(predicate, deadline, process):
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"lagoon rl exited early with {process.returncode}")
@@ -113,18 +112,24 @@ def _appends(path):
     return [r for r in read_jsonl(path) if r.get("type") == "append"]
 
 
-@pytest.mark.timeout(600)
+# One budget for the whole run (warm-up, servers, RL, evaluations), not a deadline per phase: on a machine at
+# load 10-20 the phases stretch unevenly. A quiet machine takes ~75 s.
+BUDGET_S = 840
+
+
+@pytest.mark.timeout(BUDGET_S + 60)
 def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     config = tmp_path / "mini.toml"
     config.write_text(MINI)
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "lagoon", "rl", str(config), "--run-dir", str(run_dir)]
+    deadline = time.monotonic() + BUDGET_S
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         # Once actor-1 has committed an append, kill it in the middle of its next episodes.
         actor_log = run_dir / "actors" / "actor-1.jsonl"
-        _wait_for(lambda: _appends(actor_log), 300, process)
+        _wait_for(lambda: _appends(actor_log), deadline, process)
         store = TrajectoryStore(TableConfig(), run_dir)
         pid = json.loads((run_dir / "pids.json").read_text())["actors"]["1"]
         os.kill(pid, signal.SIGKILL)
@@ -134,7 +139,7 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
 
         live = load_catalog("lagoon", **catalog_properties(TableConfig(), run_dir)).load_table("lagoon.trajectories")
         assert live.scan(selected_fields=("trajectory_id",)).to_arrow().num_rows >= len(committed) > 0
-        output, _ = process.communicate(timeout=280)
+        output, _ = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
     finally:
         if process.poll() is None:   # the supervisor and everything it started (servers, trainer, actors)
             from lagoon.processes import kill_tree
@@ -172,8 +177,13 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     assert all(m["staleness_max"] <= 1 for m in metrics)
     assert sum(m["dropped_stale"] for m in metrics) == 0
     assert all(m["weight_sync_s"] > 0 and m["mismatch_kl"] >= 0 for m in metrics)
-    # The first step trains on data from the very weights it holds: the train-inference mismatch is ~0.
+    # The first step trains on data from the very weights it holds: the train-inference mismatch is ~0. (Servers
+    # start from the trainer's own resume point, never from a weight store an earlier run left in /dev/shm.)
     assert metrics[0]["mismatch_kl_fresh"] < 1e-3
+    assert sum(m["dropped_ahead"] for m in metrics) == 0
+    # The trainer's start-up check found the servers holding its weights (a restarted trainer would republish).
+    kinds = [e["event"] for e in events]
+    assert "publish" not in kinds or "trainer_restart" in kinds
     assert (run_dir / "report.html").is_file()
     assert not list((run_dir / "checkpoints").glob(".step_*"))
     # The warm-up and the trainer ran on the engine, their weights and optimizer state sharded over 2 ranks.

@@ -43,7 +43,10 @@ def is_sharded(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every parameter and buffer as a full (unsharded) tensor on every rank (a collective)."""
+    """Every parameter and buffer as a full (unsharded) tensor on every rank (a collective).
+
+    A whole copy per rank: for tests that compare a sharded run with a single-process one at small shapes. No
+    trainer path calls it (evaluation runs the sharded model; publishing and export stream tensor by tensor)."""
     return {name: (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
             for name, t in model.state_dict().items()}
 
@@ -62,32 +65,3 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             target.to_local().copy_(local)
         else:
             target.copy_(source)
-
-
-class FullWeights:
-    """An FSDP2 model's weights gathered in full, with the ``config`` and ``state_dict()`` a checkpoint writer reads.
-
-    Building it is a collective (every rank calls it); the tensors are full on every rank.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.config = model.config
-        self._state = full_state_dict(model)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self._state
-
-
-def unsharded_copy(model: nn.Module) -> nn.Module:
-    """A plain (unsharded) copy of a sharded Laguna model, for work that must not run FSDP2 collectives
-    (each rank evaluating its own batches). A collective: every rank calls it."""
-    from lagoon.model import LagunaForCausalLM
-
-    state = full_state_dict(model)
-    with torch.device("meta"):
-        copy = LagunaForCausalLM(model.config)
-    copy.to_empty(device=next(iter(state.values())).device)
-    copy.tie_weights()
-    copy.load_state_dict(state, strict=False)
-    copy.reset_rotary()
-    return copy

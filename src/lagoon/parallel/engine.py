@@ -150,16 +150,15 @@ class Engine:
                 "optimizer": state}
 
     def full_tensors(self, dtype: torch.dtype | None = None):
-        """(name, full tensor on rank 0) one at a time (`lagoon.parallel.gather`; collective when sharded)."""
+        """(name, full tensor on rank 0 / None elsewhere) one at a time in the fixed order, in the publish dtype
+        `dtype` (`lagoon.parallel.gather`; a collective when sharded: every rank iterates to the end)."""
         from lagoon.parallel.gather import full_tensors
 
-        return full_tensors(self.model, dtype, self.mesh if self.sharded else None)
+        return full_tensors(self.model, dtype, self.mesh)
 
-    def unsharded_copy(self) -> nn.Module:
-        """A plain copy of the model on every rank, for work that must not run FSDP2 collectives (each rank
-        evaluating its own batches); the model itself in replicated layouts."""
-        if not self.sharded:
-            return self.model
-        from lagoon.optim.fsdp import unsharded_copy
+    def on_rank0(self, consume, dtype: torch.dtype | None = None):
+        """``consume(pairs)`` on rank 0 over `full_tensors` — its result there, None elsewhere — with every rank
+        taking part to the end and raising together if rank 0's consumer failed (`lagoon.parallel.gather`)."""
+        from lagoon.parallel.gather import on_rank0
 
-        return unsharded_copy(self.model)
+        return on_rank0(consume, self.model, dtype, self.mesh)

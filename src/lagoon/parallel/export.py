@@ -2,10 +2,11 @@
 
     stream_export(Path("run/checkpoints/step_00000200"), Path("hf/"), torch.bfloat16)
 
-Each tensor is read alone (from ``dcp/`` or from safetensors), renamed and split into the on-disk form
-(`lagoon.model.hf.to_hub_state_dict`), cast, and added to the current output file; a file is written once
-it reaches `shard_bytes`. Memory is therefore bounded by one output file plus one tensor, whatever the
-model's size. One file is ``model.safetensors``; more are ``model-0000k-of-0000N.safetensors`` with the
+Each tensor is read alone (from ``dcp/`` or from safetensors), cast (before it is split: half the bytes for
+bf16), renamed and split into the on-disk form (`lagoon.model.hf.to_hub_state_dict`), and added to the current
+output file; a file is written once it reaches `shard_bytes`. Memory is therefore bounded by one output file
+plus one tensor, whatever the model's size (measured on a 0.5B checkpoint: the budget plus 1.8× the largest
+float32 tensor, `benchmarks/export_memory.py`). One file is ``model.safetensors``; more are ``model-0000k-of-0000N.safetensors`` with the
 usual ``model.safetensors.index.json`` (what transformers and vLLM read). The directory is staged and
 renamed into place, so an interrupted export leaves nothing behind.
 """
@@ -25,18 +26,24 @@ from lagoon.files import publish_mode, staging_dir
 DEFAULT_SHARD_BYTES = 4 << 30
 
 
-def _source_tensors(source: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """(on-disk name, tensor as stored) one at a time."""
+def _source_tensors(source: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """(on-disk name, tensor in its exported dtype) one at a time."""
     from lagoon.model.hf import to_hub_state_dict
     from lagoon.parallel.load import SafetensorsDirectory, has_sharded_weights, read_dcp_tensors
 
+    def cast(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        # vLLM reads the correction bias in fp32 whatever the weights' dtype.
+        if not tensor.is_floating_point():
+            return tensor
+        return tensor.to(torch.float32 if name.endswith("e_score_correction_bias") else dtype)
+
     if has_sharded_weights(source):
         for name, tensor in read_dcp_tensors(source):
-            yield from to_hub_state_dict({name: tensor}).items()
+            yield from to_hub_state_dict({name: cast(name, tensor)}).items()
         return
     files = SafetensorsDirectory(source)
     for name in files.where:
-        yield from to_hub_state_dict({name: files.read(name)}).items()
+        yield from to_hub_state_dict({name: cast(name, files.read(name))}).items()
 
 
 def stream_export(source: Path, out: Path, dtype: torch.dtype | None = None,
@@ -65,10 +72,7 @@ def stream_export(source: Path, out: Path, dtype: torch.dtype | None = None,
             save_file(parts[-1], files[-1], metadata={"format": "pt"})
             parts[-1], size = {}, 0
 
-        for name, tensor in _source_tensors(source):
-            # vLLM reads the correction bias in fp32 whatever the weights' dtype.
-            cast = torch.float32 if name.endswith("e_score_correction_bias") else weights_dtype
-            tensor = tensor.to(cast) if tensor.is_floating_point() else tensor
+        for name, tensor in _source_tensors(source, weights_dtype):
             parts[-1][name] = tensor.contiguous()
             size += tensor.numel() * tensor.element_size()
             if size >= shard_bytes:

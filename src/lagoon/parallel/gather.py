@@ -1,26 +1,38 @@
-"""Full tensors of a (possibly sharded) model, one at a time, on rank 0, in a chosen dtype.
+"""Full tensors of a (possibly sharded) model, one at a time, on rank 0, in a chosen dtype and the fixed order.
 
     for name, tensor in full_tensors(model, torch.bfloat16, mesh):   # every rank iterates; rank 0 gets tensors
         if tensor is not None:
             send(name, tensor)
 
-This is the collective a sharded trainer publishes weights with (RL) and exports with: each shard is cast
-to the publish dtype first (half the bytes for bf16), then gathered to rank 0 over the shard group; only
-the first replica group takes part (the others hold the same values). At any moment rank 0 holds one full
-tensor, never the model. Names are lagoon's runtime names; a tied LM head appears once, as the embedding.
+    record = on_rank0(lambda pairs: publisher.publish(pairs, version, config=model.config), model, dtype, mesh)
+
+This is the collective a sharded trainer publishes weights with (RL): each shard is cast to the publish dtype
+first (half the bytes for bf16; `lagoon.weights.tensors.publish_dtype`), then gathered to rank 0 over the
+shard group; only the first replica group takes part (the others hold the same values). The order is the
+fixed one every transfer and digest walks (`lagoon.weights.tensors`: sorted runtime names, a tied LM head left
+out), so the pairs feed `WeightPublisher.publish` as they arrive. At any moment rank 0 holds one full tensor,
+never the model.
+
+`on_rank0` is the safe way to consume the stream: whatever rank 0's consumer does — finish, stop early or
+fail — every rank iterates the collective to its end, then all ranks learn rank 0's outcome and raise the
+same error together, so none is left waiting in a gather.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from lagoon.errors import LagoonError
 from lagoon.parallel.load import model_tensors
 from lagoon.parallel.mesh import Mesh
+
+T = TypeVar("T")
 
 
 def _gather_rows(local: torch.Tensor, rows: int, group: dist.ProcessGroup, dst_first: bool) -> torch.Tensor | None:
@@ -37,11 +49,15 @@ def _gather_rows(local: torch.Tensor, rows: int, group: dist.ProcessGroup, dst_f
 @torch.no_grad()
 def full_tensors(model: nn.Module, dtype: torch.dtype | None, mesh: Mesh | None = None,
                  device: torch.device | str = "cpu") -> Iterator[tuple[str, torch.Tensor | None]]:
-    """(name, full tensor on rank 0 / None elsewhere) for every stored tensor, in model order (a collective
-    under sharding: every rank must iterate to the end)."""
+    """(name, full tensor on rank 0 / None elsewhere) for every stored tensor in the fixed order, each in
+    ``publish_dtype(name, ·, dtype)`` (a collective under sharding: every rank must iterate to the end)."""
+    from lagoon.weights.tensors import publish_dtype
+
     rank = 0 if mesh is None else mesh.rank
-    for name, tensor in model_tensors(model).items():
-        cast = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+    tensors = model_tensors(model)
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        cast = publish_dtype(name, tensor.dtype, dtype)
         if not hasattr(tensor, "device_mesh"):
             yield name, tensor.detach().to(device=device, dtype=cast) if rank == 0 else None
             continue
@@ -55,23 +71,29 @@ def full_tensors(model: nn.Module, dtype: torch.dtype | None, mesh: Mesh | None 
         yield name, full.to(device) if rank == 0 and full is not None else None
 
 
-def gathered_model(model: nn.Module, mesh: Mesh | None, dtype: torch.dtype | None = None) -> nn.Module | None:
-    """A plain copy of a sharded model on rank 0 (None elsewhere), filled tensor by tensor (a collective).
+def on_rank0(consume: Callable[[Iterator[tuple[str, torch.Tensor]]], T], model: nn.Module,
+             dtype: torch.dtype | None, mesh: Mesh | None = None) -> T | None:
+    """``consume(pairs)`` on rank 0 over `full_tensors` (its result there, None elsewhere); a collective.
 
-    For consumers that still take a whole model object (`lagoon.weights.WeightPublisher`): rank 0 holds
-    one full copy, in `dtype`, while it publishes; the gather itself never holds more than one tensor extra."""
-    from lagoon.model import LagunaForCausalLM
-    from lagoon.parallel.materialize import materialize
-
-    copy = None
-    if mesh is None or mesh.rank == 0:
-        with torch.device("meta"):
-            copy = LagunaForCausalLM(model.config)
-        if dtype is not None:
-            copy.to(dtype)
-        materialize(copy, "cpu")
-        targets = copy.state_dict()
-    for name, tensor in full_tensors(model, dtype, mesh):
-        if tensor is not None:
-            targets[name].copy_(tensor)
-    return copy
+    Every rank iterates the stream to its end whatever `consume` did, then rank 0's failure (if any) is
+    broadcast: rank 0 re-raises its own exception, the others raise a `LagoonError` quoting it."""
+    rank = 0 if mesh is None else mesh.rank
+    pairs = full_tensors(model, dtype, mesh)
+    result, error = None, None
+    if rank == 0:
+        try:
+            result = consume(pairs)
+        except Exception as caught:   # noqa: BLE001 - re-raised below, after the collective has ended
+            error = caught
+    for _ in pairs:   # the other ranks' whole share of the collective; what rank 0's consumer left unread
+        pass
+    message = None if error is None else str(error) or type(error).__name__
+    if mesh is not None and mesh.mesh is not None:
+        box = [message]
+        dist.broadcast_object_list(box, src=0, group=mesh.world_group)
+        message = box[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise LagoonError(f"trainer rank 0 failed while the weights streamed to it: {message}")
+    return result

@@ -2,8 +2,11 @@
 
 The trainer reads every new append snapshot in order (`TrajectoryStore.read_new`), regroups the rows
 into groups (an actor appends whole groups), and queues them FIFO. Each step takes the oldest B groups
-that pass the staleness bound; staler ones are dropped and counted. `ConsumerState` is what a trainer
-checkpoint stores as its "data-loader position":
+that pass the staleness bound; staler ones are dropped and counted. So are groups with tokens from a version
+newer than the trainer's: the trainer has not published it, so those weights are not its own (servers that
+still held a previous run's or a lost history's weights when they started) and their importance ratios
+would be against the wrong policy. `ConsumerState` is what a trainer checkpoint stores as its "data-loader
+position":
 
 - ``last_snapshot``: the last snapshot read — everything up to it is either trained, dropped or pending;
 - ``pending``: groups read but not yet trained (their rows, as base64 Arrow IPC in the JSON state);
@@ -42,6 +45,10 @@ class Group:
     def oldest_version(self) -> int:
         return min(t.policy_version_min for t in self.trajectories)
 
+    @property
+    def newest_version(self) -> int:
+        return max(t.policy_version_max for t in self.trajectories)
+
 
 @dataclass
 class Batch:
@@ -49,6 +56,8 @@ class Batch:
     dropped: list[Group]
     staleness: list[int]
     """Staleness of every trained trajectory."""
+    ahead: int = 0
+    """Trajectories among `dropped` sampled (in part) by a version newer than the trainer's."""
 
 
 @dataclass
@@ -60,6 +69,8 @@ class ConsumerState:
     trained_groups: int = 0
     dropped_since_step: list[Group] = field(default_factory=list)
     """Groups dropped since the last batch (for that step's metrics; not checkpointed)."""
+    ahead_since_step: int = 0
+    """Of their trajectories, those from a version newer than the trainer's (not checkpointed)."""
 
     # ----------------------------------------------------------------------------------------------
     def poll(self, store: TrajectoryStore, max_snapshots: int | None = None) -> int:
@@ -81,16 +92,19 @@ class ConsumerState:
         return arrived
 
     def take(self, version: int, groups_per_step: int, bound: StalenessFilter) -> Batch | None:
-        """The next batch for the trainer at `version`: drop stale groups, then the oldest B groups
-        (None while fewer than B admissible groups are queued)."""
+        """The next batch for the trainer at `version` (its newest published version): drop stale groups and
+        groups from a newer version, then the oldest B groups (None while fewer than B admissible groups are
+        queued)."""
         kept = []
         for group in self.pending:
-            if bound.admit(version, group.oldest_version):
+            ahead = group.newest_version > version
+            if not ahead and bound.admit(version, group.oldest_version):
                 kept.append(group)
             else:
                 self._consumed(group)
                 self.dropped_groups += 1
                 self.dropped_since_step.append(group)
+                self.ahead_since_step += len(group.trajectories) if ahead else 0
         self.pending = kept
         if len(self.pending) < groups_per_step:
             return None
@@ -99,7 +113,9 @@ class ConsumerState:
             self._consumed(group)
         self.trained_groups += len(groups)
         dropped, self.dropped_since_step = self.dropped_since_step, []
-        return Batch(groups, dropped, [staleness(version, t.policy_version_min) for g in groups for t in g.trajectories])
+        ahead, self.ahead_since_step = self.ahead_since_step, 0
+        return Batch(groups, dropped, [staleness(version, t.policy_version_min) for g in groups for t in g.trajectories],
+                     ahead)
 
     def _consumed(self, group: Group) -> None:
         self.consumed_groups[group.actor_id] = self.consumed_groups.get(group.actor_id, 0) + 1

@@ -239,9 +239,9 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
 
     from lagoon.configio import dumps_toml, to_dict
     from lagoon.rl.evaluate import evaluate_checkpoint, evaluate_servers
-    from lagoon.rl.servers import LocalServers
+    from lagoon.rl.servers import LocalServers, current_weights
     from lagoon.rl.store import TrajectoryStore
-    from lagoon.weights.publish import read_latest, segment_root, store_root
+    from lagoon.weights.publish import segment_root, store_root
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -272,6 +272,11 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     data = to_dict(config)
     config_path.write_text(dumps_toml({key: data[key] for key in ROLE_SECTIONS if key in data}))
     TrajectoryStore(rl.table, run_dir)
+    if rl.weights.transfer == "shm":
+        # Left by a run that was killed before its clean-up (below): a store this run did not write, which could
+        # even be another run's in a directory of the same path. Servers start from the trainer's checkpoint.
+        shutil.rmtree(store_root(rl.weights, run_dir), ignore_errors=True)
+    shutil.rmtree(segment_root(run_dir), ignore_errors=True)
 
     if rl.servers.urls:
         servers = None
@@ -295,8 +300,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
         tokenizer_dir = Path(rl.tokenizer or rl.init_checkpoint)
         before_path = run_dir / "eval_before.json"
         if rl.eval.num_tasks and not before_path.is_file():
-            latest = read_latest(store_root(rl.weights, run_dir))
-            if latest is None or latest["version"] == 0:
+            if current_weights(config, run_dir)[1] == 0:   # the servers hold the policy RL starts from
                 before = evaluate_servers(config, urls, tokenizer_dir)
             else:
                 before = evaluate_checkpoint(config, Path(rl.init_checkpoint))
@@ -348,7 +352,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
             signal.signal(sig, handler)
         if rl.weights.transfer == "shm":
             # The RAM copy of the weights goes with the run (finished or interrupted): a resumed run starts
-            # its servers from the initial checkpoint and the trainer pushes its own weights on start.
+            # its servers from the trainer's checkpoint (`lagoon.rl.servers.current_weights`).
             shutil.rmtree(store_root(rl.weights, run_dir), ignore_errors=True)
         # Shared-memory segments of a trainer that did not get to remove them itself.
         shutil.rmtree(segment_root(run_dir), ignore_errors=True)

@@ -1,9 +1,9 @@
 """Local inference servers for an RL run: `lagoon serve` processes started, watched and stopped by `lagoon rl`.
 
 Each server is an ordinary ``lagoon serve CKPT --port P`` process (the same one users run by hand),
-started with the newest published weights of the run (``weights/LATEST.json``) or the initial
-checkpoint, at that policy version. ``lagoon rl serve CONFIG --run-dir DIR --index I`` runs one such
-server in the foreground, for putting servers on other machines.
+started with the weights the trainer resumes from, at that policy version (`current_weights`).
+``lagoon rl serve CONFIG --run-dir DIR --index I`` runs one such server in the foreground, for putting servers
+on other machines.
 """
 
 from __future__ import annotations
@@ -18,16 +18,33 @@ from pathlib import Path
 
 from lagoon.errors import LagoonError
 from lagoon.rl.affinity import pin_child, pin_process
-from lagoon.weights.publish import read_latest, store_root
+from lagoon.weights.publish import store_root, version_dir_name
 
 
 def current_weights(config, run_dir: Path) -> tuple[Path, int]:
-    """The checkpoint servers should start from, and its policy version."""
-    latest = read_latest(store_root(config.rl.weights, run_dir))
-    if latest is not None and Path(latest["path"]).is_dir():
-        return Path(latest["path"]), int(latest["version"])
+    """The weights servers should start from, and their policy version: those the trainer resumes from.
+
+    That is the trainer's newest checkpoint, whose step is the version — read from the store's directory of
+    that version when it has one, else from the checkpoint itself (lagoon's own servers read lagoon
+    checkpoints) — or, before the first checkpoint, ``rl.init_checkpoint`` at version 0 (also what vLLM, which
+    reads Hugging Face directories only, starts from when the store lacks the version: older weights under
+    their own version number, which the trainer's start-up sync replaces). Never simply the store's newest
+    version: published versions run ahead of the last checkpoint, and the /dev/shm store outlives an
+    interrupted run (it may even be an earlier run's, in a directory of the same path). Servers holding weights
+    the trainer does not would have the actors sample, under a version number of this run, a policy that is
+    none of its versions, until the trainer's start-up check replaced them.
+    """
+    from lagoon.train import checkpoint as ckpt
+
+    run_dir = Path(run_dir)
+    for version, checkpoint in ckpt.step_dirs(ckpt.checkpoints_root(run_dir))[:1]:
+        stored = store_root(config.rl.weights, run_dir) / version_dir_name(version)
+        if (stored / "config.json").is_file():   # a committed version: renamed into place whole
+            return stored, version
+        if config.rl.servers.engine == "lagoon":
+            return checkpoint, version
     if not config.rl.init_checkpoint:
-        raise LagoonError("no published weights and rl.init_checkpoint is empty: nothing to serve")
+        raise LagoonError("the run has no trainer checkpoint and rl.init_checkpoint is empty: nothing to serve")
     return Path(config.rl.init_checkpoint), 0
 
 

@@ -27,8 +27,9 @@ Metrics keys: step (= the new policy version), reward_mean, reward_std, groups, 
 loss_tokens, loss, grad_norm, lr, clip_high_frac, clip_low_frac, mismatch_kl (k3 estimate of
 KL(μ‖π) over all trained tokens), mismatch_kl_fresh (over tokens sampled by the trainer's current
 version only: the pure train–inference numerical mismatch), ratio_max, staleness_mean, staleness_max,
-staleness_hist ({versions behind: trajectories}), dropped_stale, wait_s, train_s, weight_sync_s,
-weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups, and the actors' counters
+staleness_hist ({versions behind: trajectories}), dropped_stale, dropped_ahead (trajectories sampled by a
+version newer than the trainer's: weights it never published, `lagoon.rl.consumer`), wait_s, train_s,
+weight_sync_s, weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups, and the actors' counters
 (`lagoon.rl.health`): infra/server, infra/sandbox, infra/harness, infra/append, infra/retries, episodes,
 episodes_model_failed. While it waits for data the trainer stops (exit 3, one line) once every actor
 reports only infrastructure failures past ``rl.actor.max_consecutive_infra_failures``.
@@ -68,7 +69,7 @@ class Trainer:
         from lagoon.model.hf import read_config
         from lagoon.parallel.engine import Engine
         from lagoon.train import checkpoint as ckpt
-        from lagoon.train.distributed import setup
+        from lagoon.train.distributed import broadcast_object, setup
         from lagoon.train.metrics import MetricsWriter
         from lagoon.train.rng import restore_rng
 
@@ -90,6 +91,8 @@ class Trainer:
         self.engine = Engine.build(read_config(source), config.parallel, self.rl.optim_config(config.optim), self.dist,
                                    source=source if resume is None else None, initialize=resume is None)
         self.model, self.optimizer = self.engine.model, self.engine.optimizer
+        self.publish_dtype = getattr(torch, self.rl.servers.dtype)
+        """What the weights are published in: the servers' dtype (`lagoon.weights.tensors.publish_dtype`)."""
         self.tokenizer_dir = Path(self.rl.init_checkpoint) if self.rl.init_checkpoint else source
         self.consumer = ConsumerState()
         self.version = 0
@@ -111,7 +114,9 @@ class Trainer:
         self.last_checkpoint = self.version
         self._last_expiry = self.version
         self.store = TrajectoryStore(self.rl.table, self.run_dir) if self.is_main else None
-        self.publisher = WeightPublisher.for_run(self.rl, self.run_dir, servers or []) if self.is_main else None
+        # Rank 0's list on every rank: whether a publish runs the probe's collective forward depends on it.
+        self.servers = broadcast_object(list(servers or []), self.dist)
+        self.publisher = WeightPublisher.for_run(self.rl, self.run_dir, self.servers) if self.is_main else None
         self.watch = TrainerWatch(self.run_dir, self.rl) if self.is_main else None  # actors' infrastructure health
         if self.is_main:
             (self.run_dir / CONSUMED_LOG).parent.mkdir(parents=True, exist_ok=True)
@@ -154,34 +159,56 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         self._stop = True
 
-    def _publishable(self):
-        """The model as the publisher takes it: this rank's model, or under sharding a copy gathered tensor by
-        tensor onto rank 0 (`lagoon.parallel.gather`; a collective, None on the other ranks)."""
-        if not self.engine.sharded:
-            return self.model
-        from lagoon.parallel.gather import gathered_model
+    def _publish(self) -> dict[str, Any] | None:
+        """Publish the weights as version `self.version` (a collective: every rank calls it); the publisher's
+        record on rank 0, None elsewhere.
 
-        return gathered_model(self.model, self.engine.mesh)
+        The weights stream to rank 0 one full tensor at a time, in the servers' dtype and the fixed order
+        (`lagoon.parallel.gather.on_rank0`), and straight into the publisher: no rank holds a whole copy. If the
+        publication fails on rank 0, every rank still takes its part in the gather to the end, then all raise."""
+        config = self.model.config
+        reference = None
+        if self.rl.servers.engine == "vllm" and self.servers:
+            from lagoon.weights.probe import policy_logprobs, probe_ids
+
+            # What the publisher's probe compares each vLLM server with, from the model as this rank holds it
+            # (a collective forward under sharding), so the check needs no copy of the weights either.
+            reference = policy_logprobs(self.model, probe_ids(config.vocab_size))
+        return self.engine.on_rank0(
+            lambda pairs: self.publisher.publish(pairs, self.version, self.tokenizer_dir, config=config,
+                                                 reference=reference),
+            self.publish_dtype)
 
     def _sync_servers(self) -> None:
-        """Make sure every server serves this trainer's current version (after a resume it may not)."""
+        """Make sure every server serves this trainer's current version (a collective: every rank calls it).
+
+        Servers that report the trainer's version are checked by digest — one pass over the weights, hashed in
+        the servers' dtype as they stream to rank 0; servers that report another version (or no digest: vLLM,
+        checked by its probe instead) get the weights published at once, in one pass. Only servers that hold
+        other bits under the trainer's version number cost both passes."""
         from lagoon.train.distributed import broadcast_object
         from lagoon.weights import weights_digest
 
-        if not broadcast_object(bool(self.publisher.servers) if self.is_main else None, self.dist):
+        reason, replies = None, []
+        if self.is_main and self.publisher.servers:
+            replies = self.publisher.server_weights()
+            reason = _out_of_sync(replies, self.publisher.servers, self.version) or "check"
+        reason = broadcast_object(reason, self.dist)
+        if reason is None:   # no servers: the store alone, written at the next publish
             return
-        model = self._publishable()
-        if not self.is_main:
-            return
-        digest = weights_digest(model)
-        replies = self.publisher.server_weights()
-        if all(r is not None and r.get("policy_version") == self.version and r.get("digest") == digest for r in replies):
+        if reason == "check":
+            digest = self.engine.on_rank0(lambda pairs: weights_digest(pairs, self.publish_dtype), self.publish_dtype)
+            if self.is_main:
+                differ = [url for url, reply in zip(self.publisher.servers, replies) if reply["digest"] != digest]
+                reason = (f"{differ[0]} holds other weights under version {self.version}" if differ else None)
+            reason = broadcast_object(reason, self.dist)
+        if reason is not None:
+            record = self._publish()
+            if self.is_main:
+                self.metrics.event("publish", step=self.version, reason=reason, sync_s=record["sync_s"],
+                                   failed=record["failed_servers"])
+        if self.is_main:
             self._publish_progress()
-            return
-        record = self.publisher.publish(model, self.version, self.tokenizer_dir)
-        self.metrics.event("publish", step=self.version, reason="servers behind the trainer",
-                           sync_s=record["sync_s"], failed=record["failed_servers"])
-        self._publish_progress()
 
     # ----------------------------------------------------------------------------------------------
     def _next_batch(self) -> tuple[Batch, float]:
@@ -284,13 +311,12 @@ class Trainer:
         self.version += 1
         t = self.rl.trainer
         publish = self.version % t.publish_every == 0 or self.version == self.rl.total_steps
-        model = self._publishable() if publish else None
+        sync = self._publish() if publish else None
         if not self.is_main:
             if self.version % t.checkpoint_every == 0:
                 self.save_checkpoint()
             return
         if publish:
-            sync = self.publisher.publish(model, self.version, self.tokenizer_dir)
             record.update(weight_sync_s=sync["sync_s"], weight_sync_gbps=sync["gb_per_s"], weight_bytes=sync["bytes"])
             if sync["failed_servers"]:
                 self.metrics.event("publish_failed", step=self.version, servers=sync["failed_servers"])
@@ -298,7 +324,8 @@ class Trainer:
         record.update(
             step=self.version, staleness_hist=histogram(batch.staleness),
             staleness_mean=sum(batch.staleness) / len(batch.staleness), staleness_max=max(batch.staleness),
-            dropped_stale=sum(len(g.trajectories) for g in batch.dropped), queued_groups=len(self.consumer.pending),
+            dropped_stale=sum(len(g.trajectories) for g in batch.dropped) - batch.ahead, dropped_ahead=batch.ahead,
+            queued_groups=len(self.consumer.pending),
             elapsed_s=time.perf_counter() - self.started, **self.watch.metrics(),
         )
         if self.version % t.checkpoint_every == 0:
@@ -341,6 +368,18 @@ class Trainer:
 
     def close(self) -> None:
         self.dist.close()
+
+
+def _out_of_sync(replies: list[dict[str, Any] | None], urls: list[str], version: int) -> str | None:
+    """Why the servers need the trainer's weights published without a digest check (None: check them)."""
+    for url, reply in zip(urls, replies):
+        if reply is None:
+            return f"{url} did not report its weights"
+        if reply.get("policy_version") != version:
+            return f"{url} serves version {reply.get('policy_version')}, the trainer is at {version}"
+        if not reply.get("digest"):
+            return f"{url} reports no digest"
+    return None
 
 
 def _empty_micro_batch() -> MicroBatch:

@@ -11,6 +11,12 @@ masking as training). Only the first ``max_tokens`` tokens are used, so the same
 the same tokens. With several data-parallel ranks, batches are dealt round-robin and the sums are
 all-reduced in float64.
 
+The model may be sharded (FSDP2/HSDP, `lagoon.parallel`): its forward is then a collective (each block's
+parameters are all-gathered over the shard group), so every rank must run the same number of forward
+passes. A rank whose share of the batches is one short runs one fully masked batch instead — a single
+position whose target is ignored, adding nothing to either sum. The figures are those of one process over
+the same batches, up to the order of the float64 sums; no rank ever holds an unsharded copy of the model.
+
 Shape legend: B rows, T positions, V vocabulary.
 """
 
@@ -43,18 +49,27 @@ def bits_per_byte(model: LagunaForCausalLM, batches: Iterable[Any], token_bytes:
     total_bytes = torch.zeros((), dtype=torch.float64)
     autocast = (torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
+
+    def score(input_ids_BT: torch.Tensor, targets_BT: torch.Tensor, document_ids_BT: torch.Tensor) -> None:
+        nonlocal nats, total_bytes
+        counted_BT = targets_BT != IGNORE_INDEX
+        with autocast:
+            logits_BTV = model(input_ids_BT.to(device), document_ids=document_ids_BT.to(device)).logits
+        losses_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), targets_BT.to(device),
+                                    ignore_index=IGNORE_INDEX, reduction="none")
+        nats += losses_BT.sum().double().cpu()
+        total_bytes += bytes_V[targets_BT.clamp(min=0)][counted_BT].sum().double()
+
     try:
+        count = 0
         for index, batch in enumerate(batches):
-            if index % world != rank:
-                continue
-            targets_BT = batch.targets
-            counted_BT = targets_BT != IGNORE_INDEX
-            with autocast:
-                logits_BTV = model(batch.input_ids.to(device), document_ids=batch.document_ids.to(device)).logits
-            losses_BT = F.cross_entropy(logits_BTV.float().transpose(1, 2), targets_BT.to(device),
-                                        ignore_index=IGNORE_INDEX, reduction="none")
-            nats += losses_BT.sum().double().cpu()
-            total_bytes += bytes_V[targets_BT.clamp(min=0)][counted_BT].sum().double()
+            count += 1
+            if index % world == rank:
+                score(batch.input_ids, batch.targets, batch.document_ids)
+        # Every rank runs ceil(count / world) forwards (see the module docstring): the short ones add a masked one.
+        if rank >= count % world > 0:
+            masked_11 = torch.full((1, 1), IGNORE_INDEX, dtype=torch.long)
+            score(torch.zeros((1, 1), dtype=torch.long), masked_11, torch.zeros((1, 1), dtype=torch.long))
     finally:
         model.train(was_training)
     if group is not None:

@@ -145,9 +145,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         train = self.train
-        # FSDP2's forward is a collective; each rank evaluates its own batches on a gathered, unsharded copy.
-        model = self.engine.unsharded_copy()
-        results = evaluate_bpb(model, self.shards, groups=train.eval_groups, max_tokens=train.eval_tokens,
+        # The model as this rank holds it: under FSDP2/HSDP every rank runs the same number of (collective)
+        # forwards over its share of the batches (`lagoon.train.evaluate`); nobody gathers a full copy.
+        results = evaluate_bpb(self.model, self.shards, groups=train.eval_groups, max_tokens=train.eval_tokens,
                                seq_len=self.config.data.seq_len, batch_size=train.eval_batch_size, device=self.dist.device,
                                autocast_dtype=self.autocast_dtype, group=self.dist.group)
         self.last_eval = results

@@ -29,15 +29,15 @@ import datetime
 import json
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from lagoon.errors import LagoonError
-from lagoon.weights.tensors import WeightSource, layout_problem, ordered_tensors
+from lagoon.weights.tensors import Layout, WeightSource, layout_of, layout_problem, ordered_tensors
 
 # Bucket sizes by backend. Gloo over TCP moved the `small` preset 2-7x faster in 1-8 MiB buckets than in
 # 64 MiB+ ones on the development machine (docs/LOG.md, 2026-11-29); NCCL favours large messages.
@@ -159,16 +159,18 @@ def _numel(shape: list[int]) -> int:
 # Trainer side
 
 
-def broadcast_weights(source: WeightSource, group: WeightGroup, version: int,
-                      bucket_bytes: int | None = None) -> TransferStats:
+def broadcast_weights(source: WeightSource, group: WeightGroup, version: int, bucket_bytes: int | None = None,
+                      layout: Layout | None = None) -> TransferStats:
     """Rank 0: send every weight of `source` to the other ranks (see the module docstring for the protocol).
 
-    `bucket_bytes` None picks the backend's default (`DEFAULT_BUCKET_BYTES`).
+    `layout` (names, dtypes, shapes in the fixed order; a module's or mapping's own by default) is the header,
+    so a stream is announced before its first tensor arrives and is then consumed as it is sent: at most two
+    buckets are in flight, and nothing else of the source is held. `bucket_bytes` None picks the backend's
+    default (`DEFAULT_BUCKET_BYTES`).
     """
     assert group.rank == 0, "the trainer broadcasts from rank 0"
     bucket_bytes = bucket_bytes or DEFAULT_BUCKET_BYTES[group.backend]
-    tensors = list(ordered_tensors(source))
-    entries = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in tensors]
+    entries = [(name, dtype, list(shape)) for name, dtype, shape in (layout if layout is not None else layout_of(source))]
     header = json.dumps({"version": version, "tensors": entries, "bucket_bytes": bucket_bytes}).encode()
     group.broadcast(torch.tensor([len(header)], dtype=torch.int64, device=group.device))
     group.broadcast(torch.frombuffer(bytearray(header), dtype=torch.uint8).to(group.device))
@@ -176,33 +178,43 @@ def broadcast_weights(source: WeightSource, group: WeightGroup, version: int,
         raise LagoonError("a server rejected the weights' names or shapes (its /v1/weights/receive reply says why)")
     started = time.perf_counter()
     buckets = _buckets(entries, bucket_bytes)
+    tensors = ordered_tensors(source)
+
+    def take(index: int) -> torch.Tensor:
+        name, tensor = next(tensors, (None, None))
+        if name != entries[index][0]:
+            raise LagoonError(f"weight {index} is {name}, the announced layout says {entries[index][0]}")
+        return tensor
+
     total = 0
     staging = _Staging(group.device)
-    in_flight: list = []
-    slot_work: dict[int, Any] = {}  # staging slot -> the broadcast still reading it
+    in_flight: deque = deque()   # (work, payload): the payload must live until its broadcast is done
     with torch.no_grad():
         for index, bucket in enumerate(buckets):
+            # Two in flight at most: bucket index-2 is done, so its staging slot (index % 2) is free again.
+            while len(in_flight) >= 2:
+                in_flight.popleft()[0].wait()
             if len(bucket) == 1:  # a tensor alone travels as itself, no copy
-                payload = tensors[bucket[0]][1].to(group.device).contiguous().reshape(-1)
-                work = group.broadcast_async(payload)
+                payload = take(bucket[0]).to(group.device).contiguous().reshape(-1)
             else:
-                # Two staging buffers: fill one while the other's broadcast is still in flight.
-                slot = index % 2
-                if slot in slot_work:
-                    slot_work.pop(slot).wait()
-                parts = [tensors[i][1] for i in bucket]
-                payload = staging.buffer(slot, sum(t.numel() for t in parts), parts[0].dtype)
+                parts = [take(i) for i in bucket]
+                payload = staging.buffer(index % 2, sum(t.numel() for t in parts), parts[0].dtype)
                 for piece, tensor in zip(payload.split([t.numel() for t in parts]), parts):
                     piece.copy_(tensor.reshape(-1))
-                work = slot_work[slot] = group.broadcast_async(payload)
-            in_flight.append((work, payload))  # keeps a moved-to-device payload alive until sent
+            in_flight.append((group.broadcast_async(payload), payload))
             total += payload.numel() * payload.element_size()
         for work, _ in in_flight:
             work.wait()
-    if group.max(_OK) != _OK:
+    # Drive the source to its end: a stream's own checks run after its last tensor, and one with more tensors
+    # than announced is a failed update — the servers are told so in the closing vote, not left waiting.
+    extra = next(tensors, None)
+    if group.max(_OK if extra is None else _REJECTED) != _OK:
+        if extra is not None:
+            raise LagoonError(f"the weights have more tensors than the announced layout ({len(entries)}); "
+                              f"first extra: {extra[0]}")
         raise LagoonError("a server failed while applying the broadcast weights")
     seconds = time.perf_counter() - started
-    return TransferStats(version, len(tensors), total, len(buckets), seconds, total / max(seconds, 1e-9) / 1e9)
+    return TransferStats(version, len(entries), total, len(buckets), seconds, total / max(seconds, 1e-9) / 1e9)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -293,8 +305,10 @@ def receive_buckets(group: WeightGroup, model: nn.Module, incoming: IncomingWeig
 
 def push_weights(source: WeightSource, server_urls: list[str], version: int, *,
                  master_addr: str = "127.0.0.1", master_port: int = 0, backend: str = "gloo",
-                 bucket_bytes: int | None = None, timeout_s: float = 300.0) -> TransferStats:
-    """Broadcast `source` to every server in `server_urls` (``http://host:port``) as policy `version`.
+                 bucket_bytes: int | None = None, timeout_s: float = 300.0,
+                 layout: Layout | None = None) -> TransferStats:
+    """Broadcast `source` to every server in `server_urls` (``http://host:port``) as policy `version`
+    (`layout`: see `broadcast_weights`).
 
     Each server pauses (keeping its requests), receives, checks, and resumes with the new weights.
     `master_addr` must be reachable from the servers; port 0 picks a free one. Returns the trainer-side stats.
@@ -327,7 +341,7 @@ def push_weights(source: WeightSource, server_urls: list[str], version: int, *,
     try:
         _wait_for_servers(store, server_urls, replies, timeout_s)
         group = WeightGroup(master_addr, store.port, world_size, 0, backend, timeout_s, store=store)
-        stats = broadcast_weights(source, group, version, bucket_bytes)
+        stats = broadcast_weights(source, group, version, bucket_bytes, layout)
     except LagoonError as error:
         for thread in threads:
             thread.join(timeout=5)

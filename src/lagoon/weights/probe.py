@@ -32,15 +32,23 @@ def probe_ids(vocab_size: int, length: int = PROBE_TOKENS, seed: int = 0) -> lis
 
 @torch.no_grad()
 def policy_logprobs(model, ids: list[int]) -> list[float]:
-    """log p(ids[t+1] | ids[:t+1]) under `model`, fp32 LM head, t = 0 … T-2."""
+    """log p(ids[t+1] | ids[:t+1]) under `model`, fp32 LM head, t = 0 … T-2.
+
+    `model` may be FSDP2/HSDP-sharded (`lagoon.parallel`): its forward is then a collective — every rank calls
+    this with the same ids — and the head, whole only inside the forward, computes the logits there (in the
+    layout's ``param_dtype``: float32 unless configured otherwise)."""
     ids_1T = torch.tensor([ids], device=next(model.parameters()).device)
     was_training = model.training
     model.eval()
     try:
-        hidden_1TD = model(ids_1T, return_logits=False, return_hidden_states=True).hidden_states
+        if hasattr(model.lm_head.weight, "device_mesh"):
+            logits_TV = model(ids_1T).logits[0].float()
+        else:
+            hidden_1TD = model(ids_1T, return_logits=False, return_hidden_states=True).hidden_states
+            logits_TV = hidden_1TD[0].float() @ model.lm_head.weight.float().T
     finally:
         model.train(was_training)
-    logprobs_TV = torch.log_softmax(hidden_1TD[0].float() @ model.lm_head.weight.float().T, dim=-1)
+    logprobs_TV = torch.log_softmax(logits_TV, dim=-1)
     return logprobs_TV[:-1].gather(1, ids_1T[0, 1:, None])[:, 0].tolist()
 
 
@@ -62,9 +70,11 @@ def vllm_logprobs(url: str, model_name: str, ids: list[int], timeout_s: float = 
         raise LagoonError(f"the weight probe at {url} failed: {error or type(error).__name__}") from None
 
 
-def probe_difference(model, url: str, model_name: str, ids: list[int] | None = None) -> float:
-    """max |log π_trainer − log p_server| over the probe positions."""
+def probe_difference(model, url: str, model_name: str, ids: list[int] | None = None,
+                     ours: list[float] | None = None) -> float:
+    """max |log π_trainer − log p_server| over the probe positions (`ours`: the policy's log-probabilities of
+    `ids`, when the caller computed them; else `model`'s)."""
     ids = ids or probe_ids(model.config.vocab_size)
-    ours = policy_logprobs(model, ids)
+    ours = ours if ours is not None else policy_logprobs(model, ids)
     theirs = vllm_logprobs(url, model_name, ids)
     return max(abs(a - b) for a, b in zip(ours, theirs))

@@ -46,7 +46,7 @@ from torch import nn
 from lagoon.errors import LagoonError
 from lagoon.rl.config import WeightsConfig
 from lagoon.weights.store import UPDATES, VersionWriter, read_latest, segment_root, store_root, version_dir_name
-from lagoon.weights.tensors import LayoutCheck, WeightSource, expected_layout, layout_of, ordered_tensors
+from lagoon.weights.tensors import Layout, LayoutCheck, WeightSource, expected_layout, layout_of, ordered_tensors
 
 __all__ = ["WeightPublisher", "read_latest", "segment_root", "store_root", "version_dir_name", "resolve_transfer"]
 
@@ -113,17 +113,20 @@ class WeightPublisher:
 
     # ----------------------------------------------------------------------------------------------
     def publish(self, source: WeightSource, version: int, tokenizer_dir: Path | None = None, *,
-                config=None) -> dict[str, Any]:
+                config=None, reference: list[float] | None = None) -> dict[str, Any]:
         """Make `version` the weights every server samples from; returns the update's measurements.
 
         `source` is the model, or its (runtime name, tensor) pairs in the fixed order (then `config`, the
-        model's `ModelConfig`, is needed once: the store writes it into each version)."""
+        model's `ModelConfig`, is needed once: the store writes it into each version). `reference`: the policy's
+        log-probabilities of the vLLM probe sequence (`lagoon.weights.probe`), computed by the caller — a sharded
+        trainer computes them with its own model; without them the probe of a stream loads the version just
+        written to the store."""
         self.model_config = config or getattr(source, "config", None) or self.model_config
         if self.model_config is None:
             raise LagoonError("publishing a stream of tensors needs the model's config (publish(..., config=...))")
         started = time.perf_counter()
         if self.engine == "vllm" and self.servers:
-            record = self._publish_vllm(source, version, tokenizer_dir, started)
+            record = self._publish_vllm(source, version, tokenizer_dir, started, reference)
         else:
             record = self._publish_lagoon(source, version, tokenizer_dir, started)
         record["gb_per_s"] = record["bytes"] / max(record["sync_s"], 1e-9) / 1e9
@@ -146,13 +149,11 @@ class WeightPublisher:
     # ----------------------------------------------------------------------------------------------
     def _publish_lagoon(self, source: WeightSource, version: int, tokenizer_dir: Path | None,
                         started: float) -> dict[str, Any]:
-        if not isinstance(source, (nn.Module, dict)):
-            # lagoon's transfers lay out (or announce) every tensor before the first byte moves: keep one copy.
-            layout, stream = _stream_layout(source, self.model_config)
-            check = LayoutCheck(layout)
-            source = {name: (check(name, t), t)[1] for name, t in stream}
-            check.finish()
-        num_bytes = sum(t.numel() * t.element_size() for _, t in ordered_tensors(source))
+        # One pass over the source, checked against its layout as it goes: a stream is never held whole. The
+        # layout (a module's own, or the one its config implies) announces the tensors before any data moves.
+        layout, stream = _stream_layout(source, self.model_config)
+        pairs = _checked(stream, LayoutCheck(layout))
+        num_bytes = sum(_numel(shape) * _itemsize(dtype) for _, dtype, shape in layout)
         if self.transfer is None:
             self.transfer = resolve_transfer(self.config, self.servers, num_bytes)
         record: dict[str, Any] = {"version": version, "transfer": self.transfer, "bytes": num_bytes,
@@ -160,33 +161,40 @@ class WeightPublisher:
         replies: list[ServerReply] = []
         if self.transfer == "shared_memory" and self.servers:
             writer = self._segment_writer()
-            record["streamed"] = writer.streamable(source)
-            if record["streamed"]:
-                # The servers open the slot and copy each tensor as soon as it is written (the two copies overlap).
-                path = writer.path(version % writer.slots)
-                with ThreadPoolExecutor(len(self.servers)) as pool:
-                    loads = [pool.submit(self._load, url, path, version, "load_shared", self.timeout_s)
-                             for url in self.servers]
-                    write = writer.write(source, version)
-                    replies = [load.result() for load in loads]
-            else:   # a first or changed layout: new files, which the servers can only open once written
-                write = writer.write(source, version)
-                replies = self._load_all("load_shared", write.path, version)
+            # The slot exists before the data: the servers open it and copy each tensor as soon as it is
+            # written (the two copies overlap), while the weights still stream in.
+            path = writer.prepare(layout, version)
+            with ThreadPoolExecutor(len(self.servers)) as pool:
+                loads = [pool.submit(self._load, url, path, version, "load_shared", self.timeout_s)
+                         for url in self.servers]
+                write = writer.write(pairs, version, layout)
+                replies = [load.result() for load in loads]
+            record["streamed"] = True
             record["segment_write_s"] = write.seconds
             record["sync_s"] = time.perf_counter() - started
+            # The store is written from the segment, off the servers' critical path: no second pass over the source.
             write_started = time.perf_counter()
-            path, digest = self.write_version(source, version, tokenizer_dir)
+            path, digest = self.write_version(writer.read(version), version, tokenizer_dir)
             record["write_s"] = time.perf_counter() - write_started
         elif self.transfer == "broadcast" and self.servers:
-            transfer = self._broadcast(source, version)
-            record["sync_s"] = time.perf_counter() - started
-            record["broadcast_s"] = transfer.seconds
-            write_started = time.perf_counter()
-            path, digest = self.write_version(source, version, tokenizer_dir)
+            replayable = isinstance(source, (nn.Module, dict))
+            store = None if replayable else VersionWriter(self.root, version, self.model_config, tokenizer_dir)
+            try:
+                # A module is read again for the store after the transfer; a stream feeds both as it goes.
+                transfer = self._broadcast(pairs if replayable else _tee(pairs, store), version, layout)
+                record["sync_s"] = time.perf_counter() - started
+                record["broadcast_s"] = transfer.seconds
+                write_started = time.perf_counter()
+                path, digest = (self.write_version(source, version, tokenizer_dir) if replayable
+                                else store.commit(self.config.keep_versions))
+            except BaseException:
+                if store is not None:
+                    store.abandon()
+                raise
             record["write_s"] = time.perf_counter() - write_started
             replies = [ServerReply(url, True) for url in self.servers]
         else:
-            path, digest = self.write_version(source, version, tokenizer_dir)
+            path, digest = self.write_version(pairs, version, tokenizer_dir)
             record["write_s"] = time.perf_counter() - started
             load_started = time.perf_counter()
             replies = self._load_all("load", path, version)
@@ -199,7 +207,7 @@ class WeightPublisher:
 
     # ----------------------------------------------------------------------------------------------
     def _publish_vllm(self, source: WeightSource, version: int, tokenizer_dir: Path | None,
-                      started: float) -> dict[str, Any]:
+                      started: float, reference: list[float] | None) -> dict[str, Any]:
         from lagoon.weights.vllm import VLLMError, VLLMTarget
 
         if self._vllm is None:
@@ -242,8 +250,9 @@ class WeightPublisher:
             if stats is not None:
                 record["send_s"] = stats.seconds
                 check_started = time.perf_counter()
-                policy = policy or _load_policy(path)
-                problem = self._check(policy)
+                if reference is None:
+                    policy = policy or _load_policy(path)
+                problem = self._check(policy, reference)
                 record["check_s"] = time.perf_counter() - check_started
                 if problem is None:
                     break
@@ -263,13 +272,16 @@ class WeightPublisher:
         record["problems"] = failures
         return record
 
-    def _check(self, policy: nn.Module) -> str | None:
-        """The log-probability probe on every server (`lagoon.weights.probe`): None, or what is wrong."""
-        from lagoon.weights.probe import TOLERANCE, probe_difference
+    def _check(self, policy: nn.Module | None, reference: list[float] | None) -> str | None:
+        """The log-probability probe on every server (`lagoon.weights.probe`), against `reference` or `policy`'s
+        own log-probabilities: None, or what is wrong."""
+        from lagoon.weights.probe import TOLERANCE, policy_logprobs, probe_difference, probe_ids
 
         tolerance = self.config.check_tolerance or TOLERANCE[self.server_dtype]
+        ids = probe_ids(self.model_config.vocab_size)
+        ours = reference if reference is not None else policy_logprobs(policy, ids)
         for url in self.servers:
-            difference = probe_difference(policy, url, self.served_model)
+            difference = probe_difference(policy, url, self.served_model, ids, ours)
             if not difference <= tolerance:
                 return (f"vLLM at {url} does not hold the trainer's weights after the update: the probe's "
                         f"log-probabilities differ by {difference:.3g} (tolerance {tolerance:g})")
@@ -310,12 +322,13 @@ class WeightPublisher:
                 return ServerReply(url, False, f"{name}: {response.status_code} {response.text[:200]}")
         return ServerReply(url, True)
 
-    def _broadcast(self, source: WeightSource, version: int):
+    def _broadcast(self, source: WeightSource, version: int, layout: Layout):
         from lagoon.weights.broadcast import push_weights
 
         return push_weights(source, self.servers, version, master_addr=self.config.master_addr,
                             master_port=self.config.master_port, backend=self.config.backend,
-                            bucket_bytes=int(self.config.bucket_mb * 2**20), timeout_s=self.timeout_s)
+                            bucket_bytes=int(self.config.bucket_mb * 2**20), timeout_s=self.timeout_s,
+                            layout=layout)
 
     def server_weights(self) -> list[dict[str, Any] | None]:
         """Each server's version and digest (lagoon's ``GET /v1/weights``), None where it did not answer.
@@ -338,7 +351,8 @@ class WeightPublisher:
         out = []
         for url in self.servers:
             try:
-                response = httpx.get(f"{url}/v1/weights", timeout=30)
+                # A server hashes its weights to answer (seconds per GB): the update timeout, not a short one.
+                response = httpx.get(f"{url}/v1/weights", timeout=self.timeout_s)
                 out.append(response.json() if response.status_code == 200 else None)
             except (httpx.HTTPError, ValueError):
                 out.append(None)
@@ -378,6 +392,21 @@ def _stream_layout(source: WeightSource, model_config) -> tuple[list, Iterable[t
         yield from pairs
 
     return expected_layout(model_config, first[1].dtype), chained()
+
+
+def _checked(pairs: Iterable[tuple[str, torch.Tensor]], check: LayoutCheck) -> Iterator[tuple[str, torch.Tensor]]:
+    """`pairs`, each checked against the layout as it passes, and the end checked too."""
+    for name, tensor in pairs:
+        check(name, tensor)
+        yield name, tensor
+    check.finish()
+
+
+def _tee(pairs: Iterable[tuple[str, torch.Tensor]], store: VersionWriter) -> Iterator[tuple[str, torch.Tensor]]:
+    """`pairs`, each also added to the version being written to the store."""
+    for name, tensor in pairs:
+        store.add(name, tensor)
+        yield name, tensor
 
 
 def _load_policy(path: Path) -> nn.Module:

@@ -40,6 +40,7 @@ import struct
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,7 @@ import torch
 from torch import nn
 
 from lagoon.errors import LagoonError
-from lagoon.weights.tensors import WeightSource, layout_problem, ordered_tensors
+from lagoon.weights.tensors import Layout, WeightSource, layout_of, layout_problem, ordered_tensors
 
 MAGIC = b"LAGOONSW"
 LAYOUT_VERSION = 1
@@ -77,6 +78,10 @@ def _align(value: int, to: int) -> int:
     return (value + to - 1) // to * to
 
 
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
 def _dtype(name: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
@@ -84,12 +89,12 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def layout(tensors: list[tuple[str, torch.Tensor]]) -> tuple[list[Entry], bytes, int, int]:
-    """(entries, index JSON, data offset, data bytes) of a segment holding `tensors`."""
+def layout(tensors: Layout) -> tuple[list[Entry], bytes, int, int]:
+    """(entries, index JSON, data offset, data bytes) of a segment holding tensors of layout `tensors`."""
     entries, offset = [], 0
-    for name, tensor in tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        entries.append(Entry(name, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset, nbytes))
+    for name, dtype, shape in tensors:
+        nbytes = _numel(tuple(shape)) * _dtype(dtype).itemsize
+        entries.append(Entry(name, dtype, tuple(shape), offset, nbytes))
         offset = _align(offset + nbytes, TENSOR_ALIGN)
     index = json.dumps({"tensors": [[e.name, e.dtype, list(e.shape), e.offset, e.nbytes] for e in entries]}).encode()
     return entries, index, _align(PREAMBLE.size + len(index), DATA_ALIGN), offset
@@ -162,7 +167,11 @@ class SharedWrite:
 
 
 class SharedWeightWriter:
-    """The trainer's side: `slots` segment files under `root`, written in turn (version v goes to slot v mod slots)."""
+    """The trainer's side: `slots` segment files under `root`, written in turn (version v goes to slot v mod slots).
+
+    The files are laid out from the weights' layout (names, dtypes, shapes) alone, so they exist — index
+    written, space reserved — before the first byte of a version arrives: servers can open the slot and copy
+    each tensor as soon as it is written, from the first update on, while the weights still stream in."""
 
     def __init__(self, root: str | Path, slots: int = 2):
         assert slots >= 2, "two slots keep the version servers may still be reading intact"
@@ -174,28 +183,19 @@ class SharedWeightWriter:
     def path(self, slot: int) -> Path:
         return self.root / f"slot-{slot}.bin"
 
-    def streamable(self, source: WeightSource) -> bool:
-        """Whether the next `write` of `source` reuses mapped files, so servers may open the slot and wait
-        for it before the write starts."""
-        signature = [(name, t.dtype, tuple(t.shape)) for name, t in ordered_tensors(source)]
-        return self._layout is not None and self._layout[0] == signature and len(self._maps) == self.slots
-
-    def write(self, source: WeightSource, version: int) -> SharedWrite:
-        """Copy every weight of `source` into the slot of `version`; returns where and how long it took."""
-        assert version >= 0
-        started = time.perf_counter()
-        tensors = list(ordered_tensors(source))
-        signature = [(name, t.dtype, tuple(t.shape)) for name, t in tensors]
-        if self._layout is None or self._layout[0] != signature:
+    def prepare(self, tensors: Layout, version: int) -> Path:
+        """Map every slot for weights of layout `tensors` (new files when the layout changed); returns the path
+        version `version` will be written to, which a reader may open (and wait on) from now on."""
+        tensors = [(name, dtype, list(shape)) for name, dtype, shape in tensors]
+        if self._layout is None or self._layout[0] != tensors:
             # A new layout gets new files (new inodes), so readers holding the old mapping notice.
             self.close()
             for slot in range(self.slots):
                 self.path(slot).unlink(missing_ok=True)
-            self._layout = (signature, *layout(tensors))
+            self._layout = (tensors, *layout(tensors))
         _, entries, index, data_offset, data_bytes = self._layout
         if not self._maps:
-            # Every slot at once (space reserved, index written, nothing yet to read), so that from the second
-            # update on servers can open the next slot before it is written.
+            # Every slot at once (space reserved, index written, nothing yet to read).
             self.root.mkdir(parents=True, exist_ok=True)
             try:
                 for slot in range(self.slots):
@@ -207,21 +207,48 @@ class SharedWeightWriter:
             except LagoonError:   # no room: leave no slot behind, and start over at the next write
                 self.remove()
                 raise
+        return self.path(version % self.slots)
+
+    def write(self, source: WeightSource, version: int, tensors: Layout | None = None) -> SharedWrite:
+        """Copy every weight of `source` into the slot of `version` as it arrives; returns where and how long
+        it took. `tensors`: the layout `source` streams in (a module's or mapping's own by default); a stream
+        that strays from it abandons the slot (waiting readers give up at once) and raises."""
+        assert version >= 0
+        started = time.perf_counter()
+        self.prepare(tensors if tensors is not None else layout_of(source), version)
+        _, entries, _, data_offset, data_bytes = self._layout
         mapping = self._maps[version % self.slots]
         # Order matters (module docstring): a reader that sees `version` being written sees the zeroed counter.
         mapping.set(WRITTEN_OFFSET, 0)
         mapping.set(VERSION_OFFSET, WRITING)
         mapping.set(WRITING_OFFSET, version)
         try:
+            count = 0
             with torch.no_grad():
-                for entry, (_, tensor) in zip(entries, tensors):
+                for name, tensor in ordered_tensors(source):
+                    entry = entries[count] if count < len(entries) else None
+                    if entry is None or (entry.name, entry.dtype, entry.shape) != (name, _dtype_name(tensor),
+                                                                                   tuple(tensor.shape)):
+                        raise LagoonError(f"weight {count} ({name}) does not match the shared segment's layout")
                     _view(mapping, data_offset, entry, tensor.dtype).copy_(tensor.reshape(-1))
                     mapping.set(WRITTEN_OFFSET, entry.offset + entry.nbytes)
+                    count += 1
+            if count != len(entries):
+                raise LagoonError(f"the weights ended after {count} of {len(entries)} tensors of the shared segment")
         except BaseException:
             mapping.set(WRITING_OFFSET, ABANDONED)   # readers waiting for this version give up now
             raise
         mapping.set(VERSION_OFFSET, version)
         return SharedWrite(self.path(version % self.slots), version, data_bytes, time.perf_counter() - started)
+
+    def read(self, version: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) of the version just written, as views into the slot, in the fixed order (for writing
+        the version store from the segment instead of from the trainer a second time)."""
+        mapping = self._maps[version % self.slots]
+        assert mapping.version() == version, (mapping.version(), version)
+        _, entries, _, data_offset, _ = self._layout
+        for entry in entries:
+            yield entry.name, _view(mapping, data_offset, entry, _dtype(entry.dtype)).view(entry.shape)
 
     def close(self) -> None:
         """Unmap the slots (the files stay, for servers that still read them)."""

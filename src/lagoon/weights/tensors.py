@@ -9,6 +9,10 @@ checkpoint walks the weights in it. A *source* of weights is any of
 - an iterable of ``(runtime name, tensor)`` pairs already in the fixed order, consumed once — e.g. a sharded
   trainer gathering one full tensor at a time on rank 0 (`expected_layout` tells it what to yield).
 
+**Publishing in a dtype** (`publish_dtype`): every floating-point weight travels in the servers' dtype, except
+the router's ``e_score_correction_bias``, which stays float32 — it is a selection threshold added to fp32
+scores, and vLLM and the version store keep it in fp32 whatever the weights' dtype.
+
 **Hub names** are the on-disk Hugging Face layout that transformers, vLLM and SGLang read (experts split):
 
     runtime (lagoon and transformers)                 on disk (Hugging Face hub format, vLLM's load_weights)
@@ -38,6 +42,7 @@ Layout = list[tuple[str, str, list[int]]]
 
 TIED_HEAD = "lm_head.weight"
 EMBEDDING = "model.embed_tokens.weight"
+CORRECTION_BIAS = "e_score_correction_bias"
 
 _EXPERT_STACK = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
 _EXPERT_SPLIT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
@@ -77,15 +82,23 @@ def layout_of(source: nn.Module | Mapping[str, torch.Tensor]) -> Layout:
     return [(name, dtype_name(t.dtype), list(t.shape)) for name, t in ordered_tensors(source)]
 
 
+def publish_dtype(name: str, dtype: torch.dtype, publish: torch.dtype | None) -> torch.dtype:
+    """The dtype weight `name` (now in `dtype`) travels in when published in `publish` (None: as it is)."""
+    if publish is None or not dtype.is_floating_point:
+        return dtype
+    return torch.float32 if name.endswith(CORRECTION_BIAS) else publish
+
+
 def expected_layout(config, dtype: torch.dtype = torch.float32) -> Layout:
-    """The layout a model of `config` (a `lagoon.model.ModelConfig`) has in `dtype`, from a meta-device build:
-    what a streaming producer must yield, in this order."""
+    """The layout a model of `config` (a `lagoon.model.ModelConfig`) has when published in `dtype`
+    (`publish_dtype`), from a meta-device build: what a streaming producer must yield, in this order."""
     from lagoon.model import LagunaForCausalLM
 
     with torch.device("meta"):
-        model = LagunaForCausalLM(config).to(dtype)
+        model = LagunaForCausalLM(config)
     # Meta tensors have no storage to compare: the config says whether the head is the embedding.
-    return [entry for entry in layout_of(model) if not (config.tie_word_embeddings and entry[0] == TIED_HEAD)]
+    return [(name, dtype_name(publish_dtype(name, getattr(torch, stored), dtype)), shape)
+            for name, stored, shape in layout_of(model) if not (config.tie_word_embeddings and name == TIED_HEAD)]
 
 
 def layout_problem(theirs: Mapping[str, list[int]], model: nn.Module) -> str | None:
