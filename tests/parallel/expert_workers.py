@@ -1,0 +1,118 @@
+"""Rank-side work of the expert-parallel tests: gloo ranks run the real layer and optimizer, results go to files.
+
+The model is a scaled-down Laguna (3 layers: dense, then two sparse layers of 8 experts, top-2) so EP = 2
+and 4 divide its experts and the all-to-alls of two sparse layers must pair up in forward and backward.
+Each rank's batch has its own length, so the dispatch splits differ between ranks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lagoon.model import LagunaForCausalLM, preset_config
+from lagoon.optim import DataParallel, OptimConfig, build_optimizer
+from lagoon.optim.fsdp import full_state_dict
+from lagoon.parallel.expert import apply_expert_parallel
+from tests.optim.distributed_helpers import batch
+
+VOCAB = 128
+EXPERT_STACKS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+
+
+def make_model(**overrides) -> LagunaForCausalLM:
+    torch.manual_seed(0)
+    values = dict(num_hidden_layers=3, vocab_size=VOCAB, hidden_size=48, head_dim=16, num_attention_heads=3,
+                  num_key_value_heads=1, attention_heads_by_type={}, intermediate_size=80, moe_intermediate_size=24,
+                  shared_expert_intermediate_size=24, num_experts=8, num_experts_per_tok=2)
+    values.update(overrides)
+    return LagunaForCausalLM(preset_config("tiny", **values))
+
+
+def rank_batch(rank: int) -> torch.Tensor:
+    """Rank `rank`'s own token ids: 2 rows of 5 + 3·rank positions (the lengths differ between ranks)."""
+    generator = torch.Generator().manual_seed(500 + rank)
+    return torch.randint(0, VOCAB, (2, 5 + 3 * rank), generator=generator)
+
+
+def ep_mesh(world_size: int, ep: int):
+    """The expert-parallel dimension of a (data-parallel, ep) mesh: EP borrows from the data-parallel ranks."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh("cpu", (world_size // ep, ep), mesh_dim_names=("dp_mod_ep", "ep"))["ep"]
+
+
+def is_expert(name: str) -> bool:
+    return name.endswith(EXPERT_STACKS)
+
+
+def storage_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind `tensors` (a view of a bigger buffer counts the whole buffer)."""
+    storages = {}
+    for tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        storage = local.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def forward_backward(model: LagunaForCausalLM, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits of `ids` and the gradients of their mean loss (expert stacks: this rank's shard)."""
+    model.zero_grad(set_to_none=True)
+    output = model(ids, targets=ids)
+    output.loss.backward()
+    grads = {name: (p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad).clone()
+             for name, p in model.named_parameters() if p.grad is not None}
+    return output.logits.detach().clone(), grads
+
+
+def gradients_case(rank: int, world_size: int, ep: int) -> dict:
+    """EP logits and gradients on this rank's batch, with grouped and with looped experts; memory per rank."""
+    model = make_model()
+    full_bytes = storage_bytes([p for n, p in model.named_parameters() if is_expert(n)])
+    mesh = ep_mesh(world_size, ep)
+    apply_expert_parallel(model, mesh)
+    result = {"ep": ep, "group": mesh.mesh.tolist(), "position": mesh.get_local_rank(), "full_bytes": full_bytes,
+              "local_bytes": storage_bytes([p for n, p in model.named_parameters() if is_expert(n)])}
+    ids = rank_batch(rank)
+    result["logits"], result["grads"] = forward_backward(model, ids)
+    for block in model.moe_blocks():
+        block.experts.implementation = "loop"
+    result["logits_loop"], result["grads_loop"] = forward_backward(model, ids)
+    model.eval()
+    with torch.no_grad():  # inference (no autograd) runs the same collectives
+        result["logits_eval"] = model(ids).logits.clone()
+    return result
+
+
+def training_case(rank: int, world_size: int, ep: int, steps: int, optim: OptimConfig) -> dict:
+    """`steps` steps of distributed Muon (``ddp``) under EP on this rank's slice of each global batch."""
+    model = make_model()
+    apply_expert_parallel(model, ep_mesh(world_size, ep))
+    data_parallel = DataParallel.from_group()
+    optimizer = build_optimizer(model, optim, data_parallel)
+    result: dict = {"losses": [], "stats": []}
+    for step in range(steps):
+        ids = batch(step, world_size, rank)
+        loss = model(ids, targets=ids).loss
+        loss.backward()
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        result["losses"].append(float(total) / world_size)
+        optimizer.step()
+        optimizer.zero_grad()
+        result["stats"].append(model.update_router_biases(data_parallel.group))
+    result["params"] = full_state_dict(model)
+    result["state"] = optimizer.state_dict()
+    result["state_elements"] = optimizer.owned_state_elements()
+    result["balance"] = optimizer.load_balance
+    result["expert_buckets"] = sum(t is not optimizer.transport for t in optimizer.transports)
+    return result
+
+
+def cases_worker(rank: int, world_size: int, cases: list[tuple[str, dict]], out: str) -> None:
+    runners = {"gradients": gradients_case, "training": training_case}
+    results = [runners[kind](rank, world_size, **kwargs) for kind, kwargs in cases]
+    torch.save(results, Path(out) / f"rank{rank}.pt")
