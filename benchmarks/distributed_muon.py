@@ -17,6 +17,12 @@ ready" to "every rank holds the updated parameters", gradient communication incl
 Hidden communication: the distributed step is run once more with Newton–Schulz replaced by a no-op of
 the same output shape; its time blocked in collectives is the communication cost C. In the real step the
 time blocked is E; the hidden share is 1 − E / C.
+
+With ``--ep`` (issue 18) the same model also runs with its experts sharded over the W ranks
+(`lagoon.parallel.expert`, EP = W): ``distributed_ep`` is distributed Muon on that layout — each expert's
+matrices orthogonalized on their holder with no communication, the other matrices as before — timed beside
+``distributed``, where the experts' matrices travel to their owners like every other matrix; its balance and
+hidden share are reported the same way.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ from lagoon.model import LagunaForCausalLM, preset_config
 from lagoon.optim import DataParallel, OptimConfig, build_optimizer
 from lagoon.optim.functional import adamw_update, muon_direction, muon_scale
 from lagoon.optim.newton_schulz import newton_schulz
+from lagoon.parallel.expert import apply_expert_parallel
 
 SCHEMES = ("distributed", "replicated", "keller_jordan", "sharded_adamw")
+EP_SCHEMES = ("distributed_ep", "communication_only_ep")
 
 
 def _entry(rank: int, world_size: int, port: int, args: tuple) -> None:
@@ -127,15 +135,17 @@ def all_reduce_grads(params: list[torch.Tensor], world_size: int, bucket_element
 def build(scheme: str, layers: int, config: OptimConfig, world_size: int, rank: int):
     """(saved gradients, the function that runs one optimizer step, the optimizer) for one scheme."""
     model = make_model(layers)
+    if scheme.endswith("_ep"):
+        apply_expert_parallel(model, dist.group.WORLD, "cpu")
     ids = torch.randint(0, model.config.vocab_size, (world_size * 2, 128), generator=torch.Generator().manual_seed(0))
     local = ids[rank * 2 : (rank + 1) * 2]
     model(local, targets=local).loss.backward()
     saved = {p: p.grad.clone() for p in model.parameters() if p.grad is not None}
     data_parallel = DataParallel.from_group()
     params = [p for p in model.parameters() if p.requires_grad]
-    if scheme in ("distributed", "communication_only"):
+    if scheme.removesuffix("_ep") in ("distributed", "communication_only"):
         optimizer = build_optimizer(model, OptimConfig(**{**config.__dict__, "distributed": "ddp"}), data_parallel)
-        if scheme == "communication_only":
+        if scheme.startswith("communication_only"):
             optimizer._orthogonalize = lambda grad, momentum: torch.zeros(grad.shape, dtype=torch.bfloat16)
         return saved, optimizer.step, optimizer
     if scheme == "sharded_adamw":
@@ -152,10 +162,11 @@ def build(scheme: str, layers: int, config: OptimConfig, world_size: int, rank: 
     return saved, run, optimizer
 
 
-def worker(rank: int, world_size: int, layers: int, steps: int, out: str) -> None:
+def worker(rank: int, world_size: int, layers: int, steps: int, out: str, ep: bool = False) -> None:
     """Every scheme built side by side, then timed round-robin so machine noise hits them alike."""
     config = OptimConfig(ns_dtype="bfloat16", bucket_mb=4.0)
-    schemes = {name: build(name, layers, config, world_size, rank) for name in (*SCHEMES, "communication_only")}
+    names = (*SCHEMES, "communication_only", *(EP_SCHEMES if ep else ()))
+    schemes = {name: build(name, layers, config, world_size, rank) for name in names}
     samples: dict[str, dict[str, list[float]]] = {name: {"time": [], "newton_schulz": [], "waiting": []} for name in schemes}
     for round_index in range(steps + 1):  # round 0 is a warm-up
         for name, (saved, run, optimizer) in schemes.items():
@@ -181,6 +192,7 @@ def main() -> None:
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the `small` preset")
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--ep", action="store_true", help="also time distributed Muon on the expert-parallel layout")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     lines = [f"Model: `small` preset with {args.layers} layers; optimizer step time = the slowest rank's median over {args.steps}",
@@ -188,9 +200,13 @@ def main() -> None:
              "| W | distributed s | replicated s | Keller Jordan s | sharded AdamW s | distributed / replicated | goal 1.2/W "
              "| NS max/mean (measured) | NS max/mean (cost model) | comm C s | exposed E s | hidden 1−E/C |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    ep_lines = ["", "Expert-parallel layout (EP = W): distributed Muon with each expert's matrices owned by their holder "
+                "(no communication for them) vs the same model with replicated experts, whose matrices travel:", "",
+                "| W | experts travel s | experts on their holder s | holder / travel | NS max/mean (measured) "
+                "| NS max/mean (cost model) | comm C s | exposed E s | hidden 1−E/C |", "|---|---|---|---|---|---|---|---|---|"]
     for world_size in args.world_sizes:
         with tempfile.TemporaryDirectory() as directory:
-            spawn(world_size, args.layers, args.steps, directory)
+            spawn(world_size, args.layers, args.steps, directory, args.ep)
             ranks = [torch.load(Path(directory) / f"rank{r}.pt") for r in range(world_size)]
         slowest = {s: max(r[s]["time"] for r in ranks) for s in (*SCHEMES, "communication_only")}
         ns = [r["distributed"]["newton_schulz"] for r in ranks]
@@ -203,8 +219,21 @@ def main() -> None:
                      f"{measured_balance:.3f} | {ranks[0]['distributed']['balance']:.3f} | {communication:.3f} | "
                      f"{exposed:.3f} | {1 - exposed / communication:.0%} |")
         print(lines[-1], flush=True)
+        if args.ep:
+            ep_time = max(r["distributed_ep"]["time"] for r in ranks)
+            ns_ep = [r["distributed_ep"]["newton_schulz"] for r in ranks]
+            communication_ep = statistics.mean(r["communication_only_ep"]["waiting"] for r in ranks)
+            exposed_ep = statistics.mean(r["distributed_ep"]["waiting"] for r in ranks)
+            ep_lines.append(f"| {world_size} | {slowest['distributed']:.3f} | {ep_time:.3f} | "
+                            f"{ep_time / slowest['distributed']:.3f} | {max(ns_ep) / statistics.mean(ns_ep):.3f} | "
+                            f"{ranks[0]['distributed_ep']['balance']:.3f} | {communication_ep:.3f} | {exposed_ep:.3f} | "
+                            f"{1 - exposed_ep / communication_ep:.0%} |")
+            print(ep_lines[-1], flush=True)
+    if args.ep:
+        lines += ep_lines
     if not args.no_record:
-        record("Distributed Muon vs replicated, Keller Jordan's scheme and sharded AdamW (issue 5)", lines)
+        title = "Distributed Muon vs replicated, Keller Jordan's scheme and sharded AdamW (issue 5)"
+        record(title.replace("(issue 5)", "; expert-parallel layout (issues 5, 18)") if args.ep else title, lines)
 
 
 if __name__ == "__main__":

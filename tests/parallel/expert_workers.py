@@ -112,7 +112,23 @@ def training_case(rank: int, world_size: int, ep: int, steps: int, optim: OptimC
     return result
 
 
+def checkpoint_case(rank: int, world_size: int, directory: str) -> dict:
+    """Save the model at EP = W with torch.distributed.checkpoint, load it into a model at EP = W/2 (a fresh seed)."""
+    import torch.distributed.checkpoint as dcp
+
+    saved = make_model()
+    apply_expert_parallel(saved, ep_mesh(world_size, world_size))
+    dcp.save({"model": saved.state_dict()}, checkpoint_id=directory)
+    torch.manual_seed(1)
+    loaded = make_model(initializer_range=0.05)
+    apply_expert_parallel(loaded, ep_mesh(world_size, world_size // 2))
+    state = {"model": loaded.state_dict()}
+    dcp.load(state, checkpoint_id=directory)
+    local_rows = {n: p.to_local().shape[0] for n, p in loaded.named_parameters() if is_expert(n)}
+    return {"saved": full_state_dict(saved), "loaded": full_state_dict(loaded), "local_rows": local_rows}
+
+
 def cases_worker(rank: int, world_size: int, cases: list[tuple[str, dict]], out: str) -> None:
-    runners = {"gradients": gradients_case, "training": training_case}
+    runners = {"gradients": gradients_case, "training": training_case, "checkpoint": checkpoint_case}
     results = [runners[kind](rank, world_size, **kwargs) for kind, kwargs in cases]
     torch.save(results, Path(out) / f"rank{rank}.pt")
