@@ -18,11 +18,11 @@ Hidden communication: the distributed step is run once more with Newton–Schulz
 the same output shape; its time blocked in collectives is the communication cost C. In the real step the
 time blocked is E; the hidden share is 1 − E / C.
 
-With ``--ep`` (issue 18) the same model also runs with its experts sharded over the W ranks
+With ``--ep`` (issue 18) the run times instead the same model with its experts sharded over the W ranks
 (`lagoon.parallel.expert`, EP = W): ``distributed_ep`` is distributed Muon on that layout — each expert's
-matrices orthogonalized on their holder with no communication, the other matrices as before — timed beside
-``distributed``, where the experts' matrices travel to their owners like every other matrix; its balance and
-hidden share are reported the same way.
+matrices orthogonalized on their holder with no communication, the other matrices as before — beside
+``distributed``, where the experts' matrices travel to their owners like every other matrix; balance and
+hidden share are reported for both layouts the same way.
 """
 
 from __future__ import annotations
@@ -162,10 +162,11 @@ def build(scheme: str, layers: int, config: OptimConfig, world_size: int, rank: 
     return saved, run, optimizer
 
 
-def worker(rank: int, world_size: int, layers: int, steps: int, out: str, ep: bool = False) -> None:
+def worker(rank: int, world_size: int, layers: int, steps: int, out: str, ep: bool = False,
+           ns_dtype: str = "bfloat16") -> None:
     """Every scheme built side by side, then timed round-robin so machine noise hits them alike."""
-    config = OptimConfig(ns_dtype="bfloat16", bucket_mb=4.0)
-    names = (*SCHEMES, "communication_only", *(EP_SCHEMES if ep else ()))
+    config = OptimConfig(ns_dtype=ns_dtype, bucket_mb=4.0)
+    names = ("distributed", "communication_only", *EP_SCHEMES) if ep else (*SCHEMES, "communication_only")
     schemes = {name: build(name, layers, config, world_size, rank) for name in names}
     samples: dict[str, dict[str, list[float]]] = {name: {"time": [], "newton_schulz": [], "waiting": []} for name in schemes}
     for round_index in range(steps + 1):  # round 0 is a warm-up
@@ -187,53 +188,59 @@ def worker(rank: int, world_size: int, layers: int, steps: int, out: str, ep: bo
     torch.save(results, Path(out) / f"rank{rank}.pt")
 
 
+def _figures(ranks: list[dict], scheme: str, communication_only: str) -> dict[str, float]:
+    """Slowest rank's step, measured NS balance, model balance, communication C, exposed E, hidden share."""
+    ns = [r[scheme]["newton_schulz"] for r in ranks]
+    communication = statistics.mean(r[communication_only]["waiting"] for r in ranks)
+    exposed = statistics.mean(r[scheme]["waiting"] for r in ranks)
+    return {"time": max(r[scheme]["time"] for r in ranks), "measured": max(ns) / statistics.mean(ns),
+            "model": ranks[0][scheme]["balance"], "C": communication, "E": exposed, "hidden": 1 - exposed / communication}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--world-sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the `small` preset")
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--ep", action="store_true", help="also time distributed Muon on the expert-parallel layout")
+    parser.add_argument("--ep", action="store_true",
+                        help="time distributed Muon with and without expert ownership (the EP layout) instead")
+    parser.add_argument("--ns-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                        help="Newton–Schulz precision (float32 where the CPU has no fast bf16 matmul)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     lines = [f"Model: `small` preset with {args.layers} layers; optimizer step time = the slowest rank's median over {args.steps}",
-             "round-robin rounds, gradient communication included; bf16 Newton–Schulz, 1 thread per rank.", "",
-             "| W | distributed s | replicated s | Keller Jordan s | sharded AdamW s | distributed / replicated | goal 1.2/W "
-             "| NS max/mean (measured) | NS max/mean (cost model) | comm C s | exposed E s | hidden 1−E/C |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    ep_lines = ["", "Expert-parallel layout (EP = W): distributed Muon with each expert's matrices owned by their holder "
-                "(no communication for them) vs the same model with replicated experts, whose matrices travel:", "",
-                "| W | experts travel s | experts on their holder s | holder / travel | NS max/mean (measured) "
-                "| NS max/mean (cost model) | comm C s | exposed E s | hidden 1−E/C |", "|---|---|---|---|---|---|---|---|---|"]
+             f"round-robin rounds, gradient communication included; {args.ns_dtype} Newton–Schulz, 1 thread per rank.", ""]
+    if args.ep:
+        lines += ["Distributed Muon (`ddp`) on the same model with replicated experts (every expert matrix travels to its "
+                  "owner and back) and with experts sharded over the W ranks (EP = W; each expert's matrices owned by "
+                  "their holder, no communication for them):", "",
+                  "| W | layout | step s | EP / replicated | NS max/mean (measured) | NS max/mean (cost model) "
+                  "| comm C s | exposed E s | hidden 1−E/C |", "|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| W | distributed s | replicated s | Keller Jordan s | sharded AdamW s | distributed / replicated | goal 1.2/W "
+                  "| NS max/mean (measured) | NS max/mean (cost model) | comm C s | exposed E s | hidden 1−E/C |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for world_size in args.world_sizes:
         with tempfile.TemporaryDirectory() as directory:
-            spawn(world_size, args.layers, args.steps, directory, args.ep)
+            spawn(world_size, args.layers, args.steps, directory, args.ep, args.ns_dtype)
             ranks = [torch.load(Path(directory) / f"rank{r}.pt") for r in range(world_size)]
-        slowest = {s: max(r[s]["time"] for r in ranks) for s in (*SCHEMES, "communication_only")}
-        ns = [r["distributed"]["newton_schulz"] for r in ranks]
-        measured_balance = max(ns) / statistics.mean(ns)
-        communication = statistics.mean(r["communication_only"]["waiting"] for r in ranks)
-        exposed = statistics.mean(r["distributed"]["waiting"] for r in ranks)
+        base = _figures(ranks, "distributed", "communication_only")
+        if args.ep:
+            ep = _figures(ranks, "distributed_ep", "communication_only_ep")
+            for label, f, ratio in (("experts replicated", base, "1"), ("EP = W", ep, f"{ep['time'] / base['time']:.3f}")):
+                lines.append(f"| {world_size} | {label} | {f['time']:.3f} | {ratio} | {f['measured']:.3f} | {f['model']:.3f} | "
+                             f"{f['C']:.3f} | {f['E']:.3f} | {f['hidden']:.0%} |")
+                print(lines[-1], flush=True)
+            continue
+        slowest = {s: max(r[s]["time"] for r in ranks) for s in SCHEMES}
         ratio = slowest["distributed"] / slowest["replicated"]
         lines.append(f"| {world_size} | {slowest['distributed']:.3f} | {slowest['replicated']:.3f} | "
                      f"{slowest['keller_jordan']:.3f} | {slowest['sharded_adamw']:.3f} | {ratio:.3f} | {1.2 / world_size:.3f} | "
-                     f"{measured_balance:.3f} | {ranks[0]['distributed']['balance']:.3f} | {communication:.3f} | "
-                     f"{exposed:.3f} | {1 - exposed / communication:.0%} |")
+                     f"{base['measured']:.3f} | {base['model']:.3f} | {base['C']:.3f} | {base['E']:.3f} | {base['hidden']:.0%} |")
         print(lines[-1], flush=True)
-        if args.ep:
-            ep_time = max(r["distributed_ep"]["time"] for r in ranks)
-            ns_ep = [r["distributed_ep"]["newton_schulz"] for r in ranks]
-            communication_ep = statistics.mean(r["communication_only_ep"]["waiting"] for r in ranks)
-            exposed_ep = statistics.mean(r["distributed_ep"]["waiting"] for r in ranks)
-            ep_lines.append(f"| {world_size} | {slowest['distributed']:.3f} | {ep_time:.3f} | "
-                            f"{ep_time / slowest['distributed']:.3f} | {max(ns_ep) / statistics.mean(ns_ep):.3f} | "
-                            f"{ranks[0]['distributed_ep']['balance']:.3f} | {communication_ep:.3f} | {exposed_ep:.3f} | "
-                            f"{1 - exposed_ep / communication_ep:.0%} |")
-            print(ep_lines[-1], flush=True)
-    if args.ep:
-        lines += ep_lines
     if not args.no_record:
-        title = "Distributed Muon vs replicated, Keller Jordan's scheme and sharded AdamW (issue 5)"
-        record(title.replace("(issue 5)", "; expert-parallel layout (issues 5, 18)") if args.ep else title, lines)
+        record("Distributed Muon with expert ownership (EP layout) vs without (issue 18)" if args.ep else
+               "Distributed Muon vs replicated, Keller Jordan's scheme and sharded AdamW (issue 5)", lines)
 
 
 if __name__ == "__main__":

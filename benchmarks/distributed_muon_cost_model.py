@@ -63,7 +63,7 @@ def flops_per_token(config, seq_len: int) -> tuple[float, float]:
     return active, 6 * active + attention
 
 
-def expert_parallel_lines(args, m1_tokens: float) -> list[str]:
+def expert_parallel_lines(args, m1_tokens: float, free_ns_seconds: float) -> list[str]:
     """Section 4: the EP all-to-all volume and time for XS.2 and M.1, and Muon's owners on the EP layout."""
     P, b = args.ep, args.dispatch_bytes
     rate = args.h100_tflops * 1e12 * args.mfu
@@ -112,7 +112,9 @@ def expert_parallel_lines(args, m1_tokens: float) -> list[str]:
     ns_seconds = max(load) / (args.h100_tflops * 1e12 * args.ns_efficiency)
     lines.append(f"- Distributed Muon on M.1's EP layout (EP = {P}, experts owned among their {R} replicas, the other "
                  f"matrices placed around them): busiest rank {max(load):.3e} NS FLOPs (max/mean {imbalance(load):.2f}) → "
-                 f"{ns_seconds * 1e3:.2f} ms; expert matrices never leave their replicas.")
+                 f"{ns_seconds * 1e3:.2f} ms against {free_ns_seconds * 1e3:.2f} ms when every matrix may go anywhere "
+                 "(section 3): fixed experts leave LPT less room around the largest matrices; expert matrices never "
+                 "leave their replicas.")
     return lines
 
 
@@ -202,7 +204,7 @@ def main() -> None:
                  f"(splitting the {above} matrices costlier than the mean over several ranks each), "
                  f"the step would be {balanced * 1e3:.2f} ms and < 1 % would need ≥ {balanced_tokens / 1e6:.1f} M tokens "
                  f"(≥ {balanced_tokens * config.num_experts_per_tok / config.num_experts / 1e6:.2f} M per expert).")
-    lines += [""] + expert_parallel_lines(args, tokens)
+    lines += [""] + expert_parallel_lines(args, tokens, ns_seconds)
     print("\n".join(lines))
     if not args.no_record:
         record("Distributed Muon cost model: Laguna M.1 on 6,144 H100s (issue 5)", lines)

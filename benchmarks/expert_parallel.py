@@ -135,6 +135,11 @@ def worker(rank: int, world_size: int, tokens: int, rounds: int, out: str) -> No
     for name, (_, _, expert_bytes) in layers.items():
         result[name]["expert_bytes"] = expert_bytes
         result[name]["step"] = result[name]["compute"] + result[name]["sync"]
+    # Rows each EP rank's experts received (every rank's router, summed): the busiest rank sets the pace.
+    counts_E = layers["ep"][0].mlp.expert_counts.clone()
+    dist.all_reduce(counts_E)
+    per_rank = counts_E.view(world_size, -1).sum(1)
+    result["ep_imbalance"] = float(per_rank.max() / per_rank.mean())
     result["sent_bytes"], result["a2a_seconds"] = replay_all_to_alls(layers["ep"][0], x_BTD, rounds)
     torch.save(result, Path(out) / f"rank{rank}.pt")
 
@@ -168,7 +173,8 @@ def main() -> None:
     ratio = slowest["ep"]["step"] / slowest["replicated"]["step"]
     lines += ["", f"- EP = {W} / replicated experts, whole layer step: **{ratio:.2f}×** "
               f"(forward + backward alone: {slowest['ep']['compute'] / slowest['replicated']['compute']:.2f}×; "
-              f"expert weights per rank: {ranks[0]['ep']['expert_bytes'] / ranks[0]['replicated']['expert_bytes']:.3f}×)",
+              f"expert weights per rank: {ranks[0]['ep']['expert_bytes'] / ranks[0]['replicated']['expert_bytes']:.3f}×); "
+              f"rows per EP rank, busiest ÷ mean: {ranks[0]['ep_imbalance']:.2f} (this seed's router at initialization)",
               f"- grouped / loop, forward + backward: replicated {slowest['replicated']['compute'] / slowest['replicated_loop']['compute']:.2f}×, "
               f"EP {slowest['ep']['compute'] / slowest['ep_loop']['compute']:.2f}×"]
     sent = statistics.mean(r["sent_bytes"] for r in ranks)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lagoon.model import LagunaForCausalLM, preset_config
 from lagoon.optim import DataParallel, OptimConfig, build_optimizer
 from lagoon.optim.fsdp import full_state_dict
-from lagoon.parallel.expert import apply_expert_parallel
+from lagoon.parallel.expert import apply_expert_parallel, expert_parallel_degree
 from tests.optim.distributed_helpers import batch
 
 VOCAB = 128
@@ -74,7 +74,7 @@ def gradients_case(rank: int, world_size: int, ep: int) -> dict:
     full_bytes = storage_bytes([p for n, p in model.named_parameters() if is_expert(n)])
     mesh = ep_mesh(world_size, ep)
     apply_expert_parallel(model, mesh)
-    result = {"ep": ep, "group": mesh.mesh.tolist(), "position": mesh.get_local_rank(), "full_bytes": full_bytes,
+    result = {"ep": expert_parallel_degree(model), "group": mesh.mesh.tolist(), "position": mesh.get_local_rank(), "full_bytes": full_bytes,
               "local_bytes": storage_bytes([p for n, p in model.named_parameters() if is_expert(n)])}
     ids = rank_batch(rank)
     result["logits"], result["grads"] = forward_backward(model, ids)

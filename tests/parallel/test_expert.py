@@ -51,7 +51,7 @@ def _run(world_size: int, cases: list, tmp_path: Path) -> list[list[dict]]:
 def _check_gradients(ranks: list[dict], world_size: int) -> None:
     reference = make_model()
     expected = [forward_backward(reference, rank_batch(r)) for r in range(world_size)]
-    ep = ranks[0]["ep"]
+    ep = ranks[0]["ep"]  # as the model reports it (`expert_parallel_degree`)
     for rank, found in enumerate(ranks):
         logits, grads = expected[rank]
         for key in ("logits", "logits_loop"):
@@ -152,6 +152,7 @@ def test_expert_parallel_equals_single_process(world_size, eps, tmp_path):
     for index, (kind, kwargs) in enumerate(cases):
         ranks = [results[r][index] for r in range(world_size)]
         if kind == "gradients":
+            assert ranks[0]["ep"] == kwargs["ep"]
             _check_gradients(ranks, world_size)
         elif kind == "checkpoint":
             _check_checkpoint(ranks, Path(kwargs["directory"]), world_size)
