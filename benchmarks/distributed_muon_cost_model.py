@@ -32,8 +32,9 @@ from lagoon.optim.newton_schulz import newton_schulz, newton_schulz_flops
 from lagoon.optim.ownership import assign_owners, blocks_of, imbalance, load_per_rank
 
 
-CPU_CALIBRATION = {"counted_mb": 0.0, "law_mb": 0.0, "gbs": 0.0}
-"""The all-to-all figures `benchmarks/expert_parallel.py` measured on the 2-core CPU host (see RESULTS.md)."""
+CPU_CALIBRATION = {"counted_mb": 6.26, "law_mb": 6.29, "gbs": 0.295}
+"""What `python -m benchmarks.expert_parallel` measured on the 2-core CPU host, 2026-12-03, load 9–13 (RESULTS.md):
+MB that left each rank per step, the volume law's MB for the same tokens, and gloo's rate in GB/s per rank."""
 
 
 def measure(shapes: list[tuple[int, int]], repeats: int) -> list[tuple[tuple[int, int], float, float]]:
