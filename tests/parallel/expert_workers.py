@@ -15,7 +15,7 @@ import torch.distributed as dist
 from lagoon.model import LagunaForCausalLM, preset_config
 from lagoon.optim import DataParallel, OptimConfig, build_optimizer
 from lagoon.optim.fsdp import full_state_dict
-from lagoon.parallel.expert import apply_expert_parallel, expert_parallel_degree
+from lagoon.parallel.expert import apply_expert_parallel, expert_parallel_degree, fully_shard_experts
 from tests.optim.distributed_helpers import batch
 
 VOCAB = 128
@@ -87,10 +87,29 @@ def gradients_case(rank: int, world_size: int, ep: int) -> dict:
     return result
 
 
+def shard_with_fsdp2(model: LagunaForCausalLM, world_size: int, ep: int) -> None:
+    """EP over "ep", FSDP2 of the experts over "dp_shard_mod_ep", every layer and the root over both (flattened) —
+    the order and meshes the sharded engine uses."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world_size // ep, ep), mesh_dim_names=("dp_shard_mod_ep", "ep"))
+    apply_expert_parallel(model, mesh["ep"])
+    fully_shard_experts(model, mesh["dp_shard_mod_ep"], gradient_divide_factor=world_size)
+    data_parallel_mesh = mesh._flatten("dp_shard")
+    for module in [*model.model.layers, model]:
+        frozen = {p for p in module.parameters() if not p.requires_grad}
+        fully_shard(module, mesh=data_parallel_mesh, ignored_params=frozen or None)
+
+
 def training_case(rank: int, world_size: int, ep: int, steps: int, optim: OptimConfig) -> dict:
-    """`steps` steps of distributed Muon (``ddp``) under EP on this rank's slice of each global batch."""
+    """`steps` steps of distributed Muon under EP on this rank's slice of each global batch: ``ddp`` with the
+    rest replicated, or ``fsdp2`` with everything sharded (`shard_with_fsdp2`)."""
     model = make_model()
-    apply_expert_parallel(model, ep_mesh(world_size, ep))
+    if optim.distributed == "fsdp2":
+        shard_with_fsdp2(model, world_size, ep)
+    else:
+        apply_expert_parallel(model, ep_mesh(world_size, ep))
     data_parallel = DataParallel.from_group()
     optimizer = build_optimizer(model, optim, data_parallel)
     result: dict = {"losses": [], "stats": []}
@@ -109,6 +128,7 @@ def training_case(rank: int, world_size: int, ep: int, steps: int, optim: OptimC
     result["state_elements"] = optimizer.owned_state_elements()
     result["balance"] = optimizer.load_balance
     result["expert_buckets"] = sum(t is not optimizer.transport for t in optimizer.transports)
+    result["local_experts"] = len(optimizer.local_params)
     return result
 
 

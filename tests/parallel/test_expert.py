@@ -133,19 +133,23 @@ def _check_training(ranks: list[dict], world_size: int, ep: int, reference: dict
     per_rank = [found["state_elements"] for found in ranks]
     assert single <= sum(per_rank) < single + 2 * world_size, (per_rank, single)
     assert max(per_rank) <= 1.5 * single / world_size, (per_rank, single)
-    # Expert buckets travel among the replicas only: none at all when every expert has one holder.
-    assert all(found["expert_buckets"] > 0 for found in ranks)
+    # ddp: expert buckets travel among their replicas only (a no-op group when every expert has one holder);
+    # fsdp2: each rank's whole experts are orthogonalized in place.
+    assert all(found["expert_buckets"] > 0 or found["local_experts"] == 4 for found in ranks)
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("world_size, eps", [(2, [2]), (4, [4, 2])])
 def test_expert_parallel_equals_single_process(world_size, eps, tmp_path):
     """Logits and gradients at EP = W (and EP < W: experts replicated over W/EP ranks) equal one process; a few
-    steps of distributed Muon agree in loss, parameters, momentum and correction biases; at W = 4 a model saved
-    with torch.distributed.checkpoint at EP = 4 loads at EP = 2 and into a single process."""
+    steps of distributed Muon agree in loss, parameters, momentum and correction biases — also, at W = 4, in
+    ``fsdp2`` mode with FSDP2 over EP = 2; at W = 4 a model saved with torch.distributed.checkpoint at EP = 4
+    loads at EP = 2 and into a single process."""
     cases = [("gradients", dict(ep=ep)) for ep in eps]
     cases += [("training", dict(ep=ep, steps=STEPS, optim=config(distributed="ddp"))) for ep in eps]
     if world_size == 4:
+        # FSDP2 over the data-parallel ranks sharing an EP position, on top of EP = 2 (the engine's layout).
+        cases.append(("training", dict(ep=2, steps=STEPS, optim=config(distributed="fsdp2"))))
         cases.append(("checkpoint", dict(directory=str(tmp_path / "dcp"))))
     results = _run(world_size, cases, tmp_path / "ranks")
     reference = _train_reference(STEPS)

@@ -22,7 +22,8 @@ its momentum lives only there, so the job holds one state per parameter in total
     1. the gradient norm from local shards (one scalar all-reduce, issued first; clipping is then known);
     2. all-to-all each bucket's row shards to the owners (uneven shards padded), smallest first;
     3. expert stacks need no communication: FSDP2's dim-0 shard holds whole experts, so the holder owns
-       them and orthogonalizes them while the first all-to-alls are in flight;
+       them and orthogonalizes them while the first all-to-alls are in flight (also when FSDP2 shards an
+       expert-parallel stack again: which rows a rank holds is read from the DTensor layout);
     4. each owner assembles, orthogonalizes and all-to-alls the rows back; AdamW runs on local shards.
 
 Expert parallelism (``ddp`` mode; `lagoon.parallel.expert`): expert stacks are ``Shard(0)`` DTensors whose
@@ -50,13 +51,15 @@ import torch.distributed as dist
 from lagoon.errors import LagoonError
 from lagoon.optim.config import OptimConfig
 from lagoon.optim.data_parallel import DataParallel
-from lagoon.optim.expert_owners import ExpertReplicas, expert_owners, find_replicas, full_from_local, is_expert_parallel
+from lagoon.optim.expert_owners import (
+    ExpertReplicas, expert_owners, find_replicas, full_from_local, is_expert_parallel, local_rows,
+)
 from lagoon.optim.functional import clip_coefficient, muon_direction, muon_scale
 from lagoon.optim.grouping import ParameterGroups
 from lagoon.optim.newton_schulz import DTYPES, newton_schulz
 from lagoon.optim.optimizer import STATE_FORMAT, LagoonOptimizer
 from lagoon.optim.ownership import Block, Bucket, assign_owners, blocks_of, imbalance, load_per_rank, make_buckets
-from lagoon.optim.sharded_adamw import FlatShardedAdamW, LocalShardAdamW, gather_rows, local_tensor
+from lagoon.optim.sharded_adamw import FlatShardedAdamW, LocalShardAdamW, local_tensor
 from lagoon.optim.transport import DDPTransport, FSDPTransport
 
 
@@ -91,16 +94,21 @@ class DistributedMuon(LagoonOptimizer):
                                   "(expert-parallel expert stacks excepted)")
 
         # Expert stacks under FSDP2: the rank holding an expert's rows owns its matrices (no communication).
+        # Where the rows are comes from the DTensor layout (FSDP2 alone: rank order; over expert parallelism:
+        # each EP rank's experts split again), gathered once so every rank knows every holder.
         self.local_params: list[int] = []
+        self.local_rows: dict[int, tuple[int, int]] = {}
         fixed: dict[Block, int] = {}
         if self.mode == "fsdp2":
-            for p, matrix in enumerate(self.matrices):
-                if matrix.param.dim() == 3:
-                    self.local_params.append(p)
-                    per_expert = matrix.count // matrix.param.shape[0]
-                    size = math.ceil(matrix.param.shape[0] / W)
-                    for block in (b for b in blocks if b.param == p):
-                        fixed[block] = (block.index // per_expert) // size
+            self.local_params = [p for p, matrix in enumerate(self.matrices) if matrix.param.dim() == 3]
+            self.local_rows = {p: local_rows(self.matrices[p].param) for p in self.local_params}
+            everyone: list[dict[int, tuple[int, int]]] = [{} for _ in range(W)]
+            dist.all_gather_object(everyone, self.local_rows, group=data_parallel.group)
+            for p in self.local_params:
+                per_expert = self.matrices[p].count // self.matrices[p].param.shape[0]
+                for block in (b for b in blocks if b.param == p):
+                    expert = block.index // per_expert
+                    fixed[block] = next(r for r in range(W) if everyone[r][p][0] <= expert < everyone[r][p][1])
         # Expert-parallel stacks (ddp): owned among the ranks holding the same experts, moved only among them.
         self.replicas: ExpertReplicas | None = None
         expert_buckets: list[Bucket] = []
@@ -357,8 +365,7 @@ class DistributedMuon(LagoonOptimizer):
             momentum[self.matrices[p].name] = full_from_local(tensor.to(self.device), self.matrices[p].param).cpu()
         for p in self.local_params:
             matrix = self.matrices[p]
-            full = gather_rows(self.local_momentum[p], matrix.param.shape[0], self.dp)
-            momentum[matrix.name] = full.view(matrix.param.shape).cpu()
+            momentum[matrix.name] = full_from_local(self.local_momentum[p], matrix.param).view(matrix.param.shape).cpu()
         return {"format": STATE_FORMAT, "optimizer": self.config.name, "step": self.step_count,
                 "muon": {name: {"momentum": t} for name, t in momentum.items()}, "adamw": self.adamw.full_state()}
 
@@ -367,7 +374,6 @@ class DistributedMuon(LagoonOptimizer):
         """Take this rank's part of a full state (every rank passes the same full state)."""
         self._check_state(state)
         self.step_count = int(state["step"])
-        rank = self.dp.rank
         for bucket, transport, segment in zip(self.buckets, self.transports, self.momentum):
             for i, block in enumerate(bucket.segments[transport.dp.rank]):
                 matrix = self.matrices[block.param]
@@ -378,7 +384,6 @@ class DistributedMuon(LagoonOptimizer):
                 segment[i].copy_(full[offset + block.index])
         for p in self.local_params:
             matrix = self.matrices[p]
-            local = self.local_momentum[p]
-            start = rank * math.ceil(matrix.param.shape[0] / self.dp.world_size)
-            local.copy_(state["muon"][matrix.name]["momentum"][start : start + local.shape[0]])
+            start, stop = self.local_rows[p]
+            self.local_momentum[p].copy_(state["muon"][matrix.name]["momentum"][start:stop].view_as(self.local_momentum[p]))
         self.adamw.load_full_state(state["adamw"])

@@ -1,4 +1,5 @@
-"""Who orthogonalizes an expert-parallel expert's matrices in distributed Muon's ``ddp`` mode.
+"""Who orthogonalizes an expert-parallel expert's matrices in distributed Muon's ``ddp`` mode, and where a
+sharded expert stack's rows live (both modes).
 
 Under expert parallelism (`lagoon.parallel.expert`) an expert stack is a ``Shard(0)`` DTensor over a 1-D
 mesh of P ranks: the rank at mesh position c holds experts [c·E/P, (c+1)·E/P) whole, and its gradient
@@ -89,9 +90,19 @@ def expert_owners(matrices: list[MatrixParam], expert_params: list[int], replica
     return fixed, local_owner
 
 
+def local_rows(param: torch.Tensor) -> tuple[int, int]:
+    """Rows [start, stop) of dim 0 this rank holds of a DTensor sharded on dim 0 — any mesh, e.g. FSDP2 over
+    expert parallelism, where a rank's experts are contiguous but not in rank order."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    return offset[0], offset[0] + shape[0]
+
+
 def full_from_local(local: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     """The full tensor whose ``Shard(0)`` pieces (laid out as `param`) are every rank's `local` (a collective)."""
     from torch.distributed.tensor import DTensor
 
-    shard = DTensor.from_local(local, param.device_mesh, param.placements, run_check=False)
+    shard = DTensor.from_local(local, param.device_mesh, param.placements, run_check=False, shape=param.shape,
+                               stride=param.stride())
     return shard.full_tensor()

@@ -22,8 +22,8 @@ evaluation.
 
 Installation swaps the class of each ``mlp.experts`` module to `ExpertParallelExperts` (as FSDP2's
 ``fully_shard`` does): parameters, names and state-dict keys stay those of `lagoon.model.moe.Experts`, which
-is why `lagoon.model` needs no knowledge of parallelism. A later ``fully_shard`` of the remaining data-
-parallel dimensions composes on top (its class swap subclasses this one).
+is why `lagoon.model` needs no knowledge of parallelism. FSDP2 over the remaining data-parallel ranks
+composes on top (`fully_shard_experts`; its class swap subclasses this one).
 
 Shape legend: M rows sent (this rank's routed (token, expert) pairs), R rows received, D model width,
 P expert-parallel ranks, El = E/P local experts.
@@ -163,6 +163,26 @@ def apply_expert_parallel(model: nn.Module, ep_mesh, device_type: str | None = N
         experts.__class__ = ExpertParallelExperts
         experts.ep_group = mesh.get_group()
         experts.num_shards = ep
+    return model
+
+
+def fully_shard_experts(model: nn.Module, mesh, gradient_divide_factor: int, **fsdp_options) -> nn.Module:
+    """FSDP2 over the data-parallel ranks that share an EP position (``dp_shard_mod_ep``), after
+    `apply_expert_parallel` and before the decoder layers' own ``fully_shard`` (torchtitan's order).
+
+    Each rank then holds E/(P·|mesh|) whole experts (when that divides). An expert's gradient already sums the
+    tokens of its EP group, so FSDP2 must divide the reduced gradient by the whole data-parallel size
+    (`gradient_divide_factor`), not by the size of `mesh`.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for block in [m for m in model.modules() if isinstance(m, MoE)]:
+        assert isinstance(block.experts, ExpertParallelExperts), "apply_expert_parallel first"
+        fully_shard(block.experts, mesh=mesh, **fsdp_options)
+        block.experts.set_gradient_divide_factor(float(gradient_divide_factor))
+        if dist.get_backend(mesh.get_group()) == "gloo":
+            # A custom factor reduces with NCCL's PreMulSum, which gloo lacks: sum, then scale.
+            block.experts.set_force_sum_reduction_for_comms(True)
     return model
 
 
