@@ -25,6 +25,7 @@ from typing import Any
 from lagoon.automix.config import AutomixConfig
 from lagoon.automix.runs import RunSpec, train_run
 from lagoon.errors import LagoonError
+from lagoon.processes import exit_with_parent
 
 RESULT_FILE = "automix_result.json"
 
@@ -61,7 +62,9 @@ def _failure(spec: RunSpec, error: BaseException) -> LagoonError:
 
 def _process_pool(specs: list[RunSpec], config: AutomixConfig) -> Iterator[tuple[RunSpec, dict[str, Any]]]:
     context = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(config.workers, len(specs)), mp_context=context)
+    # Each worker exits on its own if this driver dies (lagoon.processes): no proxy trains on for nobody.
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=min(config.workers, len(specs)), mp_context=context,
+                                                  initializer=exit_with_parent, initargs=("its AutoMixer driver",))
     try:
         futures = {pool.submit(train_run, spec): spec for spec in specs}
         for future in concurrent.futures.as_completed(futures):
