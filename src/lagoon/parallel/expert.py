@@ -113,13 +113,15 @@ class ExpertParallelExperts(Experts):
         # 3. Local experts over expert-major rows.
         order_R = expert_major_order(received_PEl)
         x_sorted_RD = x_RD[order_R]
+        gate_up_El2FD, down_ElDF = self.gate_up_proj.to_local(), self.down_proj.to_local()
         if x_sorted_RD.shape[0] == 0:
             # Nothing to compute, but the (empty) rows keep the autograd graph, so the backward all-to-alls
-            # still run here and pair with the other ranks'.
-            y_sorted_RD = x_sorted_RD
+            # still run here and pair with the other ranks'; and the output depends on the weights (with zero
+            # gradients), so this rank's experts get gradients like every other rank's and FSDP2's gradient
+            # reduction over the ranks holding them (a collective that it skips without gradients) runs here too.
+            y_sorted_RD = x_sorted_RD + (gate_up_El2FD.sum() + down_ElDF.sum()) * 0
         else:
-            y_sorted_RD = run_experts(x_sorted_RD, received_PEl.sum(0), self.gate_up_proj.to_local(),
-                                      self.down_proj.to_local(), self.implementation)
+            y_sorted_RD = run_experts(x_sorted_RD, received_PEl.sum(0), gate_up_El2FD, down_ElDF, self.implementation)
         y_RD = torch.empty_like(y_sorted_RD).index_copy(0, order_R, y_sorted_RD)
         # 4. Combine: every row back to the rank that routed it, in the order it was sent.
         return all_to_all(y_RD, send_splits, receive_splits, group)
@@ -167,22 +169,26 @@ def apply_expert_parallel(model: nn.Module, ep_mesh, device_type: str | None = N
 
 
 def fully_shard_experts(model: nn.Module, mesh, gradient_divide_factor: int, **fsdp_options) -> nn.Module:
-    """FSDP2 over the data-parallel ranks that share an EP position (``dp_shard_mod_ep``), after
-    `apply_expert_parallel` and before the decoder layers' own ``fully_shard`` (torchtitan's order).
+    """FSDP2 over the data-parallel ranks that share an EP position (``dp_shard_mod_ep``, or
+    [dp_replicate, dp_shard_mod_ep] under HSDP), after `apply_expert_parallel` and before the decoder layers'
+    own ``fully_shard`` (torchtitan's order).
 
-    Each rank then holds E/(P·|mesh|) whole experts (when that divides). An expert's gradient already sums the
-    tokens of its EP group, so FSDP2 must divide the reduced gradient by the whole data-parallel size
-    (`gradient_divide_factor`), not by the size of `mesh`.
+    Each rank then holds about E/(P·dp_shard_mod_ep) whole experts (dim 0 is the expert). An expert's gradient
+    already sums the tokens of its EP group, so FSDP2 must divide the reduced gradient by the whole
+    data-parallel size (`gradient_divide_factor`), not by the size of `mesh`.
     """
     from torch.distributed.fsdp import fully_shard
 
+    shard_dim = mesh.ndim - 1   # HSDP: [replicate, shard]; FSDP2 reduce-scatters over the last dimension
+    # A custom factor reduce-scatters with NCCL's PreMulSum, which gloo lacks: there, sum and scale after.
+    # Not over a single shard rank, where FSDP2 skips the collective and divides by the factor itself (also
+    # forcing the sum would divide twice).
+    force_sum = dist.get_backend(mesh.get_group(shard_dim)) == "gloo" and mesh.size(shard_dim) > 1
     for block in [m for m in model.modules() if isinstance(m, MoE)]:
         assert isinstance(block.experts, ExpertParallelExperts), "apply_expert_parallel first"
         fully_shard(block.experts, mesh=mesh, **fsdp_options)
         block.experts.set_gradient_divide_factor(float(gradient_divide_factor))
-        if dist.get_backend(mesh.get_group()) == "gloo":
-            # A custom factor reduces with NCCL's PreMulSum, which gloo lacks: sum, then scale.
-            block.experts.set_force_sum_reduction_for_comms(True)
+        block.experts.set_force_sum_reduction_for_comms(force_sum)
     return model
 
 
