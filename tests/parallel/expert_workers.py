@@ -132,6 +132,21 @@ def training_case(rank: int, world_size: int, ep: int, steps: int, optim: OptimC
     return result
 
 
+def idle_experts_case(rank: int, world_size: int, ep: int) -> dict:
+    """Every token routed to EP position 0's experts (a large correction bias on them): the other positions'
+    experts receive no rows, yet every rank's backward must reduce their (zero) gradients, since FSDP2's
+    reduce-scatter over the ranks holding them is a collective. This rank's expert gradients and rows."""
+    model = make_model()
+    for block in model.moe_blocks():
+        block.gate.e_score_correction_bias.data[: block.num_experts // ep] = 100.0
+    shard_with_fsdp2(model, world_size, ep)
+    ids = rank_batch(rank)
+    model(ids, targets=ids).loss.backward()
+    from lagoon.optim.expert_owners import local_rows
+
+    return {name: (local_rows(p), p.grad.to_local().clone()) for name, p in model.named_parameters() if is_expert(name)}
+
+
 def checkpoint_case(rank: int, world_size: int, directory: str) -> dict:
     """Save the model at EP = W with torch.distributed.checkpoint, load it into a model at EP = W/2 (a fresh seed)."""
     import torch.distributed.checkpoint as dcp
@@ -149,6 +164,7 @@ def checkpoint_case(rank: int, world_size: int, directory: str) -> dict:
 
 
 def cases_worker(rank: int, world_size: int, cases: list[tuple[str, dict]], out: str) -> None:
-    runners = {"gradients": gradients_case, "training": training_case, "checkpoint": checkpoint_case}
+    runners = {"gradients": gradients_case, "training": training_case, "checkpoint": checkpoint_case,
+               "idle": idle_experts_case}
     results = [runners[kind](rank, world_size, **kwargs) for kind, kwargs in cases]
     torch.save(results, Path(out) / f"rank{rank}.pt")

@@ -90,6 +90,18 @@ def _check_checkpoint(ranks: list[dict], directory: Path, world_size: int) -> No
         assert torch.equal(tensor, saved[name]), name
 
 
+def _check_idle_experts(ranks: list[dict], ep: int) -> None:
+    """The backward completed on every rank (no collective left unmatched); the experts nobody routed to have
+    exactly zero gradients, the others not."""
+    experts = 8
+    for found in ranks:
+        for name, ((start, stop), grad) in found.items():
+            routed = stop <= experts // ep
+            assert start < stop and (grad.abs().sum() > 0) == routed, (name, start, stop)
+            if not routed:
+                assert torch.equal(grad, torch.zeros_like(grad)), name
+
+
 def _train_reference(steps: int) -> dict:
     model = make_model()
     optimizer = build_optimizer(model, config())
@@ -144,13 +156,15 @@ def test_expert_parallel_equals_single_process(world_size, eps, tmp_path):
     """Logits and gradients at EP = W (and EP < W: experts replicated over W/EP ranks) equal one process; a few
     steps of distributed Muon agree in loss, parameters, momentum and correction biases — also, at W = 4, in
     ``fsdp2`` mode with FSDP2 over EP = 2; at W = 4 a model saved with torch.distributed.checkpoint at EP = 4
-    loads at EP = 2 and into a single process."""
+    loads at EP = 2 and into a single process, and FSDP2 over EP = 2 completes a backward in which half the
+    experts receive no tokens."""
     cases = [("gradients", dict(ep=ep)) for ep in eps]
     cases += [("training", dict(ep=ep, steps=STEPS, optim=config(distributed="ddp"))) for ep in eps]
     if world_size == 4:
         # FSDP2 over the data-parallel ranks sharing an EP position, on top of EP = 2 (the engine's layout).
         cases.append(("training", dict(ep=2, steps=STEPS, optim=config(distributed="fsdp2"))))
         cases.append(("checkpoint", dict(directory=str(tmp_path / "dcp"))))
+        cases.append(("idle", dict(ep=2)))
     results = _run(world_size, cases, tmp_path / "ranks")
     reference = _train_reference(STEPS)
     for index, (kind, kwargs) in enumerate(cases):
@@ -160,6 +174,8 @@ def test_expert_parallel_equals_single_process(world_size, eps, tmp_path):
             _check_gradients(ranks, world_size)
         elif kind == "checkpoint":
             _check_checkpoint(ranks, Path(kwargs["directory"]), world_size)
+        elif kind == "idle":
+            _check_idle_experts(ranks, kwargs["ep"])
         else:
             _check_training(ranks, world_size, kwargs["ep"], reference)
 
