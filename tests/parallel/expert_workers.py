@@ -163,8 +163,63 @@ def checkpoint_case(rank: int, world_size: int, directory: str) -> dict:
     return {"saved": full_state_dict(saved), "loaded": full_state_dict(loaded), "local_rows": local_rows}
 
 
+ENGINE_EXPERTS = 8
+ENGINE_STACK = "model.layers.1.mlp.experts.gate_up_proj"
+
+
+def engine_model() -> LagunaForCausalLM:
+    """The model the engine case loads from Hugging Face files: 8 experts, every slice distinguishable."""
+    torch.manual_seed(0)
+    config = preset_config("tiny", vocab_size=97, hidden_size=32, head_dim=8, num_key_value_heads=2,
+                           num_attention_heads=4, intermediate_size=40, moe_intermediate_size=16,
+                           shared_expert_intermediate_size=16, num_hidden_layers=3, num_dense_layers=1,
+                           num_experts=ENGINE_EXPERTS, num_experts_per_tok=2)
+    model = LagunaForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)   # no constant tensors: every slice is distinguishable
+    return model
+
+
+def engine_case(rank: int, world_size: int, source: str) -> dict:
+    """The engine's own layout (`lagoon.parallel.parallelize` over dp_shard = W, without EP and at EP = 2) from
+    the Hugging Face files in `source`: the rows each rank loaded, the full tensors gathered back on rank 0, and
+    the expert bytes a rank holds at rest and as the layer computes with them."""
+    from lagoon.model.hf import read_config
+    from lagoon.parallel.config import ParallelConfig
+    from lagoon.parallel.gather import full_tensors
+    from lagoon.parallel.load import load_weights
+    from lagoon.parallel.materialize import local_part, local_region, materialize
+    from lagoon.parallel.mesh import ParallelDims, build_mesh
+    from lagoon.parallel.parallelize import parallelize
+
+    results = {}
+    for ep in (1, 2):
+        config = ParallelConfig(dp_replicate=1, dp_shard=-1, ep=ep)
+        mesh = build_mesh(ParallelDims.resolve(config, world_size), "cpu")
+        with torch.device("meta"):
+            model = LagunaForCausalLM(read_config(Path(source)))
+        parallelize(model, mesh, config)
+        materialize(model, "cpu")
+        load_weights(model, source, distributed=True)
+        rows = {name: (local_region(t)[0].start, local_region(t)[0].stop, local_part(t).clone())
+                for name, t in model.state_dict().items()}
+        gathered = {name: tensor.clone() for name, tensor in full_tensors(model, None, mesh) if tensor is not None}
+        # The expert stack as the layer computes with it: FSDP2 has gathered it (over dp_shard_mod_ep) by the
+        # time the experts' own forward pre-hooks run; under EP that is this EP rank's E/ep experts.
+        computed = []
+        experts = model.get_submodule(ENGINE_STACK.rsplit(".", 1)[0])
+        experts.register_forward_pre_hook(lambda module, args: computed.append(
+            local_part(module.gate_up_proj).untyped_storage().nbytes()))
+        ids = torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(rank))
+        model(ids, targets=ids).loss.backward()
+        results[ep] = {"rows": rows, "gathered": gathered, "computed": computed[0],
+                       "at_rest": local_part(experts.gate_up_proj).untyped_storage().nbytes()}
+    return results
+
+
 def cases_worker(rank: int, world_size: int, cases: list[tuple[str, dict]], out: str) -> None:
     runners = {"gradients": gradients_case, "training": training_case, "checkpoint": checkpoint_case,
-               "idle": idle_experts_case}
+               "idle": idle_experts_case, "engine": engine_case}
     results = [runners[kind](rank, world_size, **kwargs) for kind, kwargs in cases]
     torch.save(results, Path(out) / f"rank{rank}.pt")

@@ -1,5 +1,10 @@
 """Expert parallelism on real gloo process groups equals the single-process model.
 
+Every multi-rank case runs in one job of 4 gloo ranks, one after another (`four_ranks`: the process start-up,
+most of the cost on two cores, is paid once); each test checks its case's results. EP = 4 is the EP = W case
+(whole experts, one holder each), EP = 2 the EP < W case (experts replicated over W/EP ranks); at W = 2 the
+same code would only repeat the EP = W case.
+
 Tolerance (fp32). EP changes no arithmetic, only where it runs and in which order sums are taken: an expert's
 GEMM now also holds other ranks' rows (the kernel may block its dot products differently), and an expert's
 weight gradient sums every rank's tokens in one GEMM instead of rank by rank. Two orders of a length-n sum
@@ -25,10 +30,13 @@ import pytest
 import torch
 
 from lagoon.errors import ConfigError
+from lagoon.model import save_pretrained
 from lagoon.optim import build_optimizer
 from lagoon.parallel.expert import check_expert_parallel, expert_major_order
 from tests.optim.distributed_helpers import batch, config, spawn
-from tests.parallel.expert_workers import cases_worker, forward_backward, is_expert, make_model, rank_batch
+from tests.parallel.expert_workers import (
+    ENGINE_STACK, cases_worker, engine_model, forward_backward, is_expert, make_model, rank_batch,
+)
 
 LAYERS = 3
 STEPS = 4
@@ -150,34 +158,101 @@ def _check_training(ranks: list[dict], world_size: int, ep: int, reference: dict
     assert all(found["expert_buckets"] > 0 or found["local_experts"] == 4 for found in ranks)
 
 
+WORLD = 4
+CASES = {
+    # EP = W (2 whole experts per rank) and EP < W (experts replicated over W/EP = 2 ranks).
+    "gradients_ep4": ("gradients", dict(ep=4)),
+    "gradients_ep2": ("gradients", dict(ep=2)),
+    "training_ep4": ("training", dict(ep=4, steps=STEPS, optim=config(distributed="ddp"))),
+    "training_ep2": ("training", dict(ep=2, steps=STEPS, optim=config(distributed="ddp"))),
+    # FSDP2 over the data-parallel ranks sharing an EP position, on top of EP = 2 (the engine's layout).
+    "training_fsdp2_ep2": ("training", dict(ep=2, steps=STEPS, optim=config(distributed="fsdp2"))),
+    "checkpoint": ("checkpoint", dict(directory="{work}/dcp")),
+    "idle": ("idle", dict(ep=2)),
+    "engine": ("engine", dict(source="{work}/hf")),
+}
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory) -> tuple[dict[str, list], Path]:
+    """Every case above in one job of 4 gloo ranks (one start-up for all of them): each case's per-rank results."""
+    work = tmp_path_factory.mktemp("expert")
+    save_pretrained(engine_model(), work / "hf")
+    cases = [(kind, {key: value.format(work=work) if isinstance(value, str) else value for key, value in kwargs.items()})
+             for kind, kwargs in CASES.values()]
+    results = _run(WORLD, cases, work / "ranks")
+    return {name: [results[r][index] for r in range(WORLD)] for index, name in enumerate(CASES)}, work
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return _train_reference(STEPS)
+
+
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("world_size, eps", [(2, [2]), (4, [4, 2])])
-def test_expert_parallel_equals_single_process(world_size, eps, tmp_path):
-    """Logits and gradients at EP = W (and EP < W: experts replicated over W/EP ranks) equal one process; a few
-    steps of distributed Muon agree in loss, parameters, momentum and correction biases — also, at W = 4, in
-    ``fsdp2`` mode with FSDP2 over EP = 2; at W = 4 a model saved with torch.distributed.checkpoint at EP = 4
-    loads at EP = 2 and into a single process, and FSDP2 over EP = 2 completes a backward in which half the
-    experts receive no tokens."""
-    cases = [("gradients", dict(ep=ep)) for ep in eps]
-    cases += [("training", dict(ep=ep, steps=STEPS, optim=config(distributed="ddp"))) for ep in eps]
-    if world_size == 4:
-        # FSDP2 over the data-parallel ranks sharing an EP position, on top of EP = 2 (the engine's layout).
-        cases.append(("training", dict(ep=2, steps=STEPS, optim=config(distributed="fsdp2"))))
-        cases.append(("checkpoint", dict(directory=str(tmp_path / "dcp"))))
-        cases.append(("idle", dict(ep=2)))
-    results = _run(world_size, cases, tmp_path / "ranks")
-    reference = _train_reference(STEPS)
-    for index, (kind, kwargs) in enumerate(cases):
-        ranks = [results[r][index] for r in range(world_size)]
-        if kind == "gradients":
-            assert ranks[0]["ep"] == kwargs["ep"]
-            _check_gradients(ranks, world_size)
-        elif kind == "checkpoint":
-            _check_checkpoint(ranks, Path(kwargs["directory"]), world_size)
-        elif kind == "idle":
-            _check_idle_experts(ranks, kwargs["ep"])
-        else:
-            _check_training(ranks, world_size, kwargs["ep"], reference)
+@pytest.mark.parametrize("ep", [4, 2])
+def test_logits_and_gradients_equal_one_process(ep, four_ranks):
+    """EP = W and EP < W, grouped experts and the loop, training and inference."""
+    ranks = four_ranks[0][f"gradients_ep{ep}"]
+    assert ranks[0]["ep"] == ep
+    _check_gradients(ranks, WORLD)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("case", ["training_ep4", "training_ep2", "training_fsdp2_ep2"])
+def test_muon_steps_equal_one_process(case, four_ranks, reference):
+    """A few steps of distributed Muon agree in loss, parameters, momentum and correction biases: ``ddp`` with
+    the rest replicated, and ``fsdp2`` with FSDP2 over EP = 2."""
+    _check_training(four_ranks[0][case], WORLD, CASES[case][1]["ep"], reference)
+
+
+@pytest.mark.timeout(600)
+def test_a_checkpoint_saved_at_ep4_loads_at_ep2_and_in_one_process(four_ranks):
+    ranks, work = four_ranks
+    _check_checkpoint(ranks["checkpoint"], work / "dcp", WORLD)
+
+
+@pytest.mark.timeout(600)
+def test_fsdp2_over_ep_reduces_the_gradients_of_experts_that_received_no_tokens(four_ranks):
+    """FSDP2 over EP = 2 completes a backward in which half the experts receive no tokens."""
+    _check_idle_experts(four_ranks[0]["idle"], CASES["idle"][1]["ep"])
+
+
+@pytest.mark.timeout(600)
+def test_the_engine_layout_loads_gathers_and_holds_its_experts(four_ranks):
+    """The engine's layout (dp_shard = dp_shard_mod_ep × ep): ranks read only their experts from Hugging Face
+    files, the full tensors gather back to rank 0 (publishing, export), and the expert weights a rank holds —
+    sharded at rest, gathered for compute — are measured, without EP and at EP = 2.
+
+    With EP = 2 over 4 ranks, FSDP2 splits each EP rank's experts again, so a rank's experts are contiguous but
+    not in rank order (rank 1 holds experts 4-5 of 8): what `lagoon.parallel.gather` and distributed Muon must
+    read from the DTensor layout instead of assuming."""
+    model = engine_model()
+    full = model.state_dict()
+    full_bytes = full[ENGINE_STACK].numel() * full[ENGINE_STACK].element_size()
+    tied = model.config.tie_word_embeddings
+    for ep in (1, 2):
+        held: list[tuple[int, int]] = []
+        for rank, results in enumerate(four_ranks[0]["engine"]):
+            found = results[ep]
+            for name, (start, stop, local) in found["rows"].items():
+                if name == "lm_head.weight" and tied:
+                    continue
+                assert torch.equal(local, full[name][start:stop]), (ep, rank, name)
+            held.append(found["rows"][ENGINE_STACK][:2])
+            if rank == 0:   # every tensor back, whole, in its place
+                assert found["gathered"].keys() == {n for n in full if not (n == "lm_head.weight" and tied)}
+                for name, tensor in found["gathered"].items():
+                    assert torch.equal(tensor, full[name]), (ep, name)
+            # At rest every layout holds 1/4 of the experts (FSDP2 alone, or EP × FSDP2 over the rest); for
+            # compute FSDP2 alone gathers all 8 experts, EP only the E/ep of this EP rank.
+            assert found["at_rest"] * WORLD == full_bytes, (ep, found["at_rest"], full_bytes)
+            assert found["computed"] * ep == full_bytes, (ep, found["computed"], full_bytes)
+        # Whole experts, each on exactly one rank; under EP = 2 not in rank order.
+        assert sorted(held) == [(0, 2), (2, 4), (4, 6), (6, 8)], (ep, held)
+        if ep == 2:
+            assert held == [(0, 2), (4, 6), (2, 4), (6, 8)], held
+
 
 
 def test_expert_major_order_regroups_received_rows():

@@ -77,7 +77,7 @@ def test_checkpointing_shrinks_the_figure_and_the_command_prints_it(capsys):
 
 
 def test_expert_parallelism_gathers_a_block_s_local_experts_and_adds_the_all_to_all_buffers(capsys):
-    """Under EP a block gathers E/ep experts (what tests/parallel/test_expert_engine.py measures FSDP2 gathering
+    """Under EP a block gathers E/ep experts (what tests/parallel/test_expert.py measures FSDP2 gathering
     for compute); one sparse layer's dispatch and combine buffers join the total; a bad `ep` is one line."""
     from lagoon.config import load_config
     from lagoon.parallel.plan import EP_RECEIVE_HEADROOM, plan
