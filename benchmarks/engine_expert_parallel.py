@@ -50,7 +50,8 @@ def _run(config: Path, run_dir: Path, steps: int, overrides: list[str]) -> tuple
     settings = [f"train.steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
                 "train.checkpoint_at_end=false", "train.progress=false", *overrides]
     torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc-per-node={RANKS}"]
-    lagoon = ["-m", "lagoon", "train", str(config), "--run-dir", str(run_dir), *[a for s in settings for a in ("--set", s)]]
+    lagoon = ["-m", "lagoon", "train", str(config), "--run-dir", str(run_dir),
+              *[a for s in settings for a in ("--set", s)]]
     result = subprocess.run([sys.executable, "-c", PEAK_RSS, *torchrun, *lagoon], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=1200)
     if result.returncode != 0:
@@ -91,19 +92,21 @@ def main() -> None:
         for name in names[round_index % len(names):] + names[: round_index % len(names)]:
             rows, rss = _run(config, work / f"{name}-{round_index}", args.steps, base + ARMS[name])
             times[name].append(statistics.median(TOKENS / row["tokens_per_s"] for row in rows[3:]))
-            state[name] = {key: rows[0][f"state_bytes/{key}"] for key in ("params", "grads", "optimizer", "expert_params")}
+            state[name] = {key: rows[0][f"state_bytes/{key}"]
+                           for key in ("params", "grads", "optimizer", "expert_params")}
             peak_rss[name].append(rss)
             ep_load[name] += [row["ep_max_load"] for row in rows if "ep_max_load" in row]
-            print(f"round {round_index + 1} {name}: {times[name][-1] * 1000:.1f} ms/step, peak RSS {rss / 2**20:.0f} MiB",
-                  flush=True)
+            print(f"round {round_index + 1} {name}: {times[name][-1] * 1000:.1f} ms/step, "
+                  f"peak RSS {rss / 2**20:.0f} MiB", flush=True)
     med = {name: statistics.median(values) for name, values in times.items()}
     load_end = os.getloadavg()
     lines = [f"Load average (1/5/15 min): {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f} at the start, "
-             f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end; the 2 cores were shared with other jobs",
+             f"{load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} at the end; "
+             f"the 2 cores were shared with other jobs",
              "",
-             f"`lagoon train`, demo pretraining config (tiny, 8 experts top-2, {TOKENS:,} tokens per step), W = {RANKS} "
-             f"gloo ranks, 1 thread each; {args.steps} steps per run, median after 3 warm-up steps; {args.rounds} "
-             f"rounds, arm order rotating.", "",
+             f"`lagoon train`, demo pretraining config (tiny, 8 experts top-2, {TOKENS:,} tokens per step), "
+             f"W = {RANKS} gloo ranks, 1 thread each; {args.steps} steps per run, median after 3 warm-up steps; "
+             f"{args.rounds} rounds, arm order rotating.", "",
              "| arm | median ms/step | spread (min-max) | ratio to fsdp | params + grads + optimizer per rank | "
              "expert weights per rank | peak RSS, largest rank (median) | busiest EP rank ÷ mean |",
              "|---|---|---|---|---|---|---|---|"]
