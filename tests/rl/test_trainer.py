@@ -140,14 +140,17 @@ def test_a_cispo_step_raises_rewarded_completions_and_lowers_the_rest(tmp_path):
 
 @pytest.mark.timeout(420)
 def test_data_parallel_trainer_matches_the_single_process_one(tmp_path):
-    """Two ranks on the engine — distributed Muon over replicas (ZeRO-1 AdamW), and FSDP2 — train as one does."""
+    """Two ranks on the engine — distributed Muon over replicas (ZeRO-1 AdamW), and FSDP2 with the routed experts
+    split over the two ranks (expert parallelism; every other parameter FSDP2-sharded as without it, the layout
+    tests/rl/test_end_to_end.py runs) — train as one does."""
     from lagoon.model.hf import read_weights
 
     init = tiny_checkpoint(tmp_path / "init")
     config = rl_config(init, **{"rl.total_steps": 2, "rl.trainer.row_tokens": 32})
     config_path = _config_file(tmp_path, config)
     weights = {}
-    layouts = {"ddp": ["optim.distributed=\"ddp\""], "fsdp": ["parallel.dp_shard=-1", "parallel.dp_replicate=1"]}
+    layouts = {"ddp": ["optim.distributed=\"ddp\""],
+               "fsdp_ep": ["parallel.dp_shard=-1", "parallel.dp_replicate=1", "parallel.ep=2"]}
     for name in ("single", *layouts):
         run_dir = tmp_path / name
         _write_groups(run_dir, range(4))

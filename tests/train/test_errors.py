@@ -39,7 +39,7 @@ def test_malformed_config(capsys, tmp_path):
     ("parallel.activation_checkpointing=\"sometimes\"", ("parallel.activation_checkpointing", "selective")),
     ("parallel.dp_shard=3", ("parallel.dp_shard", "does not divide the world size 1")),
     ("parallel.dp_replicate=2", ("parallel:", "dp_replicate (2) × dp_shard (1) = 2 ranks", "world has 1")),
-    ("parallel.ep=2", ("parallel.ep", "not available")),
+    ("parallel.ep=2", ("parallel.ep", "needs a shard dimension", "parallel.dp_shard = -1")),
     ("optim.distributed=\"fsdp2\"", ("optim.distributed", "parallel.dp_shard")),
 ])
 def test_bad_values(capsys, tmp_path, shard_dir, override, fragments):

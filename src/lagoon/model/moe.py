@@ -84,8 +84,51 @@ def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
         return False
 
 
+def grouped_experts(x_MD: torch.Tensor, counts_E: torch.Tensor, gate_up_E2FD: torch.Tensor,
+                    down_EDF: torch.Tensor) -> torch.Tensor:
+    """All experts in two grouped GEMMs (`torch._grouped_mm`, offsets = cumulative token counts)."""
+    offsets_E = counts_E.cumsum(0).to(torch.int32)
+    h_M2F = _ContiguousGrad.apply(torch._grouped_mm(x_MD, gate_up_E2FD.transpose(1, 2), offs=offsets_E))
+    gate_MF, up_MF = h_M2F.chunk(2, dim=-1)
+    a_MF = F.silu(gate_MF) * up_MF
+    return _ContiguousGrad.apply(torch._grouped_mm(a_MF, down_EDF.transpose(1, 2), offs=offsets_E))
+
+
+def looped_experts(x_MD: torch.Tensor, counts_E: torch.Tensor, gate_up_E2FD: torch.Tensor,
+                   down_EDF: torch.Tensor) -> torch.Tensor:
+    """Reference path: one expert at a time over its contiguous block of tokens."""
+    outputs = []
+    start = 0
+    for expert, count in enumerate(counts_E.tolist()):
+        if count == 0:
+            continue
+        block_CD = x_MD[start : start + count]
+        gate_CF, up_CF = F.linear(block_CD, gate_up_E2FD[expert]).chunk(2, dim=-1)
+        outputs.append(F.linear(F.silu(gate_CF) * up_CF, down_EDF[expert]))
+        start += count
+    if not outputs:
+        return x_MD.new_zeros(x_MD.shape)
+    return torch.cat(outputs)
+
+
+def run_experts(x_MD: torch.Tensor, counts_E: torch.Tensor, gate_up_E2FD: torch.Tensor, down_EDF: torch.Tensor,
+                implementation: str) -> torch.Tensor:
+    """The experts' SwiGLU outputs for rows grouped by expert: grouped GEMMs where this build runs them, else the loop."""
+    if implementation == "grouped" and grouped_mm_supported(x_MD.device.type, x_MD.dtype):
+        return grouped_experts(x_MD, counts_E, gate_up_E2FD, down_EDF)
+    return looped_experts(x_MD, counts_E, gate_up_E2FD, down_EDF)
+
+
 class Experts(nn.Module):
-    """E SwiGLU experts stored as stacks: gate_up_proj [E, 2F, D] (gate rows, then up rows), down_proj [E, D, F]."""
+    """E SwiGLU experts stored as stacks: gate_up_proj [E, 2F, D] (gate rows, then up rows), down_proj [E, D, F].
+
+    `compute` (rows grouped by expert in, their expert outputs out) is the one place where the experts'
+    weights are used; expert parallelism (`lagoon.parallel.expert`) replaces it to send the rows to the ranks
+    holding their experts, so this file knows nothing of parallelism.
+    """
+
+    num_shards: int = 1
+    """Contiguous groups of experts held apart (the expert-parallel degree; 1 here), for load statistics."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -101,37 +144,13 @@ class Experts(nn.Module):
         order_M = experts_Nk.reshape(-1).argsort(stable=True)
         tokens_M = order_M // k
         counts_E = torch.bincount(experts_Nk.reshape(-1), minlength=self.num_experts)
-        x_MD = x_ND[tokens_M]
-        use_grouped = self.implementation == "grouped" and grouped_mm_supported(x_ND.device.type, x_ND.dtype)
-        if use_grouped:
-            y_MD = self._grouped(x_MD, counts_E)
-        else:
-            y_MD = self._loop(x_MD, counts_E)
+        y_MD = self.compute(x_ND[tokens_M], counts_E)
         y_MD = y_MD * weights_Nk.reshape(-1)[order_M, None]
         return torch.zeros_like(x_ND).index_add_(0, tokens_M, y_MD.to(x_ND.dtype))
 
-    def _grouped(self, x_MD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        """All experts in two grouped GEMMs (`torch._grouped_mm`, offsets = cumulative token counts)."""
-        offsets_E = counts_E.cumsum(0).to(torch.int32)
-        h_M2F = _ContiguousGrad.apply(torch._grouped_mm(x_MD, self.gate_up_proj.transpose(1, 2), offs=offsets_E))
-        gate_MF, up_MF = h_M2F.chunk(2, dim=-1)
-        a_MF = F.silu(gate_MF) * up_MF
-        return _ContiguousGrad.apply(torch._grouped_mm(a_MF, self.down_proj.transpose(1, 2), offs=offsets_E))
-
-    def _loop(self, x_MD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
-        """Reference path: one expert at a time over its contiguous block of tokens."""
-        outputs = []
-        start = 0
-        for expert, count in enumerate(counts_E.tolist()):
-            if count == 0:
-                continue
-            block_CD = x_MD[start : start + count]
-            gate_CF, up_CF = F.linear(block_CD, self.gate_up_proj[expert]).chunk(2, dim=-1)
-            outputs.append(F.linear(F.silu(gate_CF) * up_CF, self.down_proj[expert]))
-            start += count
-        if not outputs:
-            return x_MD.new_zeros(x_MD.shape)
-        return torch.cat(outputs)
+    def compute(self, x_MD: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
+        """Expert outputs [M, D] for rows [M, D] grouped by expert (counts_E[e] rows for expert e, in order)."""
+        return run_experts(x_MD, counts_E, self.gate_up_proj, self.down_proj, self.implementation)
 
 
 class MoE(nn.Module):

@@ -205,20 +205,41 @@ class LagunaForCausalLM(nn.Module):
     def update_router_biases(self, group: dist.ProcessGroup | None = None) -> dict[str, float]:
         """The aux-loss-free bias step; call once per optimizer step. Returns expert-load statistics.
 
-        ``max_load``: the busiest expert's load relative to the mean (1.0 is perfect balance),
-        averaged over sparse layers; ``min_load``: the same for the idlest expert.
+        `group` must span every rank that routes its own tokens (all data-parallel ranks, expert-parallel
+        ones included): the counts are summed over it, so every rank applies the update a single process
+        would apply to the whole batch. Statistics (loads relative to the mean; 1.0 is perfect balance):
+
+        - ``max_load`` / ``min_load``: the busiest / idlest expert, averaged over sparse layers;
+        - ``max_load/layer{i}``: the busiest expert of decoder layer i;
+        - with experts split over ranks (``experts.num_shards`` > 1, expert parallelism): ``ep_max_load``,
+          the busiest rank's routed tokens relative to the mean rank's, averaged over sparse layers, and
+          ``ep_max_load/layer{i}`` per layer.
         """
         rate = self.config.router_bias_update_rate
-        max_loads, min_loads = [], []
-        for block in self.moe_blocks():
+        max_loads, min_loads, shard_loads = [], [], []
+        stats: dict[str, float] = {}
+        for index, layer in enumerate(self.model.layers):
+            block = layer.mlp
+            if not isinstance(block, MoE):
+                continue
             counts_E = block.update_bias(rate, group)
-            if counts_E is not None and counts_E.sum() > 0:
-                mean = counts_E.mean()
-                max_loads.append(float(counts_E.max() / mean))
-                min_loads.append(float(counts_E.min() / mean))
+            if counts_E is None or counts_E.sum() <= 0:
+                continue
+            mean = counts_E.mean()
+            max_loads.append(float(counts_E.max() / mean))
+            min_loads.append(float(counts_E.min() / mean))
+            stats[f"max_load/layer{index}"] = max_loads[-1]
+            shards = block.experts.num_shards
+            if shards > 1:
+                counts_S = counts_E.view(shards, -1).sum(1)
+                shard_loads.append(float(counts_S.max() / counts_S.mean()))
+                stats[f"ep_max_load/layer{index}"] = shard_loads[-1]
         if not max_loads:
             return {}
-        return {"max_load": sum(max_loads) / len(max_loads), "min_load": sum(min_loads) / len(min_loads)}
+        stats.update(max_load=sum(max_loads) / len(max_loads), min_load=sum(min_loads) / len(min_loads))
+        if shard_loads:
+            stats["ep_max_load"] = sum(shard_loads) / len(shard_loads)
+        return stats
 
     def expert_counts(self) -> list[torch.Tensor | None]:
         """Per sparse layer, the expert assignment counts recorded since the last bias update."""

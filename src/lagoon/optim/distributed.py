@@ -22,8 +22,14 @@ its momentum lives only there, so the job holds one state per parameter in total
     1. the gradient norm from local shards (one scalar all-reduce, issued first; clipping is then known);
     2. all-to-all each bucket's row shards to the owners (uneven shards padded), smallest first;
     3. expert stacks need no communication: FSDP2's dim-0 shard holds whole experts, so the holder owns
-       them and orthogonalizes them while the first all-to-alls are in flight;
+       them and orthogonalizes them while the first all-to-alls are in flight (also when FSDP2 shards an
+       expert-parallel stack again: which rows a rank holds is read from the DTensor layout);
     4. each owner assembles, orthogonalizes and all-to-alls the rows back; AdamW runs on local shards.
+
+Expert parallelism (``ddp`` mode; `lagoon.parallel.expert`): expert stacks are ``Shard(0)`` DTensors whose
+experts are whole on their holder, so they never travel to other owners; their gradients are reduced only
+over the ranks holding the same experts, with the same bucket pipeline on that group, which is empty of
+communication when every expert has one holder (`lagoon.optim.expert_owners`).
 
 Every rank issues the same collectives in the same order whatever its data (an expert that saw no tokens
 contributes zeros), and `lagoon.optim.handshake` checks first that all ranks built the same plan.
@@ -45,12 +51,15 @@ import torch.distributed as dist
 from lagoon.errors import LagoonError
 from lagoon.optim.config import OptimConfig
 from lagoon.optim.data_parallel import DataParallel
+from lagoon.optim.expert_owners import (
+    ExpertReplicas, expert_owners, find_replicas, full_from_local, is_expert_parallel, local_rows,
+)
 from lagoon.optim.functional import clip_coefficient, muon_direction, muon_scale
 from lagoon.optim.grouping import ParameterGroups
 from lagoon.optim.newton_schulz import DTYPES, newton_schulz
 from lagoon.optim.optimizer import STATE_FORMAT, LagoonOptimizer
 from lagoon.optim.ownership import Block, Bucket, assign_owners, blocks_of, imbalance, load_per_rank, make_buckets
-from lagoon.optim.sharded_adamw import FlatShardedAdamW, LocalShardAdamW, gather_rows, local_tensor
+from lagoon.optim.sharded_adamw import FlatShardedAdamW, LocalShardAdamW, local_tensor
 from lagoon.optim.transport import DDPTransport, FSDPTransport
 
 
@@ -68,40 +77,71 @@ class DistributedMuon(LagoonOptimizer):
         super().__init__(groups, config)
         self.dp = data_parallel
         self.mode = config.distributed
-        W, rank = data_parallel.world_size, data_parallel.rank
+        W = data_parallel.world_size
         self.matrices = groups.muon
         blocks = blocks_of(self.matrices)
         sharded = [hasattr(m.param, "to_local") for m in self.matrices] + [hasattr(p, "to_local") for _, p in groups.adamw]
         if self.mode == "fsdp2" and not all(sharded):
             raise LagoonError("optim.distributed = \"fsdp2\" needs a model sharded with lagoon.optim.fsdp.shard_model")
-        if self.mode == "ddp" and any(sharded):
-            raise LagoonError("optim.distributed = \"ddp\" needs plain (replicated) parameters, not DTensors")
+        self.expert_params = [p for p, m in enumerate(self.matrices) if self.mode == "ddp" and is_expert_parallel(m.param)]
+        if self.mode == "ddp":
+            if any(is_expert_parallel(p) for _, p in groups.adamw):
+                raise LagoonError("optim.distributed = \"ddp\" with expert parallelism needs optim.name = \"muon\" "
+                                  "(AdamW on expert-parallel stacks is not supported in this mode)")
+            others = [p for _, p in groups.adamw + groups.adamw_no_decay] + [m.param for m in self.matrices]
+            if sum(hasattr(p, "to_local") for p in others) > len(self.expert_params):
+                raise LagoonError("optim.distributed = \"ddp\" needs plain (replicated) parameters, not DTensors "
+                                  "(expert-parallel expert stacks excepted)")
 
         # Expert stacks under FSDP2: the rank holding an expert's rows owns its matrices (no communication).
+        # Where the rows are comes from the DTensor layout (FSDP2 alone: rank order; over expert parallelism:
+        # each EP rank's experts split again), gathered once so every rank knows every holder.
         self.local_params: list[int] = []
+        self.local_rows: dict[int, tuple[int, int]] = {}
         fixed: dict[Block, int] = {}
         if self.mode == "fsdp2":
-            for p, matrix in enumerate(self.matrices):
-                if matrix.param.dim() == 3:
-                    self.local_params.append(p)
-                    per_expert = matrix.count // matrix.param.shape[0]
-                    size = math.ceil(matrix.param.shape[0] / W)
-                    for block in (b for b in blocks if b.param == p):
-                        fixed[block] = (block.index // per_expert) // size
+            self.local_params = [p for p, matrix in enumerate(self.matrices) if matrix.param.dim() == 3]
+            self.local_rows = {p: local_rows(self.matrices[p].param) for p in self.local_params}
+            everyone: list[dict[int, tuple[int, int]]] = [{} for _ in range(W)]
+            dist.all_gather_object(everyone, self.local_rows, group=data_parallel.group)
+            for p in self.local_params:
+                per_expert = self.matrices[p].count // self.matrices[p].param.shape[0]
+                for block in (b for b in blocks if b.param == p):
+                    expert = block.index // per_expert
+                    fixed[block] = next(r for r in range(W) if everyone[r][p][0] <= expert < everyone[r][p][1])
+        # Expert-parallel stacks (ddp): owned among the ranks holding the same experts, moved only among them.
+        self.replicas: ExpertReplicas | None = None
+        expert_buckets: list[Bucket] = []
+        if self.expert_params:
+            self.replicas = find_replicas(self.matrices[self.expert_params[0]].param, data_parallel)
+            assert all(self.matrices[p].param.device_mesh == self.matrices[self.expert_params[0]].param.device_mesh
+                       for p in self.expert_params), "every expert stack must share one expert-parallel mesh"
+            fixed, local_owners = expert_owners(self.matrices, self.expert_params, self.replicas)
+            expert_buckets = make_buckets(list(local_owners), local_owners, self.replicas.group.world_size,
+                                          config.bucket_mb * 2**20)
         self.owners = assign_owners(blocks, W, fixed)
         moving = [b for b in blocks if b not in fixed]
-        self.buckets = make_buckets(moving, self.owners, W, config.bucket_mb * 2**20)
         self.ns_load = load_per_rank(self.owners, W)
+        transport_cls = DDPTransport if self.mode == "ddp" else FSDPTransport
+        update_dtype = DTYPES[config.ns_dtype]
+        transport = transport_cls(self.matrices, data_parallel, update_dtype)
+        routes = [(b, transport) for b in make_buckets(moving, self.owners, W, config.bucket_mb * 2**20)]
+        if expert_buckets:
+            expert_transport = DDPTransport(self.matrices, self.replicas.group, update_dtype)
+            routes += [(b, expert_transport) for b in expert_buckets]
+        routes.sort(key=lambda route: route[0].padded_elements)  # smallest first; stable, so every rank agrees
+        self.buckets = [bucket for bucket, _ in routes]
+        self.transports = [t for _, t in routes]
+        """The transport of each bucket: over the data-parallel group, or over an expert position's replicas."""
 
         # Momentum: one [m, R, C] tensor per bucket (this rank's segment), one local stack per expert param.
         dtype = self.matrices[0].param.dtype if self.matrices else torch.float32
         first = [m.param for m in self.matrices] + [p for _, p in groups.adamw + groups.adamw_no_decay]
         self.device = local_tensor(first[0]).device if first else torch.device("cpu")
-        self.momentum = [torch.zeros((len(b.segments[rank]), b.rows, b.cols), dtype=dtype, device=self.device)
-                         for b in self.buckets]
+        self.momentum = [torch.zeros((len(b.segments[t.dp.rank]), b.rows, b.cols), dtype=dtype, device=self.device)
+                         for b, t in zip(self.buckets, self.transports)]
         self.local_momentum = {p: torch.zeros_like(local_tensor(self.matrices[p].param)) for p in self.local_params}
-        transport_cls = DDPTransport if self.mode == "ddp" else FSDPTransport
-        self.transport = transport_cls(self.matrices, data_parallel, DTYPES[config.ns_dtype])
+        self.transport = transport
         adamw_cls = FlatShardedAdamW if self.mode == "ddp" else LocalShardAdamW
         self.adamw = adamw_cls(groups.adamw, groups.adamw_no_decay, data_parallel)
         self.timings: dict[str, float] = {}
@@ -161,18 +201,20 @@ class DistributedMuon(LagoonOptimizer):
 
     # ---------------------------------------------------------------------------------------------
     def _step_ddp(self, max_grad_norm: float | None) -> dict[str, float]:
-        W, rank = self.dp.world_size, self.dp.rank
+        W = self.dp.world_size
         # 1. Every reduce-scatter at once: the Muon buckets, smallest first (Newton–Schulz starts when the first
         #    lands), then AdamW's slice.
-        received = [self.transport.start_to_owners(bucket) for bucket in self.buckets]
+        received = [t.start_to_owners(bucket) for bucket, t in zip(self.buckets, self.transports)]
         adamw_grad_S, adamw_work = self.adamw.start_reduce()
         squared = torch.zeros((), dtype=torch.float64, device=self.device)
         landed = [False] * len(self.buckets)
 
         def land(k: int) -> torch.Tensor:
-            """Bucket k's averaged gradients of the owned blocks, counted into the norm once."""
+            """Bucket k's averaged gradients of the owned blocks, counted into the norm once (an expert
+            bucket's sum covers its replicas' tokens and, through the all-to-alls, its expert-parallel group's:
+            every data-parallel rank's, hence the division by W)."""
             nonlocal squared
-            grads_mRC = received[k][0][: len(self.buckets[k].segments[rank])]
+            grads_mRC = received[k][0][: len(self.buckets[k].segments[self.transports[k].dp.rank])]
             if not landed[k]:
                 self._wait(received[k][1])
                 grads_mRC.div_(W)
@@ -197,7 +239,7 @@ class DistributedMuon(LagoonOptimizer):
         for k, bucket in enumerate(self.buckets):
             grads_mRC = land(k)
             backups.append(self.momentum[k].clone())
-            gathers.append(self.transport.start_to_all(bucket, self._orthogonalize(grads_mRC, self.momentum[k])))
+            gathers.append(self.transports[k].start_to_all(bucket, self._orthogonalize(grads_mRC, self.momentum[k])))
             if norm is None and all(work is None or work.is_completed() for _, work in [*received, (None, adamw_work)]):
                 norm = start_norm()
             if norm is not None and adamw_gather is None and norm[1].is_completed():
@@ -220,16 +262,16 @@ class DistributedMuon(LagoonOptimizer):
             gathers = []
             for k, bucket in enumerate(self.buckets):
                 grads_mRC = land(k).mul_(coefficient)
-                gathers.append(self.transport.start_to_all(bucket, self._orthogonalize(grads_mRC, self.momentum[k])))
+                gathers.append(self.transports[k].start_to_all(bucket, self._orthogonalize(grads_mRC, self.momentum[k])))
         del backups
         if adamw_gather is None:
             self.step_count += 1
             adamw_gather = self.adamw.start_gather(self._adamw_step(adamw_grad_S, coefficient))
         # 4. Every replica applies the decay and the gathered updates.
         self._apply_decay()
-        for bucket, (updates, work) in zip(self.buckets, gathers):
+        for bucket, transport, (updates, work) in zip(self.buckets, self.transports, gathers):
             self._wait(work)
-            self.transport.apply(bucket, updates, self._scale(bucket))
+            transport.apply(bucket, updates, self._scale(bucket))
         adamw_flat, adamw_work_gather = adamw_gather
         self._wait(adamw_work_gather)
         self.adamw.finish(adamw_flat)
@@ -310,15 +352,20 @@ class DistributedMuon(LagoonOptimizer):
         # Full tensors on the CPU, ready to be saved.
         momentum = {m.name: torch.zeros(m.param.shape, dtype=self.momentum[0].dtype if self.momentum else m.param.dtype)
                     for m in self.matrices}
-        for bucket, segment in zip(self.buckets, self.momentum):
-            gathered = self.transport.gather_segments(bucket, segment).cpu()
+        # An expert-parallel stack's buckets hold this position's experts: assembled locally, then gathered whole.
+        local = {p: torch.zeros(local_tensor(self.matrices[p].param).shape, dtype=momentum[self.matrices[p].name].dtype)
+                 for p in self.expert_params}
+        for bucket, transport, segment in zip(self.buckets, self.transports, self.momentum):
+            gathered = transport.gather_segments(bucket, segment).cpu()
             for p, (indices, slots) in bucket.per_param().items():
                 matrix = self.matrices[p]
-                momentum[matrix.name].view(matrix.count, matrix.rows, matrix.cols).index_copy_(0, indices, gathered[slots])
+                target = local[p] if p in local else momentum[matrix.name]
+                target.view(-1, matrix.rows, matrix.cols).index_copy_(0, indices, gathered[slots])
+        for p, tensor in local.items():
+            momentum[self.matrices[p].name] = full_from_local(tensor.to(self.device), self.matrices[p].param).cpu()
         for p in self.local_params:
             matrix = self.matrices[p]
-            full = gather_rows(self.local_momentum[p], matrix.param.shape[0], self.dp)
-            momentum[matrix.name] = full.view(matrix.param.shape).cpu()
+            momentum[matrix.name] = full_from_local(self.local_momentum[p], matrix.param).view(matrix.param.shape).cpu()
         return {"format": STATE_FORMAT, "optimizer": self.config.name, "step": self.step_count,
                 "muon": {name: {"momentum": t} for name, t in momentum.items()}, "adamw": self.adamw.full_state()}
 
@@ -327,15 +374,16 @@ class DistributedMuon(LagoonOptimizer):
         """Take this rank's part of a full state (every rank passes the same full state)."""
         self._check_state(state)
         self.step_count = int(state["step"])
-        rank = self.dp.rank
-        for bucket, segment in zip(self.buckets, self.momentum):
-            for i, block in enumerate(bucket.segments[rank]):
+        for bucket, transport, segment in zip(self.buckets, self.transports, self.momentum):
+            for i, block in enumerate(bucket.segments[transport.dp.rank]):
                 matrix = self.matrices[block.param]
                 full = state["muon"][matrix.name]["momentum"].reshape(matrix.count, matrix.rows, matrix.cols)
-                segment[i].copy_(full[block.index])
+                offset = 0
+                if block.param in self.expert_params:  # a local index: this position's first matrix comes first
+                    offset = self.replicas.position * (matrix.count // self.replicas.size)
+                segment[i].copy_(full[offset + block.index])
         for p in self.local_params:
             matrix = self.matrices[p]
-            local = self.local_momentum[p]
-            start = rank * math.ceil(matrix.param.shape[0] / self.dp.world_size)
-            local.copy_(state["muon"][matrix.name]["momentum"][start : start + local.shape[0]])
+            start, stop = self.local_rows[p]
+            self.local_momentum[p].copy_(state["muon"][matrix.name]["momentum"][start:stop].view_as(self.local_momentum[p]))
         self.adamw.load_full_state(state["adamw"])

@@ -2,7 +2,8 @@
 
 `DDPTransport` (replicated parameters): gradients go to owners with one reduce-scatter per bucket — the
 input is laid out as W owner segments [W·M, R, C], so each rank receives the sum of exactly the blocks it
-owns — and updates come back with one all-gather of the owners' [M, R, C] segments.
+owns — and updates come back with one all-gather of the owners' [M, R, C] segments. Over a group of one rank (the
+replicas of an expert-parallel position when every position has one rank) both are no-ops.
 
 `FSDPTransport` (dim-0 sharded DTensors): rank q holds rows [q·s, (q+1)·s) of every 2-D matrix. One
 all-to-all sends each owner the row shards of its blocks ([W, M, s, C], uneven shards zero-padded to s
@@ -51,6 +52,8 @@ class _Transport:
         """Every owner's segment, [W·M, R, C] (a blocking collective; used for full state dicts)."""
         padded_MRC = torch.zeros((bucket.slots, bucket.rows, bucket.cols), dtype=segment_mRC.dtype, device=self.device)
         padded_MRC[: segment_mRC.shape[0]] = segment_mRC
+        if bucket.world_size == 1:
+            return padded_MRC
         out = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=segment_mRC.dtype,
                           device=self.device)
         dist.all_gather_single(out, padded_MRC, group=self.dp.group)
@@ -58,7 +61,7 @@ class _Transport:
 
 
 class DDPTransport(_Transport):
-    def start_to_owners(self, bucket: Bucket) -> tuple[torch.Tensor, dist.Work]:
+    def start_to_owners(self, bucket: Bucket) -> tuple[torch.Tensor, dist.Work | None]:
         """Reduce-scatter: returns (the summed gradients of this rank's slots [M, R, C], work)."""
         first = self.matrices[next(b for segment in bucket.segments for b in segment).param].param
         send = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype,
@@ -67,15 +70,19 @@ class DDPTransport(_Transport):
             send[rank * bucket.slots + len(segment) : (rank + 1) * bucket.slots].zero_()
         for p, (indices, slots) in self.per_param(bucket).items():
             matrix = self.matrices[p]
-            grad = _grad_or_zeros(matrix.param).view(matrix.count, matrix.rows, matrix.cols)
+            grad = _grad_or_zeros(matrix.param).view(-1, matrix.rows, matrix.cols)  # this rank's matrices
             send.index_copy_(0, slots, grad.index_select(0, indices))
+        if bucket.world_size == 1:
+            return send, None
         received = torch.empty((bucket.slots, bucket.rows, bucket.cols), dtype=first.dtype, device=self.device)
         return received, dist.reduce_scatter_single(received, send, group=self.dp.group, async_op=True)
 
-    def start_to_all(self, bucket: Bucket, updates_mRC: torch.Tensor) -> tuple[torch.Tensor, dist.Work]:
+    def start_to_all(self, bucket: Bucket, updates_mRC: torch.Tensor) -> tuple[torch.Tensor, dist.Work | None]:
         """All-gather the owners' updates: returns ([W·M, R, C] in the Newton–Schulz dtype, work)."""
         send = torch.zeros((bucket.slots, bucket.rows, bucket.cols), dtype=self.update_dtype, device=self.device)
         send[: updates_mRC.shape[0]] = updates_mRC
+        if bucket.world_size == 1:
+            return send, None
         received = torch.empty((bucket.world_size * bucket.slots, bucket.rows, bucket.cols), dtype=self.update_dtype,
                                device=self.device)
         return received, dist.all_gather_single(received, send, group=self.dp.group, async_op=True)
@@ -84,7 +91,7 @@ class DDPTransport(_Transport):
         """θ += alpha·O for every block of the bucket (every replica does the same)."""
         for p, (indices, slots) in self.per_param(bucket).items():
             matrix = self.matrices[p]
-            blocks = matrix.param.detach().view(matrix.count, matrix.rows, matrix.cols)
+            blocks = local_tensor(matrix.param).detach().view(-1, matrix.rows, matrix.cols)
             blocks.index_add_(0, indices, updates_WMRC.index_select(0, slots).to(blocks.dtype), alpha=alpha)
 
 

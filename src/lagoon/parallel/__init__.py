@@ -2,7 +2,8 @@
 
     lagoon.parallel.config        [parallel]: dp_replicate × dp_shard, activation checkpointing, precision
     lagoon.parallel.mesh          ParallelDims (sizes from the world size) and the named DeviceMesh
-    lagoon.parallel.parallelize   parallelize(model, mesh, config): checkpointing, then FSDP2 / HSDP
+    lagoon.parallel.parallelize   parallelize(model, mesh, config): checkpointing, expert parallelism, FSDP2 / HSDP
+    lagoon.parallel.expert        expert parallelism: Shard(0) expert stacks, all-to-all dispatch and combine
     lagoon.parallel.materialize   meta → local shards; layout-independent initialisation
     lagoon.parallel.load          fill from a Hugging Face directory or a sharded checkpoint, slice by slice
     lagoon.parallel.checkpoint    sharded checkpoints (torch.distributed.checkpoint + lagoon's manifest)

@@ -13,8 +13,11 @@ The layouts, for a world of W ranks (dp_replicate × dp_shard = W):
     both > 1                  HSDP: dp_replicate copies, each sharded over dp_shard ranks
 
 Expert parallelism (``ep``) borrows from the data-parallel ranks as torchtitan does: within each replica,
-dp_shard = dp_shard_mod_ep × ep, and the routed experts are FSDP-sharded over the remaining
-dp_shard_mod_ep ranks. This build validates ``ep`` and refuses ep > 1.
+dp_shard = dp_shard_mod_ep × ep. The routed experts are split over the ``ep`` ranks (each holds E/ep whole
+experts, tokens travel to them by all-to-all: `lagoon.parallel.expert`) and FSDP-sharded over the remaining
+dp_shard_mod_ep ranks (and replicated over dp_replicate, as everything else); every other parameter is
+sharded over the whole dp_shard dimension as without EP. ``ep`` must divide dp_shard and the number of
+routed experts (checked with the model and the world size before anything is written).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ class ParallelConfig:
 
     ep: int = 1
     """Expert-parallel degree: ranks of the shard dimension the routed experts are split over (dp_shard =
-    dp_shard_mod_ep × ep). Only 1 in this build."""
+    dp_shard_mod_ep × ep; each rank holds num_experts / ep of them whole and receives their tokens by
+    all-to-all). 1: every expert on every rank (FSDP-sharded like any other parameter)."""
 
     activation_checkpointing: Literal["none", "selective", "full"] = "none"
     """Recompute activations in the backward pass instead of keeping them: ``full`` checkpoints every decoder
@@ -68,7 +72,9 @@ class ParallelConfig:
         check(not (self.dp_replicate == -1 and self.dp_shard == -1), "dp_shard",
               "dp_replicate and dp_shard cannot both be -1 (the rest of the world); give one of them a size")
         check(self.ep >= 1, "ep", f"must be >= 1, got {self.ep}")
-        check(self.ep == 1, "ep", f"expert parallelism is not available in this build (got {self.ep}); set parallel.ep = 1")
+        check(self.ep == 1 or self.dp_shard != 1, "ep",
+              f"{self.ep} needs a shard dimension to split (dp_shard = dp_shard_mod_ep × ep); "
+              f"set parallel.dp_shard = -1 or a multiple of {self.ep}")
 
     @property
     def sharded(self) -> bool:

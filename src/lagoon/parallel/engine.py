@@ -9,7 +9,8 @@
     engine.save(run_dir, state, loader_state, tokenizer_dir, keep_last)   # collective, sharded
     engine.load(path)                                                     # any layout resumes any other
 
-Building: the model is constructed on the meta device, `parallelize` applies checkpointing and FSDP2/HSDP,
+Building: the model is constructed on the meta device, `parallelize` applies checkpointing, expert
+parallelism and FSDP2/HSDP,
 `materialize` allocates only the local shards, then the weights are initialised (the same values in every
 layout) or loaded slice by slice (`lagoon.parallel.load`). The optimizer follows the layout:
 
@@ -19,6 +20,11 @@ layout) or loaded slice by slice (`lagoon.parallel.load`). The optimizer follows
                               optim.distributed = "ddp": distributed   reduce-scatter to Muon's owners
     fsdp / hsdp               distributed Muon, ``fsdp2`` mode over    FSDP2 reduce-scatter within the shard
                               the shard group (owners within it)       group, all-reduce across replicas
+
+Expert parallelism (``parallel.ep`` > 1, always with dp_shard ≥ ep, hence sharded): the routed experts
+are split over the ``ep`` submesh and FSDP2-sharded over dp_shard_mod_ep; distributed Muon's ``fsdp2``
+mode orthogonalizes each expert on the one rank of the shard group that holds it, the other matrices
+travel to owners as without EP. The correction biases are updated from counts summed over every rank.
 """
 
 from __future__ import annotations
@@ -36,6 +42,16 @@ from lagoon.errors import ConfigError
 from lagoon.parallel.config import ParallelConfig
 from lagoon.parallel.mesh import Mesh, ParallelDims, build_mesh
 from lagoon.parallel.parallelize import is_sharded, parallelize
+
+
+def check_layout(model_config: Any, parallel: ParallelConfig, distributed: str, world_size: int) -> str:
+    """Refuse a layout that cannot hold this model on `world_size` ranks (one-line ConfigError, exit 2) before
+    anything is written; returns the optimizer's mode. Expert parallelism: ``ep`` must divide the world size,
+    the routed experts and dp_shard."""
+    from lagoon.parallel.expert import check_expert_parallel
+
+    check_expert_parallel(model_config, parallel.ep, world_size)
+    return optimizer_mode(ParallelDims.resolve(parallel, world_size), distributed)
 
 
 def optimizer_mode(dims: ParallelDims, distributed: str) -> str:
@@ -72,8 +88,8 @@ class Engine:
         from lagoon.parallel.load import load_weights
         from lagoon.parallel.materialize import init_parameters, materialize
 
+        mode = check_layout(model_config, parallel, optim.distributed, dist_info.world_size)
         dims = ParallelDims.resolve(parallel, dist_info.world_size)
-        mode = optimizer_mode(dims, optim.distributed)
         mesh = build_mesh(dims, dist_info.device.type)
         with torch.device("meta"):
             model = LagunaForCausalLM(model_config)
@@ -132,7 +148,8 @@ class Engine:
                         distributed=self.dist.group is not None)
 
     def state_bytes(self) -> dict[str, int]:
-        """Bytes this rank holds of parameters, gradients (as they are now) and optimizer state."""
+        """Bytes this rank holds of parameters, gradients (as they are now) and optimizer state; and, of the
+        parameters, the routed experts' (``expert_params``: 1/dp_shard of them when sharded, EP or not)."""
         from lagoon.parallel.materialize import local_part
 
         def size(tensor: torch.Tensor) -> int:
@@ -146,8 +163,11 @@ class Engine:
         else:
             state = sum(size(t) for table in (optimizer.momentum, optimizer.exp_avg, optimizer.exp_avg_sq)
                         for t in table.values())
+        from lagoon.weights.tensors import _EXPERT_STACK
+
+        experts = [p for name, p in self.model.named_parameters() if _EXPERT_STACK.match(name)]
         return {"params": sum(size(p) for p in params), "grads": sum(size(p.grad) for p in params if p.grad is not None),
-                "optimizer": state}
+                "optimizer": state, "expert_params": sum(size(p) for p in experts)}
 
     def full_tensors(self, dtype: torch.dtype | None = None):
         """(name, full tensor on rank 0 / None elsewhere) one at a time in the fixed order, in the publish dtype

@@ -30,20 +30,35 @@ from torch import nn
 
 from lagoon.errors import LagoonError
 from lagoon.parallel.load import model_tensors
+from lagoon.parallel.materialize import local_region
 from lagoon.parallel.mesh import Mesh
 
 T = TypeVar("T")
 
 
-def _gather_rows(local: torch.Tensor, rows: int, group: dist.ProcessGroup, dst_first: bool) -> torch.Tensor | None:
-    """Dim-0 shards (torch.chunk sizes, as FSDP2's Shard(0)) → the full tensor on the group's first rank."""
+def _gather_rows(local: torch.Tensor, rows: int, start: int, group: dist.ProcessGroup, dst_first: bool
+                 ) -> torch.Tensor | None:
+    """Dim-0 shards → the full tensor on the group's first rank. Each rank's rows [start, start + len(local))
+    travel with it: FSDP2 alone holds them in rank order, but FSDP2 over expert parallelism splits each EP
+    rank's experts again, so the shard group's ranks hold contiguous experts out of rank order. Either way
+    every rank holds at most ⌈rows / W⌉ rows (torch.chunk sizes, chunked once or twice)."""
     W = dist.get_world_size(group)
     size = math.ceil(rows / W)
+    assert local.shape[0] <= size, (local.shape, rows, W)
     padded = torch.zeros((size, *local.shape[1:]), dtype=local.dtype, device=local.device)
     padded[: local.shape[0]] = local
+    where = torch.tensor([start, local.shape[0]], dtype=torch.int64, device=local.device)
     pieces = [torch.empty_like(padded) for _ in range(W)] if dst_first else None
+    places = [torch.empty_like(where) for _ in range(W)] if dst_first else None
     dist.gather(padded, pieces, group_dst=0, group=group)
-    return torch.cat(pieces)[:rows] if dst_first else None
+    dist.gather(where, places, group_dst=0, group=group)
+    if not dst_first:
+        return None
+    full = torch.empty((rows, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    for piece, place in zip(pieces, places):
+        first, count = place.tolist()
+        full[first : first + count] = piece[:count]
+    return full
 
 
 @torch.no_grad()
@@ -67,7 +82,8 @@ def full_tensors(model: nn.Module, dtype: torch.dtype | None, mesh: Mesh | None 
             yield name, None
             continue
         local = tensor.to_local().detach().to(cast)
-        full = _gather_rows(local, tensor.shape[0], mesh.shard_group, coordinate[1] == 0)
+        start = local_region(tensor)[0].start
+        full = _gather_rows(local, tensor.shape[0], start, mesh.shard_group, coordinate[1] == 0)
         yield name, full.to(device) if rank == 0 and full is not None else None
 
 

@@ -7,8 +7,16 @@
 
 Rank r sits at (r // dp_shard, r % dp_shard): the shard dimension is the inner, contiguous one, so on a
 GPU node the shard group is the node's NVLink domain and only the small replica all-reduce crosses nodes
-(torchtitan's ParallelDims uses the same order). Expert parallelism, when it arrives, splits the shard
-dimension again (dp_shard = dp_shard_mod_ep × ep) and adds a 1-D ``ep`` submesh; nothing here changes.
+(torchtitan's ParallelDims uses the same order).
+
+Expert parallelism splits the shard dimension again, ep innermost: the device mesh is then
+[dp_replicate, dp_shard_mod_ep, ep] and ``dp_shard`` is its last two dimensions flattened, so a rank's
+shard coordinate — and with it every non-expert shard, the shard group and the replica groups — is the
+same as without EP (rank r: shard coordinate r % dp_shard, EP position r % ep). On a GPU node the ``ep``
+group is then the node's NVLink domain, where the all-to-alls run:
+
+    mesh.expert_mesh        the 1-D ``ep`` submesh the experts are split over
+    mesh.expert_fsdp_mesh   what the experts' ``fully_shard`` spans: [dp_replicate,] dp_shard_mod_ep
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from lagoon.errors import ConfigError
 from lagoon.parallel.config import ParallelConfig
 
 REPLICATE, SHARD = "dp_replicate", "dp_shard"
+SHARD_MOD_EP, EP = "dp_shard_mod_ep", "ep"
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,8 @@ class ParallelDims:
             raise ConfigError("parallel", f"dp_replicate ({replicate}) × dp_shard ({shard}) = {replicate * shard} "
                                           f"ranks, but the world has {world_size}; set one of them to -1 (the rest)")
         if shard % config.ep:
-            raise ConfigError("parallel.ep", f"{config.ep} does not divide dp_shard ({shard})")
+            raise ConfigError("parallel.ep", f"{config.ep} does not divide dp_shard ({shard}); expert parallelism "
+                                             f"splits the shard dimension (dp_shard = dp_shard_mod_ep × ep)")
         return cls(replicate, shard, config.ep)
 
     @property
@@ -60,6 +70,11 @@ class ParallelDims:
         return self.dp_shard > 1
 
     @property
+    def dp_shard_mod_ep(self) -> int:
+        """Ranks of the shard dimension that hold the same experts (the experts' FSDP2 group)."""
+        return self.dp_shard // self.ep
+
+    @property
     def layout(self) -> str:
         """``single``, ``ddp``, ``fsdp`` or ``hsdp``."""
         if self.world_size == 1:
@@ -69,7 +84,8 @@ class ParallelDims:
         return "hsdp" if self.dp_replicate > 1 else "fsdp"
 
     def describe(self) -> str:
-        return f"{self.layout} (dp_replicate={self.dp_replicate} × dp_shard={self.dp_shard})"
+        experts = f", experts over ep={self.ep}" if self.ep > 1 else ""
+        return f"{self.layout} (dp_replicate={self.dp_replicate} × dp_shard={self.dp_shard}{experts})"
 
 
 @dataclass
@@ -81,6 +97,21 @@ class Mesh:
     mesh: Any = None
     """The 2-D DeviceMesh [dp_replicate, dp_shard] (None in a single process)."""
     rank: int = 0
+    world: Any = None
+    """Under expert parallelism, the 3-D DeviceMesh [dp_replicate, dp_shard_mod_ep, ep] `mesh` is cut from."""
+
+    @property
+    def expert_mesh(self) -> Any:
+        """The 1-D ``ep`` submesh the routed experts are split over (None without expert parallelism)."""
+        return None if self.world is None else self.world[EP]
+
+    @property
+    def expert_fsdp_mesh(self) -> Any:
+        """What the experts' ``fully_shard`` spans: [dp_replicate, dp_shard_mod_ep] under HSDP, else
+        dp_shard_mod_ep (None without expert parallelism)."""
+        if self.world is None:
+            return None
+        return self.world[(REPLICATE, SHARD_MOD_EP)] if self.dims.dp_replicate > 1 else self.world[SHARD_MOD_EP]
 
     @property
     def shard_mesh(self) -> Any:
@@ -116,4 +147,8 @@ def build_mesh(dims: ParallelDims, device_type: str) -> Mesh:
 
     assert dist.get_world_size() == dims.world_size, (dist.get_world_size(), dims)
     mesh = init_device_mesh(device_type, (dims.dp_replicate, dims.dp_shard), mesh_dim_names=(REPLICATE, SHARD))
-    return Mesh(dims, device_type, mesh, dist.get_rank())
+    world = None
+    if dims.ep > 1:
+        # The same ranks seen as [dp_replicate, dp_shard_mod_ep, ep] (ep innermost, see the module docstring).
+        world = mesh._unflatten(SHARD, (dims.dp_shard_mod_ep, dims.ep), (SHARD_MOD_EP, EP))
+    return Mesh(dims, device_type, mesh, dist.get_rank(), world)

@@ -1,11 +1,15 @@
 """`parallelize(model, mesh, config)`: apply parallelism to a plain Laguna model, in a fixed order.
 
     1. activation checkpointing, per decoder block (``none | selective | full``);
-    2. expert parallelism (``parallel.ep``; refused in this build, `lagoon.parallel.config`);
+    2. expert parallelism (``parallel.ep`` > 1): every sparse layer's routed experts split over the ``ep``
+       submesh, E/ep whole experts per rank, tokens dispatched and combined by all-to-all
+       (`lagoon.parallel.expert`);
     3. FSDP2 ``fully_shard`` on every decoder block, then on the root, with a ``MixedPrecisionPolicy`` —
        over the 2-D mesh (HSDP: replicate × shard) when there are replicas, over the shard dimension alone
-       (FSDP) when not. A layout without sharding (dp_shard = 1) is left alone here: the engine wraps it
-       in DDP (or distributed Muon reduces its gradients), which costs a replicated model nothing.
+       (FSDP) when not. Under EP the experts are their own FSDP2 unit first, over the ranks that hold the
+       same experts ([dp_replicate ×] dp_shard_mod_ep), so the block's ``fully_shard`` leaves them to it.
+       A layout without sharding (dp_shard = 1) is left alone here: the engine wraps it in DDP (or
+       distributed Muon reduces its gradients), which costs a replicated model nothing.
 
 The order is torchtitan's (parallelize_llama): checkpointing wraps the block's computation before FSDP2
 installs its all-gather hooks around the block, so a recomputed forward finds the block's parameters
@@ -79,6 +83,13 @@ def apply_fsdp(model: nn.Module, mesh: Mesh, config: ParallelConfig) -> None:
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[config.param_dtype], reduce_dtype=DTYPES[config.reduce_dtype],
                                   output_dtype=None, cast_forward_inputs=True)
     frozen = {p for p in model.parameters() if not p.requires_grad}
+    if mesh.expert_mesh is not None:
+        from lagoon.parallel.expert import fully_shard_experts
+
+        # An expert's gradient already sums its EP group's tokens (the combine's backward), so FSDP2 divides
+        # it by the whole data-parallel size, as it divides every other gradient (torchtitan does the same).
+        fully_shard_experts(model, mesh.expert_fsdp_mesh, gradient_divide_factor=mesh.dims.world_size,
+                            mp_policy=policy, reshard_after_forward=config.reshard_after_forward)
     for block in decoder_blocks(model):
         ignored = {p for p in block.parameters() if p in frozen}
         fully_shard(block, mesh=mesh.fsdp_mesh, mp_policy=policy, reshard_after_forward=config.reshard_after_forward,
@@ -90,12 +101,15 @@ def apply_fsdp(model: nn.Module, mesh: Mesh, config: ParallelConfig) -> None:
 
 
 def parallelize(model: nn.Module, mesh: Mesh, config: ParallelConfig) -> nn.Module:
-    """Apply checkpointing, then (in sharded layouts) FSDP2/HSDP, in place; returns the model.
+    """Apply checkpointing, expert parallelism, then (in sharded layouts) FSDP2/HSDP, in place; returns the model.
 
     Works on a model on the meta device (the usual case: materialize afterwards with
     `lagoon.parallel.materialize`) as well as on a materialized one."""
     apply_activation_checkpointing(model, config.activation_checkpointing)
-    assert config.ep == 1, "expert parallelism is refused at config load"
+    if mesh.expert_mesh is not None:
+        from lagoon.parallel.expert import apply_expert_parallel
+
+        apply_expert_parallel(model, mesh.expert_mesh, device_type=mesh.device_type)
     if mesh.dims.sharded:
         apply_fsdp(model, mesh, config)
     return model

@@ -9,14 +9,21 @@ For the layout the config's ``[parallel]`` section gives on the training ranks, 
 - **optimizer**: Muon's momentum (one fp32 tensor per matrix) and AdamW's two moments, divided over the
   shard group (FSDP2), over every rank (distributed Muon's ``ddp`` mode), or whole (a replicated optimizer);
 - **gathered blocks** (sharded layouts): the all-gathered parameters of two decoder blocks in ``param_dtype``
-  (the one computing and the one prefetched) and one block's unsharded gradients;
+  (the one computing and the one prefetched) and one block's unsharded gradients. Under expert parallelism
+  (``parallel.ep``) a block gathers only its E/ep local experts (over dp_shard_mod_ep), so the routed
+  experts — most of an MoE block — count 1/ep; the sharded state above is 1/dp_shard with or without EP;
+- **all-to-all buffers** (EP): one sparse layer's dispatch and combine, each a send and a receive buffer of
+  rows × hidden in the compute dtype. A rank sends its M = tokens × k rows and receives what its experts
+  were routed; routing is dropless, so the busiest EP rank receives more than M: the plan assumes
+  `EP_RECEIVE_HEADROOM` × M (the aux-loss-free bias keeps ``ep_max_load``, logged every step, near 1;
+  raise the headroom if a run logs more);
 - **activations**: what autograd keeps for the backward pass at the micro-batch and sequence length,
   with and without activation checkpointing. The count follows lagoon's layer code op by op (see
   `layer_activation_bytes`): norms keep their fp32 input and normalised output, linears their inputs,
   SiLU/softplus/products their operands, flash-style attention q, k, v, its output and the log-sum-exp,
   the MoE its gathered tokens, expert hidden states and routing weights, the LM head fp32 logits and
   log-probabilities. Checkpointed blocks keep only their input, plus one block's activations while it
-  is recomputed.
+  is recomputed. Under EP the expert activations are counted for balanced routing (R = M).
 
 It also finds the largest micro-batch that fits, and for ``--role rl`` splits the GPUs between trainer
 ranks and inference servers (``rl.trainer.processes`` and ``rl.servers.count``; a server holds the model in
@@ -32,6 +39,8 @@ from typing import Any
 
 GIB = 2**30
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+EP_RECEIVE_HEADROOM = 1.5
+"""Rows the busiest expert-parallel rank receives ÷ the rows it sends (an assumption; see the docstring)."""
 
 
 @dataclass
@@ -46,6 +55,8 @@ class RankMemory:
     """At the configured activation checkpointing."""
     activations_none: int
     activations_full: int
+    all_to_all: int = 0
+    """Expert parallelism's dispatch and combine buffers of one sparse layer (0 without EP)."""
 
     @property
     def state(self) -> int:
@@ -53,7 +64,7 @@ class RankMemory:
 
     @property
     def total(self) -> int:
-        return self.state + self.gathered + self.activations
+        return self.state + self.gathered + self.activations + self.all_to_all
 
 
 def _shard(shape: tuple[int, ...], shards: int) -> int:
@@ -133,8 +144,18 @@ def activation_bytes(config: Any, micro_batch: int, seq_len: int, compute_bytes:
     return kept + recompute + head + N * 8                                          # log-probs; positions
 
 
+def all_to_all_bytes(config: Any, tokens: int, compute_bytes: int, ep: int) -> int:
+    """Dispatch + combine buffers of one sparse layer on the busiest EP rank (0 without EP or sparse layers)."""
+    if ep == 1 or "sparse" not in config.mlp_layer_types:
+        return 0
+    sent = tokens * config.num_experts_per_tok
+    received = math.ceil(EP_RECEIVE_HEADROOM * sent)
+    return 2 * (sent + received) * config.hidden_size * compute_bytes
+
+
 def plan(config: Any, gpus: int, gpu_memory_gb: float, role: str = "pretrain") -> dict[str, Any]:
     """The per-rank figures `lagoon plan` prints (see the module docstring)."""
+    from lagoon.parallel.expert import check_expert_parallel
     from lagoon.parallel.mesh import ParallelDims
 
     if gpus < 1:
@@ -155,22 +176,24 @@ def plan(config: Any, gpus: int, gpu_memory_gb: float, role: str = "pretrain") -
         trainers = gpus
         micro_batch = config.data.global_batch_size // gpus // config.train.grad_accum
         seq_len = config.data.seq_len
+    check_expert_parallel(model, config.parallel.ep, trainers)
     dims = ParallelDims.resolve(config.parallel, trainers)
     compute = DTYPE_BYTES[config.parallel.param_dtype] if dims.sharded else (
         2 if config.train.dtype in ("bfloat16", "auto") else 4)
     params, grads, state = state_bytes(model, optim, dims.dp_shard, trainers, optim.distributed)
     gathered = 0
     if dims.sharded:
-        largest = max(_block_elements(model, i) for i in range(model.num_hidden_layers))
+        largest = max(_block_elements(model, i, dims.ep) for i in range(model.num_hidden_layers))
         gathered = largest * (2 * compute + 4)
     modes = {mode: activation_bytes(model, micro_batch, seq_len, compute, mode) for mode in ("none", "selective", "full")}
     memory = RankMemory(params, grads, state, gathered, modes[config.parallel.activation_checkpointing],
-                        modes["none"], modes["full"])
+                        modes["none"], modes["full"], all_to_all_bytes(model, micro_batch * seq_len, compute, dims.ep))
     fits = []
     for mode in ("none", "selective", "full"):
         largest_fit = 0
         per_sequence = activation_bytes(model, 1, seq_len, compute, mode)
         if per_sequence > 0:
+            per_sequence += all_to_all_bytes(model, seq_len, compute, dims.ep)
             largest_fit = max(0, (budget - memory.state - gathered) // per_sequence)
         fits.append((mode, int(largest_fit)))
     server = 2 * sum(p.numel() for p in _meta_model(model).parameters()) if role == "rl" else 0
@@ -188,14 +211,17 @@ def _meta_model(model_config: Any):
         return LagunaForCausalLM(model_config)
 
 
-def _block_elements(model_config: Any, layer: int) -> int:
+def _block_elements(model_config: Any, layer: int, ep: int = 1) -> int:
+    """Elements one decoder block gathers: all of them, but only E/ep of the routed experts under EP."""
     from lagoon.model.transformer import DecoderLayer
+    from lagoon.weights.tensors import _EXPERT_STACK
 
     import torch
 
     with torch.device("meta"):
         block = DecoderLayer(model_config, layer)
-    return sum(p.numel() for p in block.parameters())
+    return sum(p.numel() // (ep if _EXPERT_STACK.match(f"model.layers.{layer}.{name}") else 1)
+               for name, p in block.named_parameters())
 
 
 def render(result: dict[str, Any]) -> str:
@@ -212,6 +238,7 @@ def render(result: dict[str, Any]) -> str:
              f"  gradients                  {gib(memory.grads)}",
              f"  optimizer state            {gib(memory.optimizer)}",
              f"  gathered blocks            {gib(memory.gathered)}",
+             *([f"  all-to-all buffers (EP)    {gib(memory.all_to_all)}"] if memory.all_to_all else []),
              f"  activations, none          {gib(memory.activations_none)}",
              f"  activations, full ckpt     {gib(memory.activations_full)}",
              f"  total (configured ckpt)    {gib(memory.total)}   of {gib(result['budget'])}"

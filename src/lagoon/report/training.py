@@ -3,6 +3,7 @@ expert load, gradient norm and throughput, and the run's events (resumes, rollba
 
 from __future__ import annotations
 
+import numpy as np
 from matplotlib.ticker import FuncFormatter
 
 from lagoon.report.blocks import Section, Table, Text, legend, new_figure, plot_metric, render
@@ -92,14 +93,52 @@ def expert_load_section(runs: list[Run]) -> Section | None:
     figure, (axis,) = new_figure(height=3.0)
     drew_max = plot_metric(axis, runs, "max_load", label_suffix=" max", label="load")
     drew_min = plot_metric(axis, runs, "min_load", label_suffix=" min", label="load", linestyle="--")
-    if not (drew_max or drew_min):
+    drew_ep = plot_metric(axis, runs, "ep_max_load", label_suffix=" max per EP rank", label="load", linestyle=":")
+    if not (drew_max or drew_min or drew_ep):
         return None
     axis.axhline(1.0, color="black", linewidth=0.8, alpha=0.5)
     axis.set_xlabel("step")
     axis.set_ylabel("expert load ÷ mean load")
     legend(axis)
-    return Section("Expert load", [render(figure, "Busiest (solid) and idlest (dashed) expert's share relative to a "
-                                                  "perfectly balanced router, averaged over MoE layers; 1.0 is balance.")])
+    caption = ("Busiest (solid) and idlest (dashed) expert's share relative to a perfectly balanced router, averaged over "
+               "MoE layers; 1.0 is balance.")
+    if drew_ep:
+        caption += " Dotted: the busiest expert-parallel rank's routed tokens relative to the mean rank's."
+    blocks = [render(figure, caption)]
+    for run in runs[:MAX_LAYER_MAPS]:
+        layer_map = _per_layer_load(run)
+        if layer_map is not None:
+            blocks.append(layer_map)
+    return Section("Expert load", blocks)
+
+
+MAX_LAYER_MAPS = 4
+"""Per-layer load maps drawn (one per run; a sweep's first runs)."""
+
+
+def _per_layer_load(run: Run):
+    """A layer × step map of the busiest expert's load ÷ mean (``max_load/layer{i}``), or None without those keys."""
+    prefix = "max_load/layer"
+    layers = sorted(int(key[len(prefix):]) for key in run.keys() if key.startswith(prefix) and key[len(prefix):].isdigit())
+    if not layers:
+        return None
+    series = [run.series(f"{prefix}{layer}") for layer in layers]
+    steps = sorted({step for found, _ in series for step in found})
+    column = {step: i for i, step in enumerate(steps)}
+    grid = np.full((len(layers), len(steps)), np.nan)
+    for row, (found, values) in enumerate(series):
+        for step, value in zip(found, values):
+            grid[row, column[step]] = value
+    figure, (axis,) = new_figure(height=max(2.4, 0.18 * len(layers) + 1.2))
+    axis.grid(False)
+    image = axis.imshow(grid, aspect="auto", origin="lower", interpolation="nearest", cmap="magma",
+                        extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, len(layers) - 0.5))
+    axis.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7 if len(layers) > 16 else 9)
+    axis.set_xlabel("step")
+    axis.set_ylabel("decoder layer")
+    figure.colorbar(image, ax=axis, label="busiest expert ÷ mean")
+    name = "" if run.name == "." else f" ({run.name})"
+    return render(figure, f"Load imbalance per MoE layer{name}: the busiest expert's routed tokens ÷ the mean expert's.")
 
 
 def optimization_section(runs: list[Run]) -> Section | None:

@@ -110,6 +110,10 @@ class SDCHooks(Hooks):
         self.rank = ctx.rank
         self.train = ctx.config.train
         self.replicas, self.ranks, self.shards = self._groups(ctx)
+        from lagoon.parallel.expert import expert_parallel_degree
+
+        # EP changes which rows each shard holds, not how many shards there are: the checkpoint digest says it.
+        self.expert_parallel = expert_parallel_degree(ctx.model)
         self.events = EventLog(ctx.run_dir, active=ctx.rank == 0)
         self.checker = ReplicaChecker(self.replicas, Fingerprinter(config.lanes, config.kernel))
         self.injector = FaultInjector(config.faults, ctx.rank)
@@ -392,11 +396,13 @@ class SDCHooks(Hooks):
 
     def _digest(self, names: list[str], local: torch.Tensor, step: int) -> str:
         """The verified digest a checkpoint stores: this replica's, or under sharding every shard's, joined by
-        "|" in shard order (each rank fingerprints only the rows it holds)."""
+        "|" in shard order (each rank fingerprints only the rows it holds); under expert parallelism followed
+        by ``|ep=P``, since the same number of shards then holds other rows."""
         if self.shards is None:
             return encode_digest(names, local)
         tables = self.shards.all_gather(local, "checkpoint digest", step)
-        return "|".join(encode_digest(names, table) for table in tables)
+        layout = [f"{EP_TAG}{self.expert_parallel}"] if self.expert_parallel > 1 else []
+        return "|".join([encode_digest(names, table) for table in tables] + layout)
 
     def _stored_digest(self, digest: str | None, step: int) -> str | None:
         """The part of a stored digest this rank's shard must reproduce; None when there is nothing to compare:
@@ -404,11 +410,17 @@ class SDCHooks(Hooks):
         if not digest:
             return None
         parts = digest.split("|")
+        stored_ep = int(parts.pop()[len(EP_TAG):]) if parts[-1].startswith(EP_TAG) else 1
         count = 1 if self.shards is None else self.shards.size
-        if len(parts) != count:
-            self.events.record("sdc_digest_layout_changed", step, stored_shards=len(parts), shards=count)
+        if len(parts) != count or stored_ep != self.expert_parallel:
+            self.events.record("sdc_digest_layout_changed", step, stored_shards=len(parts), shards=count,
+                               stored_ep=stored_ep, ep=self.expert_parallel)
             return None
         return parts[0 if self.shards is None else self.shards.position]
+
+
+EP_TAG = "ep="
+"""Marks the expert-parallel degree at the end of a sharded checkpoint's digest (absent: 1)."""
 
 
 def sdc_hooks(config: Any) -> list[Hooks]:

@@ -145,8 +145,7 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
     Under torchrun every rank calls this; rank 0 alone writes metrics and checkpoints.
     """
     from lagoon.data.loader import MixtureLoader
-    from lagoon.parallel.engine import Engine, optimizer_mode
-    from lagoon.parallel.mesh import ParallelDims
+    from lagoon.parallel.engine import Engine, check_layout
 
     hooks = list(hooks or [])
     if not any(type(hook).__name__ == "SDCHooks" for hook in hooks):
@@ -166,7 +165,7 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
                 raise ConfigError("train.eval_groups", f"no held-out set for group {name!r} in the shard set "
                                                        f"(it has {', '.join(shards.eval_groups)})")
     model_config, source, config = _resolve_model(config, shards)
-    optimizer_mode(ParallelDims.resolve(config.parallel, world_size), config.optim.distributed)  # a bad layout: now
+    check_layout(model_config, config.parallel, config.optim.distributed, world_size)  # a bad layout: now
 
     dist_info = setup(train.device)
     try:
