@@ -11,7 +11,9 @@
    experts stay whole on their EP holders. The volume law is calibrated by the CPU run of
    `benchmarks/expert_parallel.py` (the bytes it counted against the law's, and gloo's rate there).
 
-Assumptions are parameters (printed with the result); the arithmetic is in docs/distributed_muon.md.
+Assumptions are parameters (printed with the result); the arithmetic is in docs/distributed_muon.md. README's
+table rows: `distributed_muon_cost_model` (the global batch at which M.1's optimizer step is < 1 %) and
+`distributed_muon_cost_model.ep` (all-to-all ÷ compute per token, XS.2 and M.1); both stated.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections import Counter
 
 import torch
 
-from benchmarks.common import record
+from benchmarks.common import record, table_row
 from lagoon.model import LagunaForCausalLM, preset_config
 from lagoon.optim import group_parameters
 from lagoon.optim.data_parallel import DataParallel
@@ -64,8 +66,9 @@ def flops_per_token(config, seq_len: int) -> tuple[float, float]:
     return active, 6 * active + attention
 
 
-def expert_parallel_lines(args, m1_tokens: float, free_ns_seconds: float) -> list[str]:
-    """Section 4: the EP all-to-all volume and time for XS.2 and M.1, and Muon's owners on the EP layout."""
+def expert_parallel_lines(args, m1_tokens: float, free_ns_seconds: float) -> tuple[list[str], str]:
+    """Section 4: the EP all-to-all volume and time for XS.2 and M.1, and Muon's owners on the EP layout; and
+    README's table cell: all-to-all ÷ compute per token for both models, on NVLink and on InfiniBand."""
     P, b = args.ep, args.dispatch_bytes
     rate = args.h100_tflops * 1e12 * args.mfu
     nvlink, infiniband = args.nvlink_gbps / 8 * 1e9, args.link_gbps / 8 * 1e9
@@ -77,7 +80,7 @@ def expert_parallel_lines(args, m1_tokens: float, free_ns_seconds: float) -> lis
              "| model | MoE layers | k | D | bytes off-rank per token per step | FLOPs per token | compute per token "
              "| all-to-all per token, NVLink | …, InfiniBand | all-to-all ÷ compute, NVLink | …, InfiniBand |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    volumes = {}
+    volumes, shares = {}, {}
     for name in ("laguna-xs2", "laguna-m1"):
         config = preset_config(name)
         layers = sum(kind == "sparse" for kind in config.mlp_layer_types)
@@ -86,6 +89,7 @@ def expert_parallel_lines(args, m1_tokens: float, free_ns_seconds: float) -> lis
         _, flops = flops_per_token(config, args.seq_len)
         compute = flops / rate
         volumes[name] = volume
+        shares[name] = (volume / nvlink / compute, volume / infiniband / compute)
         lines.append(f"| {name} | {layers} | {k} | {D} | {volume / 1e6:.2f} MB | {flops:.3e} | {compute * 1e6:.1f} µs | "
                      f"{volume / nvlink * 1e6:.1f} µs | {volume / infiniband * 1e6:.1f} µs | {volume / nvlink / compute:.2f} | "
                      f"{volume / infiniband / compute:.2f} |")
@@ -116,7 +120,9 @@ def expert_parallel_lines(args, m1_tokens: float, free_ns_seconds: float) -> lis
                  f"{ns_seconds * 1e3:.2f} ms against {free_ns_seconds * 1e3:.2f} ms when every matrix may go anywhere "
                  "(section 3): fixed experts leave LPT less room around the largest matrices; expert matrices never "
                  "leave their replicas.")
-    return lines
+    cell = (f"XS.2 / M.1 at EP = {P}: NVLink {shares['laguna-xs2'][0]:.2f} / {shares['laguna-m1'][0]:.2f}, InfiniBand "
+            f"{shares['laguna-xs2'][1]:.2f} / {shares['laguna-m1'][1]:.2f} (H100, {args.mfu:.0%} MFU)")
+    return lines, cell
 
 
 def main() -> None:
@@ -205,7 +211,11 @@ def main() -> None:
                  f"(splitting the {above} matrices costlier than the mean over several ranks each), "
                  f"the step would be {balanced * 1e3:.2f} ms and < 1 % would need ≥ {balanced_tokens / 1e6:.1f} M tokens "
                  f"(≥ {balanced_tokens * config.num_experts_per_tok / config.num_experts / 1e6:.2f} M per expert).")
-    lines += [""] + expert_parallel_lines(args, tokens, ns_seconds)
+    ep_lines, ep_cell = expert_parallel_lines(args, tokens, ns_seconds)
+    lines += ["", *ep_lines, "",
+              table_row("distributed_muon_cost_model", "stated", f"reachable at ≥ {tokens / 1e6:.1f}M tokens per step",
+                        ""),
+              table_row("distributed_muon_cost_model.ep", "stated", ep_cell, "")]
     print("\n".join(lines))
     if not args.no_record:
         record("Distributed Muon cost model: Laguna M.1 on 6,144 H100s (issue 5)", lines)

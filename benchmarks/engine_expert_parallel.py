@@ -17,7 +17,8 @@ of the largest rank process (getrusage of a wrapper that waits for torchrun, whi
 this size mostly the Python and torch runtime, so it shows only that EP adds no buffers of note. The experts a
 block gathers for compute (E/ep under EP, all E without) are measured in tests/parallel/test_expert.py.
 Also the busiest EP rank's load (`ep_max_load`, median over steps). The arms' losses agree
-(tests/train/test_engine_expert_parallel.py).
+(tests/train/test_engine_expert_parallel.py). README's table row `engine_expert_parallel`: each EP arm ÷ fsdp
+per round (same round, so the same load), median and min–max over the rounds; stated.
 
     python -m benchmarks.engine_expert_parallel --rounds 3 --steps 10
 """
@@ -33,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import record
+from benchmarks.common import ratios, record, spread, table_row
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"fsdp": ["parallel.ep=1"], "ep4": ["parallel.ep=4"], "ep2": ["parallel.ep=2"]}
@@ -117,6 +118,11 @@ def main() -> None:
                      f"{med[name] / med['fsdp']:.3f} | {held / 2**10:.1f} KiB | "
                      f"{state[name]['expert_params'] / 2**10:.1f} KiB | "
                      f"{statistics.median(peak_rss[name]) / 2**20:.0f} MiB | {load} |")
+    per_round = f", {args.rounds} rounds" if args.rounds > 1 else ""
+    lines += ["", table_row("engine_expert_parallel", "stated",
+                            f"EP = 4 {spread(ratios(times['ep4'], times['fsdp']), unit='×')}, "
+                            f"EP = 2 {spread(ratios(times['ep2'], times['fsdp']), unit='×')} "
+                            f"(W = {RANKS}{per_round}, gloo, {os.cpu_count()} cores)", "")]
     record(f"Engine with expert parallelism vs the FSDP2 layout without it, W = {RANKS} (issue 18)", lines)
 
 

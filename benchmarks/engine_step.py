@@ -14,7 +14,10 @@ each arm reports the median over rounds and the spread (min-max), and the ratio 
 CPU seconds each run's whole process tree used (launcher, ranks, start-up and all STEPS steps), which a loaded
 machine distorts far less than wall time: a busy machine stretches the wall clock, not the work. Memory per
 rank: the parameter + gradient + optimizer bytes the engine measures at its first step (`state_bytes/*` in
-metrics.jsonl), at W = 1, 2, 4 with dp_shard = W.
+metrics.jsonl), at W = 1, 2, 4 with dp_shard = W; goal (issue 17): W = 4 ≤ 0.35× W = 1.
+
+README's table rows: `engine_step` (engine ÷ baseline per round, wall and CPU seconds, median and min–max over
+the rounds; stated) and `engine_step.memory` (state per rank, W = 4 ÷ W = 1).
 
     python -m benchmarks.engine_step --baseline-src /path/to/lagoon-before/src --rounds 3
 """
@@ -31,10 +34,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import RESULTS, command, machine
+from benchmarks.common import RESULTS, command, machine, ratios, spread, table_row
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 15
+MEMORY_GOAL = 0.35   # state per rank at W = 4 ÷ W = 1 (issue 17)
 
 
 def _children_cpu_s() -> float:
@@ -118,6 +122,14 @@ def main() -> None:
     lines += ["", "| W (FSDP, dp_shard = W) | parameters + gradients + optimizer per rank | ratio to W=1 |", "|---|---|---|"]
     for ranks, value in memory.items():
         lines.append(f"| {ranks} | {value / 2**20:.2f} MiB | {value / memory[1]:.3f} |")
+    wall = spread(ratios(times["engine"], times["baseline"]), unit="×")
+    cpu_ratio = spread(ratios(cpu["engine"], cpu["baseline"]), unit="×")
+    per_round = f" over {args.rounds} rounds" if args.rounds > 1 else ""
+    state = memory[4] / memory[1]
+    lines += ["", table_row("engine_step", "stated",
+                            f"wall {wall}, CPU-s {cpu_ratio}{per_round} (gloo, {os.cpu_count()} cores)", ""),
+              table_row("engine_step.memory", f"≤ {MEMORY_GOAL}", f"{state:.3f}",
+                        "met" if state <= MEMORY_GOAL else "missed")]
     text = "\n".join(lines) + "\n"
     print(text)
     with RESULTS.open("a") as handle:

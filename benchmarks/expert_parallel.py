@@ -16,12 +16,17 @@ seed per rank) and runs, side by side and round-robin so machine noise hits them
 Times are the slowest rank's median over the rounds (a barrier before each step). Then the all-to-alls of
 one EP step are replayed alone with the very split sizes the layer used, which gives the bytes that left
 each rank and the rate gloo moved them at — the calibration the cost model states.
+
+README's table rows, from the per-round ratios (each round's slowest rank per scheme; median and min–max over
+the rounds): `expert_parallel` (EP ÷ replicated, whole layer step) and `expert_parallel.grouped` (grouped ÷
+loop, forward + backward); both stated.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import socket
 import statistics
 import tempfile
@@ -33,7 +38,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import lagoon.parallel.expert as expert_parallel
-from benchmarks.common import record
+from benchmarks.common import ratios, record, spread, table_row
 from lagoon.model import preset_config
 from lagoon.model.moe import MoE
 from lagoon.parallel.expert import apply_expert_parallel
@@ -132,6 +137,7 @@ def worker(rank: int, world_size: int, tokens: int, rounds: int, out: str) -> No
                 samples[name]["compute"].append(compute)
                 samples[name]["sync"].append(sync)
     result = {name: {key: statistics.median(values) for key, values in found.items()} for name, found in samples.items()}
+    result["samples"] = samples
     for name, (_, _, expert_bytes) in layers.items():
         result[name]["expert_bytes"] = expert_bytes
         result[name]["step"] = result[name]["compute"] + result[name]["sync"]
@@ -177,6 +183,15 @@ def main() -> None:
               f"rows per EP rank, busiest ÷ mean: {ranks[0]['ep_imbalance']:.2f} (this seed's router at initialization)",
               f"- grouped / loop, forward + backward: replicated {slowest['replicated']['compute'] / slowest['replicated_loop']['compute']:.2f}×, "
               f"EP {slowest['ep']['compute'] / slowest['ep_loop']['compute']:.2f}×"]
+
+    def per_round(name: str, key: str) -> list[float]:
+        """The slowest rank's `key` seconds ("compute", or "step" = compute + sync) in each round."""
+        return [max(r["samples"][name]["compute"][i] + (r["samples"][name]["sync"][i] if key == "step" else 0.0)
+                    for r in ranks) for i in range(args.rounds)]
+
+    def figure(numerator: str, denominator: str, key: str) -> str:
+        return spread(ratios(per_round(numerator, key), per_round(denominator, key)), unit="×")
+
     sent = statistics.mean(r["sent_bytes"] for r in ranks)
     a2a = max(r["a2a_seconds"] for r in ranks)
     uniform = 4 * args.tokens * k * D * 4 * (W - 1) / W  # the cost model's volume, fp32 rows, uniform routing
@@ -184,6 +199,12 @@ def main() -> None:
               f"4·N·k·D·bytes·(P−1)/P = {uniform / 1e6:.2f} MB under uniform routing); the same all-to-alls alone took "
               f"{a2a * 1e3:.1f} ms → {sent / a2a / 1e9:.3f} GB/s per rank on this host "
               f"({a2a / slowest['ep']['compute']:.0%} of the EP forward + backward)"]
+    rounds = f"{args.rounds} rounds, " if args.rounds > 1 else ""
+    lines += ["", table_row("expert_parallel", "stated", f"{figure('ep', 'replicated', 'step')} (EP = {W}, {rounds}"
+                            f"{args.tokens} tokens per rank, gloo, {os.cpu_count()} cores)", ""),
+              table_row("expert_parallel.grouped", "stated",
+                        f"replicated {figure('replicated', 'replicated_loop', 'compute')}, "
+                        f"EP {figure('ep', 'ep_loop', 'compute')} (forward + backward)", "")]
     print("\n".join(lines))
     if not args.no_record:
         record("Expert parallelism: MoE layer step under EP vs replicated experts; grouped vs loop; all-to-all "
