@@ -32,6 +32,12 @@ END = "<!-- end of benchmark table -->"
 ROW_LINE = re.compile(r"^Table row `(?P<id>[\w.-]+)` \| (?P<goal>[^|]*) \| (?P<measured>[^|]*) \|\s*(?P<status>[^|]*)$")
 NEW_LOAD = re.compile(r"Load \(1-minute average\) (?P<start>[\d.]+) at the start, (?P<end>[\d.]+) at the end")
 START_END_LOAD = re.compile(r"Load average at the start: (?P<start>[\d.]+)[^;]*; at the end: (?P<end>[\d.]+)")
+# The expert-parallelism scripts' own line: "Load average (1 min, `uptime`): 9.4 at the start, 12.7 at the end" or
+# "Load average (1/5/15 min): 11.6/14.5/11.3 at the start, 12.1/13.8/13.0 at the end".
+SPAN_LOAD = re.compile(r"Load average \((?:1 min[^)]*|1/5/15 min)\): (?P<start>[\d.]+)\S* at the start, "
+                       r"(?P<end>[\d.]+)\S* at the end")
+# `uptime` quoted whole, taken at the end of the run (engine_step, serve_memory, export_memory).
+UPTIME_LOAD = re.compile(r"load average: (?P<value>[\d.]+), [\d.]+, [\d.]+")
 OLD_LOAD = re.compile(r"[Ll]oad(?: average)?(?: during the run)?:? ~?(?P<value>\d+(?:\.\d+)?(?:[–-]\d+(?:\.\d+)?)?)")
 
 
@@ -57,6 +63,23 @@ ROWS = [
     Row("distributed_muon.balance", "Newton–Schulz balance max/mean (distributed)", "distributed_muon"),
     Row("distributed_muon.hidden", "communication hidden behind Newton–Schulz (distributed)", "distributed_muon"),
     Row("distributed_muon_cost_model", "Laguna M.1 on 6,144 H100s: optimizer < 1% of step (distributed)",
+        "distributed_muon_cost_model"),
+    Row("engine_step", "`lagoon train` step, engine ÷ the pre-engine DDP path at W = 2, wall and CPU seconds (engine)",
+        "engine_step"),
+    Row("engine_step.memory", "parameters + gradients + optimizer per rank, W = 4 ÷ W = 1 (engine)", "engine_step"),
+    Row("serve_memory", "`lagoon serve --dtype bfloat16` peak RSS above a tiny model ÷ checkpoint bytes (engine)",
+        "serve_memory"),
+    Row("export_memory", "`lagoon export hf` from a sharded checkpoint: peak RSS above a tiny export ÷ checkpoint "
+        "bytes, by output-file budget B (engine)", "export_memory"),
+    Row("expert_parallel", "MoE layer step, EP = 4 ÷ replicated experts at W = 4 (expert parallelism)",
+        "expert_parallel"),
+    Row("expert_parallel.grouped", "grouped experts ÷ per-expert loop, forward + backward (expert parallelism)",
+        "expert_parallel"),
+    Row("engine_expert_parallel", "`lagoon train` step with EP ÷ FSDP2 without EP at W = 4 (expert parallelism)",
+        "engine_expert_parallel"),
+    Row("distributed_muon.ep", "distributed Muon step, experts owned on their EP rank ÷ experts replicated "
+        "(expert parallelism)", "distributed_muon --ep"),
+    Row("distributed_muon_cost_model.ep", "EP all-to-all ÷ compute per token, XS.2 / M.1 on H100s (expert parallelism)",
         "distributed_muon_cost_model"),
     Row("sdc_detection", "SDC detection and localization (SDC)", "sdc_detection"),
     Row("sdc_overhead", "SDC overhead at the default interval, whole-step A/B (SDC)", "sdc_overhead"),
@@ -95,12 +118,16 @@ class Figure:
 
 
 def _entry_load(entry: list[str]) -> str:
-    """The load the entry reports: ``start–end`` from `common.load_note`, else an older free-text mention."""
+    """The load the entry reports: ``start–end`` from `common.load_note` (or a script's own start/end line), else
+    `uptime`'s 1-minute figure at the end, else an older free-text mention."""
     text = "\n".join(entry)
-    match = NEW_LOAD.search(text) or START_END_LOAD.search(text)
+    match = NEW_LOAD.search(text) or START_END_LOAD.search(text) or SPAN_LOAD.search(text)
     if match:
         start, end = float(match["start"]), float(match["end"])
         return f"{start:.1f}" if abs(start - end) < 0.05 else f"{start:.1f}–{end:.1f}"
+    match = UPTIME_LOAD.search(text)
+    if match:
+        return f"{float(match['value']):.1f}"
     match = OLD_LOAD.search(text)
     return match["value"] if match else "not noted"
 
