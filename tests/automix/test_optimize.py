@@ -93,3 +93,62 @@ def test_the_trust_region_bounds_the_divergence_from_the_prior(method):
     assert bounded.value >= free.value - 1e-9  # the bound costs predicted loss, never gains it
     if method == "slsqp":
         assert bounded.kl == pytest.approx(0.1, abs=1e-4)  # a linear objective presses against the boundary
+
+
+def disagreeing_members(coefficients, unsure_leaf, count=24, spread=3.0):
+    """Bootstrap-like members that agree on every leaf but one, about which they disagree widely."""
+    rng = np.random.default_rng(5)
+    members = []
+    for _ in range(count):
+        member = np.asarray(coefficients, dtype=float).copy()
+        member[unsure_leaf] += rng.normal(0, spread)
+        members.append({"g": LinearSurrogate(coefficients=member)})
+    return members
+
+
+def test_the_uncertainty_term_keeps_weight_off_leaves_the_members_disagree_about():
+    # Point estimate: code/high (leaf 0) helps most, web/high (leaf 2) a little less; the members are sure
+    # about web/high and not about code/high.
+    coefficients = [0.0, 3.0, 0.5, 4.0, 3.0]
+    members = disagreeing_members(coefficients, unsure_leaf=0)
+    chosen = {}
+    for kappa in (0.0, 2.0):
+        objective = Objective({"g": LinearSurrogate(coefficients=np.asarray(coefficients))}, {"g": 1.0}, SPACE.prior,
+                              0.05, members, kappa)
+        chosen[kappa] = optimize_mixture(objective, SPACE, "slsqp", np.random.default_rng(0), candidates=2000).weights
+        assert SPACE.feasible(chosen[kappa])
+    prior = SPACE.prior
+    assert chosen[0.0][0] > prior[0] + 0.2  # trusting the point estimate: onto code/high
+    assert abs(chosen[2.0][0] - prior[0]) < 0.5 * abs(chosen[0.0][0] - prior[0])  # unsure: little moved there
+    assert chosen[2.0][2] > chosen[0.0][2]  # … and onto the leaf the members agree on instead
+    spread = Objective({"g": LinearSurrogate(coefficients=np.asarray(coefficients))}, {"g": 1.0}, prior, 0.0,
+                       members, 1.0).spread(np.stack([prior, chosen[0.0]]))
+    assert spread[0] == pytest.approx(0.0, abs=1e-12) and spread[1] > 0.1  # no doubt about staying put
+
+
+def test_the_gradient_with_the_uncertainty_term_matches_finite_differences():
+    members = disagreeing_members([0.0, 3.0, 0.5, 4.0, 3.0], unsure_leaf=0)
+    objective = Objective({"g": LinearSurrogate(coefficients=np.array([0.0, 3.0, 0.5, 4.0, 3.0]))}, {"g": 1.0},
+                          SPACE.prior, 0.1, members, 1.5)
+    w_K, eps = np.array([0.3, 0.2, 0.25, 0.15, 0.1]), 1e-6
+    numeric_K = [(objective.value(w_K + eps * e)[0] - objective.value(w_K - eps * e)[0]) / (2 * eps) for e in np.eye(5)]
+    assert np.allclose(objective.gradient(w_K), numeric_K, atol=1e-5)
+
+
+def test_with_two_references_the_result_is_confidently_no_worse_than_either():
+    # The members are unsure about code/high; the second reference has the prior's share of it (0.2), so
+    # moving to it costs no confidence, and the optimum's worst pessimistic change is at most zero.
+    coefficients = np.array([0.0, 3.0, 0.5, 4.0, 3.0])
+    members = disagreeing_members(coefficients, unsure_leaf=0)
+    uniform = np.array([0.2, 0.25, 0.25, 0.15, 0.15])
+    assert SPACE.feasible(uniform) and uniform[0] == pytest.approx(SPACE.prior[0])
+    objective = Objective({"g": LinearSurrogate(coefficients=coefficients)}, {"g": 1.0}, SPACE.prior, 0.0, members,
+                          2.0, [SPACE.prior, uniform])
+    for method in ("slsqp", "topk"):
+        result = optimize_mixture(objective, SPACE, method, np.random.default_rng(0), candidates=3000, top_k=20)
+        bounds_R = objective.bounds(result.weights)[:, 0]
+        assert bounds_R.max() <= 1e-6 and SPACE.feasible(result.weights)
+        assert objective.loss(result.weights)[0] <= min(objective.loss(SPACE.prior)[0], objective.loss(uniform)[0])
+    single = Objective({"g": LinearSurrogate(coefficients=coefficients)}, {"g": 1.0}, SPACE.prior, 0.0, members, 2.0)
+    w_K = uniform
+    assert single.value(w_K)[0] == pytest.approx(single.loss(w_K)[0] + 2.0 * single.spread(w_K)[0])

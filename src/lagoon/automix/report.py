@@ -1,6 +1,7 @@
 """OUT/report.html: the AutoMixer run on one self-contained page (figures as base64 PNG, no scripts).
 
-Sections: the summary (held-out surrogate quality per group, predicted losses of the compared mixes),
+Sections: the summary (held-out surrogate quality and chosen form per group, predicted losses of the
+compared mixes with their bootstrap spread, and the sweep's signal-to-noise when noise runs exist),
 predicted vs measured on held-out folds, the leaf × group interaction heatmap, the mixtures compared,
 and, once `lagoon automix validate` ran, the larger-scale results with their spread over seeds,
 predicted vs actual at proxy scale, and the sweep's compute next to the validated run's.
@@ -67,19 +68,46 @@ def _summary(plan: dict[str, Any], fit: dict[str, Any], optimized: dict[str, Any
         cv = optimized["cv"][group]
         folds = cv["fold_spearman"]
         rows.append([group, _f(cv["spearman"], 3), f"{min(folds):.2f} … {max(folds):.2f}" if folds else "",
-                     _f(cv["mae"]), f"{optimized['objective_weights'][group]:g}",
+                     _f(cv["mae"]), optimized.get("chosen", {}).get(group, {}).get("label", optimized["surrogate"]),
+                     f"{optimized['objective_weights'][group]:g}",
                      *[_f(optimized["predicted"][mix][group]) for mix in MIXES]])
-    rows.append(["objective", "", "", "", "", *[_f(optimized["predicted_objective"][mix]) for mix in MIXES]])
+    rows.append(["objective", "", "", "", "", "", *[_f(optimized["predicted_objective"][mix]) for mix in MIXES]])
+    spread = optimized.get("predicted_spread")
+    if spread:
+        rows.append(["± spread vs natural", "", "", "", "", "", *[_f(spread[mix]) for mix in MIXES]])
     text = (f"{optimized['proxies']} proxies of {plan['proxy_tokens']:,} tokens each, over {len(plan['leaves'])} leaves, "
             f"repetition matched to a target run of {plan['target_tokens']:,} tokens (cap {plan['max_epochs']:g} epochs). "
-            f"Surrogate: {optimized['surrogate']} per group, {fit['folds']}-fold cross-validated; optimizer: "
-            f"{optimized['method']} with a KL pull of {optimized['kl_beta']:.3g} per nat"
+            f"Surrogate form chosen per group among {optimized.get('candidates', 1)} candidates by "
+            f"{fit.get('inner_folds', '')}-fold inner cross-validation; held-out figures from the "
+            f"{fit['folds']}-fold nested cross-validation (the choice repeated inside every outer fold). Optimizer: "
+            f"{optimized['method']} on the predicted objective plus {optimized.get('uncertainty_weight', 0):g} × the "
+            f"spread of {optimized.get('bootstrap', 0)} bootstrap refits, with a KL pull of "
+            f"{optimized['kl_beta']:.3g} per nat"
             + (f" inside a trust region of KL ≤ {optimized['max_kl']:.3f} nats" if optimized.get("max_kl") is not None else "")
             + f" (KL of the chosen mix to the prior: {optimized['kl_to_prior']:.3f} nats).")
-    table = Table(["group", "held-out Spearman", "per fold", "held-out MAE", "λ",
+    table = Table(["group", "held-out Spearman", "per fold", "held-out MAE", "form", "λ_group",
                    *[f"predicted {mix}" for mix in MIXES]], rows,
-                  "Surrogate quality on held-out folds, and predicted bits per byte (proxy scale) of each mix")
-    return Section("Summary", [Text(text), table])
+                  "Surrogate quality on held-out folds, and predicted bits per byte (proxy scale) of each mix; "
+                  "the spread row is the bootstrap standard deviation of each mix's predicted objective change "
+                  "from the natural mix")
+    blocks: list[Any] = [Text(text), table]
+    if optimized.get("noise"):
+        blocks.append(_noise_table(optimized))
+    return Section("Summary", blocks)
+
+
+def _noise_table(optimized: dict[str, Any]) -> Table:
+    runs = optimized["noise_runs"]
+    count = len(next(iter(runs["bpb"].values())))
+    rows = []
+    for group, figures in optimized["noise"].items():
+        rows.append([group, _f(figures["sweep_sd"]), _f(figures["noise_sd"]), f"{figures['snr']:.1f}",
+                     _f(figures["spearman_ceiling"], 3), _f(optimized["cv"][group]["spearman"], 3)])
+    return Table(["group", "sd across the sweep (signal)", "sd across seeds (noise)", "SNR",
+                  "Spearman ceiling", "held-out Spearman"], rows,
+                 f"The sweep's signal-to-noise: {count} proxies at the natural mix with different training and data "
+                 "seeds give the noise; SNR = (signal² − noise²) / noise²; the ceiling is the Spearman a perfect "
+                 "surrogate would reach against losses this noisy (noise assumed alike at every mixture)")
 
 
 def _scatter(fit: dict[str, Any]) -> Section:
