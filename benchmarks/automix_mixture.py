@@ -146,7 +146,7 @@ def describe(config, summary, validation, out: Path, sweep_seconds: float, valid
         f"- Ranking predicted by the surrogates: {' < '.join(validation['ranking']['predicted'])}; measured at the "
         f"larger scale: {' < '.join(validation['ranking']['measured_at_scale'])}.",
         f"- **Sweep compute as a share of the validated run: {compute['sweep_share_of_validation_run']:.0%}** "
-        f"(6·N·D: {compute['sweep_flops']:.3e} FLOPs for all proxies vs {compute['validation_run_flops']:.3e} for one "
+        f"(6·N·D: {compute['sweep_flops']:.3e} FLOPs for all proxies and noise runs vs {compute['validation_run_flops']:.3e} for one "
         f"validation run; by wall time {compute['sweep_wall_s'] / compute['validation_run_wall_s']:.1f}× one run). "
         "At real scale the same sweep is a sliver of a target run; here the validation run itself is small.",
         f"- Chosen mixture (KL to the natural mix {summary['kl_to_prior']:.3f} nats; bootstrap spread of its predicted "
@@ -156,7 +156,7 @@ def describe(config, summary, validation, out: Path, sweep_seconds: float, valid
         "- What the surrogates learnt (leaf whose extra 10% lowers each group's loss most / raises it most): " + "; ".join(
             f"{group}: {helps} / {hurts}" for group, helps, hurts in _interactions(summary)) + ".",
         f"- Wall time of this invocation: sweep {sweep_seconds / 60:.1f} min, validation {validation_seconds / 60:.1f} min "
-        f"(runs already in `{out}` are read back); summed over runs: proxies {compute['sweep_wall_s'] / 60:.1f} min, "
+        f"(runs already in `{out}` are read back); summed over runs: proxies and noise runs {compute['sweep_wall_s'] / 60:.1f} min, "
         f"one validation run {compute['validation_run_wall_s'] / 60:.1f} min. Report: `{out / 'report.html'}`.",
     ]
     return lines

@@ -152,3 +152,37 @@ def test_with_two_references_the_result_is_confidently_no_worse_than_either():
     single = Objective({"g": LinearSurrogate(coefficients=coefficients)}, {"g": 1.0}, SPACE.prior, 0.0, members, 2.0)
     w_K = uniform
     assert single.value(w_K)[0] == pytest.approx(single.loss(w_K)[0] + 2.0 * single.spread(w_K)[0])
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_bootstrap_ensemble_keeps_weight_off_a_leaf_the_proxies_never_varied(seed):
+    # The sweep holds code/high at its prior share (± 0.005), so the proxies cannot tell what more or less of it
+    # does; its true effect is nil. The point fit's slope for it is noise, and trusting it (κ = 0) sends the
+    # leaf to a bound — to its cap for one draw of the noise, to zero for another. Refits on bootstrap
+    # resamples disagree about that slope, so the pessimistic bound (κ = 2) leaves the leaf at its prior
+    # share and moves weight only among the leaves the proxies did vary.
+    from lagoon.automix.selection import Candidate, bootstrap_ensemble
+    from lagoon.automix.surrogate import SurrogateOptions
+
+    rng = np.random.default_rng(seed)
+    varied_NK = sample_mixtures(SPACE, 40, rng, (0.3, 5.0), 0.5)
+    pinned_N = SPACE.prior[0] + rng.uniform(-0.005, 0.005, len(varied_NK))
+    rest_NK = varied_NK[:, 1:] / varied_NK[:, 1:].sum(1, keepdims=True) * (1 - pinned_N)[:, None]
+    weights_NK = np.concatenate([pinned_N[:, None], rest_NK], axis=1)
+    truth = LogLinearSurrogate(floor=0.0, slopes=np.array([0.0, 0.8, 0.2, 1.0, -0.5]))
+    targets_N = truth.predict(weights_NK) + rng.normal(0, 0.01, len(weights_NK))
+    form = Candidate("loglinear", 1e-3, "leaf", "none")
+    point = form.fit(SurrogateOptions(), None, weights_NK, targets_N)
+    members = bootstrap_ensemble({"g": form}, SurrogateOptions(), None, weights_NK, {"g": targets_N}, 24, seed=0)
+    assert np.std([member["g"].slopes[0] for member in members]) > 0.1  # the members disagree about leaf 0
+    moved = {}
+    for kappa in (0.0, 2.0):
+        objective = Objective({"g": point}, {"g": 1.0}, SPACE.prior, 0.0, members, kappa)
+        result = optimize_mixture(objective, SPACE, "slsqp", np.random.default_rng(0), candidates=2000)
+        assert SPACE.feasible(result.weights)
+        moved[kappa] = result.weights - SPACE.prior
+    assert abs(moved[0.0][0]) > 0.15  # trusting the point fit: leaf 0 pushed to a bound
+    assert abs(moved[2.0][0]) < 0.02  # unsure: left where it was
+    assert moved[2.0][2] > 0.2 and moved[2.0][3] < -0.1  # … while web/high replaces web/low, as every member agrees
+    true_loss = truth.predict(np.stack([SPACE.prior, SPACE.prior + moved[2.0]]))
+    assert true_loss[1] < true_loss[0]

@@ -90,9 +90,9 @@ def test_ray_tasks_reserve_gpus_and_custom_resources(shard_dir, tmp_path):
     # A CPU machine declared to hold 2 GPUs and 1 `proxy_slot`: Ray's accounting is real, the GPUs are not.
     ray.init(num_cpus=4, num_gpus=2, resources={"proxy_slot": 1}, include_dashboard=False, log_to_driver=False)
     try:
-        # gpus_per_run auto on a cluster with GPUs: one each, so at most 2 of the 4 run at once, each seeing
+        # gpus_per_run auto on a cluster with GPUs: one each, so at most 2 of the 3 run at once, each seeing
         # only the GPU Ray gave it.
-        config, prepared = placement_config(shard_dir, tmp_path / "gpus", 4, backend="ray", workers=4)
+        config, prepared = placement_config(shard_dir, tmp_path / "gpus", 3, backend="ray", workers=3)
         results = sweep(config, prepared, tmp_path / "gpus" / "out")
         for result in results:
             assert result["worker"].startswith("ray:") and len(result["ray_gpu_ids"]) == 1
@@ -106,8 +106,9 @@ def test_ray_tasks_reserve_gpus_and_custom_resources(shard_dir, tmp_path):
                     assert a["ray_gpu_ids"] != b["ray_gpu_ids"]
 
         # A custom resource with room for one: the runs queue instead of overlapping; no GPU asked for.
-        config, prepared = placement_config(shard_dir, tmp_path / "slot", 3, backend="ray", workers=2,
-                                            gpus_per_run=0, ray_resources={"proxy_slot": 1})
+        config, prepared = placement_config(shard_dir, tmp_path / "slot", 2, backend="ray", workers=2,
+                                            gpus_per_run=0, ray_resources={"proxy_slot": 1},
+                                            surrogate={"folds": 2})
         results = sweep(config, prepared, tmp_path / "slot" / "out")
         assert all(r["ray_resources"].get("proxy_slot") == 1 and not r["ray_gpu_ids"] for r in results)
         assert most_at_once(results) == 1

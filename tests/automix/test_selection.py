@@ -154,3 +154,23 @@ def test_the_stacked_ensemble_agrees_with_its_members_one_by_one(candidate):
     expected_BK = np.stack([sum(weight * member[g].gradient(w_K) for g, weight in (("a", 1.0), ("b", 0.5)))
                             for member in members])
     assert np.allclose(ensemble.gradient(w_K), expected_BK)
+
+
+def test_each_outer_fold_chooses_and_fits_without_its_held_out_proxies():
+    # Nested cross-validation is honest when neither the choice of form nor the fit of an outer fold depends
+    # on the proxies that fold is scored on. Scramble the held-out fold's losses: its choice and its
+    # predictions stay exactly as they were, while the folds that train on those proxies change.
+    from lagoon.automix.crossval import fold_indices
+
+    rng = np.random.default_rng(15)
+    weights_NK = mixtures(40, 16)
+    targets_N = power_law(weights_NK) + rng.normal(0, 0.01, len(weights_NK))
+    held_out = fold_indices(len(weights_NK), 4, 0)[0]
+    scrambled_N = targets_N.copy()
+    scrambled_N[held_out] = 5.0 + rng.permutation(targets_N[held_out]) ** 3  # nothing like the law
+    before, after = (nested_cross_validate(SMALL_GRID, weights_NK, {"g": y}, 4, 4, 0, OPTIONS, DOMAINS)["g"]
+                     for y in (targets_N, scrambled_N))
+    assert after.fold_choices[0] == before.fold_choices[0]
+    assert np.array_equal(np.asarray(after.predicted)[held_out], np.asarray(before.predicted)[held_out])
+    others = np.setdiff1d(np.arange(len(weights_NK)), held_out)
+    assert not np.allclose(np.asarray(after.predicted)[others], np.asarray(before.predicted)[others])

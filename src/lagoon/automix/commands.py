@@ -76,8 +76,14 @@ def validate_command(args: argparse.Namespace) -> int:
     for mix, entry in summary["mixes"].items():
         objective = entry["objective"]
         print(f"{mix:>10}: objective {objective['mean']:.4f} ± {objective['std']:.4f}")
-    verdict = "beats" if summary["optimized_beats_both_in_every_seed"] else "does not beat"
-    print(f"the optimized mix {verdict} natural and uniform in every seed")
+    from lagoon.automix.validation import verdict
+
+    for baseline, changes in summary["changes"].items():
+        for key, change in changes.items():
+            print(f"optimized − {baseline:<7} {key:>10}: {change['mean']:+.4f} ± {change['std']:.4f} "
+                  f"({verdict(change)})")
+    beats = "beats" if summary["optimized_beats_both_in_every_seed"] else "does not beat"
+    print(f"the optimized mix {beats} natural and uniform on the objective in every seed")
     return 0
 
 

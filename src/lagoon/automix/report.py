@@ -18,7 +18,7 @@ import numpy as np
 
 from lagoon.automix.fit import FIT_FILE, OPTIMIZED_FILE
 from lagoon.automix.sweep import PLAN_FILE
-from lagoon.automix.validation import MIXES, VALIDATION_FILE
+from lagoon.automix.validation import MIXES, VALIDATION_FILE, verdict
 from lagoon.errors import LagoonError
 from lagoon.report.blocks import Section, Table, Text, new_figure, render
 
@@ -177,11 +177,11 @@ def _validation(validation: dict[str, Any]) -> Section:
     mixes = validation["mixes"]
     seeds = validation["seeds"]
     blocks: list[Any] = []
-    verdict = "beats" if validation["optimized_beats_both_in_every_seed"] else "does NOT beat"
+    beats = "beats" if validation["optimized_beats_both_in_every_seed"] else "does NOT beat"
     compute = validation.get("compute", {})
     blocks.append(Text(
         f"At {compute.get('model_ratio', float('nan')):.1f}× the proxy's parameters and "
-        f"{compute.get('token_ratio', float('nan')):g}× its tokens, over seeds {seeds}: the optimized mix {verdict} "
+        f"{compute.get('token_ratio', float('nan')):g}× its tokens, over seeds {seeds}: the optimized mix {beats} "
         "both the natural and the uniform mix on the objective in every seed."))
     rows = []
     for mix in MIXES:
@@ -194,6 +194,12 @@ def _validation(validation: dict[str, Any]) -> Section:
                   "yes" if validation["wins"]["natural"][i] else "no", "yes" if validation["wins"]["uniform"][i] else "no"]
                  for i, seed in enumerate(seeds)]
     blocks.append(Table(["seed", *[f"objective {m}" for m in MIXES], "beats natural", "beats uniform"], seed_rows))
+    if validation.get("changes"):
+        change_rows = [[f"vs {baseline}", key, f"{change['mean']:+.4f} ± {change['std']:.4f}", verdict(change)]
+                       for baseline, changes in validation["changes"].items() for key, change in changes.items()]
+        blocks.append(Table(["baseline", "", "optimized − baseline", "optimized is"], change_rows,
+                            "Paired by seed: the optimized mix's bits per byte minus the baseline's, mean ± std over "
+                            "seeds (negative: lower loss); a group where it is worse is a loss, shown as one"))
 
     figure, axes = new_figure(len(groups) + 1, width=4.2, height=3.2)
     for axis, key in zip(axes, ["objective", *groups]):
@@ -223,10 +229,10 @@ def _validation(validation: dict[str, Any]) -> Section:
         blocks.append(Table(["quantity", "value"], [
             ["proxy tokens / validation tokens / target tokens",
              f"{compute['proxy_tokens']:,} / {compute['validation_tokens']:,} / {compute['target_tokens']:,}"],
-            ["sweep compute (6·N·D, all proxies)", f"{compute['sweep_flops']:.3e} FLOPs"],
+            ["sweep compute (6·N·D, all proxies and noise runs)", f"{compute['sweep_flops']:.3e} FLOPs"],
             ["one validation run", f"{compute['validation_run_flops']:.3e} FLOPs"],
             ["sweep as a share of one validation run", f"{compute['sweep_share_of_validation_run']:.0%}"],
-            ["sweep wall time (summed over proxies)", f"{compute['sweep_wall_s']:.0f} s"],
+            ["sweep wall time (summed over proxies and noise runs)", f"{compute['sweep_wall_s']:.0f} s"],
             ["one validation run, wall time", f"{compute['validation_run_wall_s']:.0f} s"],
         ], "Compute"))
     return Section("Validation at a larger scale", blocks)
