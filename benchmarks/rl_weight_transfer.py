@@ -1,8 +1,8 @@
 """Claim: the RL trainer moves new weights into a running inference server at a good fraction of memcpy speed.
 
 A real `lagoon serve` process on a random-weight checkpoint of the given preset (fp32), and the trainer's own
-publisher (`lagoon.rl.weights.WeightPublisher`) in this process: ``shared_memory`` (the trainer copies each
-tensor once into a /dev/shm segment, the server copies it into its parameters, `lagoon.infer.shared_weights`),
+publisher (`lagoon.weights.publish.WeightPublisher`) in this process: ``shared_memory`` (the trainer copies each
+tensor once into a /dev/shm segment, the server copies it into its parameters, `lagoon.weights.shared_memory`),
 ``files`` (versioned safetensors directory, server loads it), ``shm`` (the same in /dev/shm) and ``broadcast``
 (gloo, bucketed, pause/update/resume). Each update is timed from the trainer's call to every server serving
 the new version (the server's digest is checked against the trainer's afterwards, outside the timing). The
@@ -27,10 +27,10 @@ import torch
 
 from benchmarks.common import record
 from lagoon.config import load_config
-from lagoon.infer.weight_sync import weights_digest
+from lagoon.weights.tensors import weights_digest
 from lagoon.model import LagunaForCausalLM, preset_config, save_pretrained
 from lagoon.rl.servers import LocalServers
-from lagoon.rl.weights import WeightPublisher
+from lagoon.weights.publish import WeightPublisher
 
 
 def memcpy_seconds(sources: list[torch.Tensor], targets: list[torch.Tensor]) -> float:

@@ -2,7 +2,9 @@
 
 Goal: p50 ≤ 20 ms (Docker `run` is ~200 ms, hosted sandboxes ~400 ms). Each round times, interleaved so
 machine noise hits them alike: the unsandboxed baseline, the complete lagoon sandbox (namespaces, mounts,
-rlimits, cgroups where available, output files, truncation), and the bare bubblewrap command line alone.
+capability drop, seccomp filter, as root the drop to an unprivileged user, rlimits, cgroups where available,
+output files, truncation), the same without the seccomp filter (the filter's cost), and the bare bubblewrap
+command line alone.
 
     .venv/bin/python -m benchmarks.sandbox_latency [--rounds 300] [--realtime]
 """
@@ -18,6 +20,7 @@ import tempfile
 import time
 
 from benchmarks.common import record
+from lagoon.agent.cgroups import realtime_blocks_cpu
 from lagoon.agent.config import SandboxConfig
 from lagoon.agent.sandbox import Sandbox
 
@@ -41,14 +44,25 @@ def main() -> None:
                         help="run at real-time priority (SCHED_FIFO 10, needs root): on a shared machine, measures "
                              "the sandbox rather than the wait for a core")
     args = parser.parse_args()
+    load_at_start = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     if args.realtime:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))  # children (bwrap, the sandbox) inherit it
-    with tempfile.TemporaryDirectory() as workspace:
+    with tempfile.TemporaryDirectory() as workspace, tempfile.TemporaryDirectory() as other:
         sandbox = Sandbox(workspace, SandboxConfig())
-        bare = sandbox._bwrap_argv(["true"], sandbox._env(None))
+        unfiltered = Sandbox(other, SandboxConfig(seccomp=False))
+
+        def bare() -> None:
+            command, fds = sandbox.bwrap_command(["true"], sandbox._env(None))
+            try:
+                subprocess.run(command, check=True, pass_fds=fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
         cases = {
             "no sandbox (subprocess `true`)": lambda: subprocess.run(["true"], check=True),
-            "bubblewrap command line only": lambda: subprocess.run(bare, check=True),
+            "bubblewrap command line only": bare,
+            "lagoon Sandbox.run(['true']), no seccomp filter": lambda: unfiltered.run(["true"]),
             "lagoon Sandbox.run(['true'])": lambda: sandbox.run(["true"]),
         }
         for fn in cases.values():  # warm-up
@@ -65,14 +79,23 @@ def main() -> None:
                 cpu[name] += cpu_seconds() - cpu_start
         ok = sandbox.run(["true"]).ok
         assert ok
-        cgroups = "pids+memory cgroups" if sandbox.cgroups.memory_parent else ("pids cgroup" if sandbox.cgroups.available else "no cgroups")
+        support = sandbox.cgroups
+        controllers = [name for name, parent in (("pids", support.pids_parent), ("memory", support.memory_parent),
+                                                 ("cpu", support.cpu_parent)) if parent is not None]
+        if "cpu" in controllers and realtime_blocks_cpu(support):
+            controllers.remove("cpu")  # a real-time task cannot join a v1 cpu cgroup without a real-time budget
+        cgroups = "+".join(controllers) + " cgroups" if controllers else "no cgroups"
+        identity = (f"lagoon as root: setup as root, command dropped to uid {sandbox.uid} by setpriv"
+                    if sandbox.as_root else "lagoon as an ordinary user: user namespace")
     baseline = statistics.median(times["no sandbox (subprocess `true`)"])
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     priority = ("real-time priority (SCHED_FIFO 10), so other jobs on the shared machine do not delay it"
                 if args.realtime else "normal priority")
-    lines = [f"{args.rounds} rounds, interleaved; sandbox with {cgroups}, prlimit launcher, output files; run at "
-             f"{priority}. Load average during the run: {load} (2-core machine shared with other jobs).", "",
-             "| case | p10 ms | p50 ms | p99 ms | p50 / no-sandbox p50 | CPU ms per start |", "|---|---|---|---|---|---|"]
+    lines = [f"{args.rounds} rounds, interleaved; {identity}; sandbox with {cgroups}, seccomp filter, prlimit "
+             f"launcher, output files; run at {priority}. Load average at the start: {load_at_start}; at the end: "
+             f"{load} (2-core machine shared with other jobs).", "",
+             "| case | p10 ms | p50 ms | p99 ms | p50 / no-sandbox p50 | CPU ms per start |",
+             "|---|---|---|---|---|---|"]
     for name, values in times.items():
         p50 = statistics.median(values)
         lines.append(f"| {name} | {percentile(values, 10):.1f} | {p50:.1f} | {percentile(values, 99):.1f} | "

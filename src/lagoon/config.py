@@ -4,6 +4,7 @@
     [data]             lagoon.data.config.DataConfig
     [train]            lagoon.train.config.TrainConfig
     [optim]            lagoon.optim.config.OptimConfig
+    [parallel]         lagoon.parallel.config.ParallelConfig
     [sdc]              lagoon.sdc.config.SDCConfig
     [agent]            lagoon.agent.config.AgentConfig
     [automix]          lagoon.automix.config.AutomixConfig
@@ -29,6 +30,7 @@ from lagoon.demo.config import DemoConfig
 from lagoon.infer.config import ServeConfig
 from lagoon.model.config import ModelConfig
 from lagoon.optim.config import OptimConfig
+from lagoon.parallel.config import ParallelConfig
 from lagoon.rl.config import RLConfig
 from lagoon.sdc.config import SDCConfig
 from lagoon.train.config import TrainConfig
@@ -46,6 +48,8 @@ class LagoonConfig:
     """Pretraining: steps, schedule, precision, evaluation, checkpoints."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer: Muon / AdamW, learning rates, Newton–Schulz, distributed Muon."""
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """How the ranks of every trainer hold the model: DDP, FSDP2 or HSDP, activation checkpointing, precision."""
     sdc: SDCConfig = field(default_factory=SDCConfig)
     """Silent-data-corruption checks: replica fingerprints, vote, reactions, fault injection."""
     agent: AgentConfig = field(default_factory=AgentConfig)

@@ -9,7 +9,8 @@ Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``X | None``, unio
 (``bool | str``), ``Literal[...]``, ``list[X]``, ``dict[str, X]``, ``Any`` and nested dataclasses.
 
 A dataclass may define ``_preset_defaults(name) -> dict`` and a ``preset`` field: the named preset's
-values are then used as defaults under the explicitly given keys.
+values are then used as defaults under the explicitly given keys. A ``_MOVED = {key: "where it went"}``
+class attribute turns a retired key into a one-line error that says where it moved.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    moved = getattr(cls, "_MOVED", {})
+    for key in unknown:
+        if key in moved:   # a key that used to live here: say where it went
+            raise ConfigError(f"{prefix}.{key}" if prefix else key, f"has moved: {moved[key]}")
     if unknown:
         name = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(name, f"unknown key; known keys here: {', '.join(sorted(fields))}")

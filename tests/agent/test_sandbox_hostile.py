@@ -346,3 +346,52 @@ def test_unprivileged_user_without_cgroups_is_capped_by_rlimits():
     assert done.returncode == 0 and len(lines) == 3, done.stderr
     assert lines[0].startswith("refused after") and int(lines[0].split()[-1]) < 24
     assert lines[1] == "bomb True" and lines[2] == "after ok"
+
+
+@pytest.mark.timeout(90)
+def test_cpu_cgroup_caps_the_whole_sandbox(tmp_path, small_limits):
+    capped = dataclasses.replace(small_limits, cpus=0.05, cpu_seconds=60, wall_timeout_s=60)
+    sandbox = Sandbox(tmp_path / "ws", capped)
+    if sandbox.cgroups.cpu_parent is None:
+        pytest.skip("no writable cpu cgroup here: only the per-process CPU-time limit applies")
+    # Two processes spin for 5 s of wall time; the parent reports the CPU seconds they used together.
+    code = textwrap.dedent("""
+        import os, time
+        for _ in range(2):
+            if os.fork() == 0:
+                end = time.monotonic() + 5
+                while time.monotonic() < end:
+                    pass
+                os._exit(0)
+        os.wait(); os.wait()
+        times = os.times()
+        print(times.children_user + times.children_system)
+    """)
+    used_capped = float(sandbox.run_code("python", code).stdout)
+    used_free = float(Sandbox(tmp_path / "ws2", dataclasses.replace(capped, cpus=0)).run_code("python", code).stdout)
+    assert used_capped <= 0.05 * 5 * 1.5 + 0.1, used_capped  # 0.05 cores for 5 s, with the kernel's slack
+    assert used_free > used_capped, (used_free, used_capped)
+
+
+@pytest.mark.timeout(60)
+def test_workspace_belongs_to_the_sandbox_user_and_the_harness_still_cleans_up(tmp_path, small_limits):
+    from lagoon.agent.workspace import remove_tree
+
+    host_file = tmp_path / "host_file"
+    host_file.write_text("host")
+    owner = (host_file.stat().st_uid, host_file.stat().st_gid)
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "given.txt").write_text("from the task\n")
+    sandbox = Sandbox(workspace, small_limits)
+    result = sandbox.run(["sh", "-c", f"echo edited >> given.txt && mkdir -p a/b && echo x > a/b/f && chmod 000 a/b "
+                                      f"a && ln -s {host_file} link && id -u"])
+    assert result.ok and int(result.stdout) == (1000 if os.geteuid() else small_limits.host_uid), result
+    assert (workspace / "given.txt").read_text() == "from the task\nedited\n"
+    if os.geteuid() == 0:
+        assert (workspace / "a").stat().st_uid == small_limits.host_uid
+    Sandbox(workspace, small_limits)  # a second sandbox over the workspace hands it over again: links stay links
+    assert (host_file.stat().st_uid, host_file.stat().st_gid) == owner and host_file.read_text() == "host"
+    assert (workspace / result.stdout_path).read_text() == result.stdout  # the harness reads what it captured
+    remove_tree(workspace)
+    assert not workspace.exists()

@@ -84,3 +84,20 @@ def test_configs_agent_toml_spells_out_the_defaults():
 
     root = Path(__file__).resolve().parents[2]
     assert load_config(root / "configs" / "agent.toml").agent == AgentConfig()
+
+
+@pytest.mark.timeout(60)
+def test_python_launcher_agrees_with_util_linux(tmp_path):
+    """The fallback launcher (the sandbox's Python, where prlimit/setpriv are missing) sets the same user,
+    rlimits and capabilities as the util-linux one."""
+    probe = ["sh", "-c", "id -u; id -g; id -G; ulimit -n; ulimit -f; ulimit -c; ulimit -t; grep -E '^Cap(Prm|Eff)' "
+                         "/proc/self/status"]
+    config = SandboxConfig(wall_timeout_s=30, max_open_files=123, max_file_mb=7, cpu_seconds=9)
+    fast = Sandbox(tmp_path / "a", config)
+    reference = Sandbox(tmp_path / "b", config)
+    reference.prlimit = reference.setpriv = None
+    assert reference._command_prefix()[0] == reference.python.executable
+    results = [sandbox.run(probe) for sandbox in (fast, reference)]
+    assert all(result.ok for result in results), results
+    assert results[0].stdout == results[1].stdout, (results[0].stdout, results[1].stdout)
+    assert results[0].stdout.split()[3:6] == ["123", str((7 << 20) // 512), "0"]  # sh counts 512-byte blocks

@@ -78,6 +78,20 @@ def test_token_in_token_out_transcripts_are_exact(server, checkpoint, tokenizer,
         f"\n<user>\n{TASK_A.grading.expected}\n</user>\n<assistant>\n</think>"
 
 
+@pytest.mark.timeout(240)
+def test_a_turn_asks_only_for_the_context_that_is_left(server, checkpoint, tokenizer, tmp_path):
+    """Against a server whose context is the prompt plus 8 tokens, the first turn asks for at most 8 (not the
+    turn's 64, which the server would refuse with a 400), and the episode ends as "context exhausted"."""
+    prompt_len = run_episode(TASK_A, CompletionsClient(server.base_url), _config(), tokenizer=tokenizer,
+                             do_grade=False).turns[0]["prompt_len"]
+    with LocalServer(checkpoint, tmp_path / "short.log", ["--max-model-len", str(prompt_len + 8)]) as short:
+        episode = run_episode(TASK_A, CompletionsClient(short.base_url), _config(), tokenizer=tokenizer,
+                              do_grade=False)
+    assert episode.exit_reason == "context_exhausted", episode.end
+    assert "error" not in episode.end
+    assert 0 < len(episode.turns[0]["completion_ids"]) <= 8
+
+
 @pytest.mark.timeout(120)
 def test_a_prefix_break_starts_a_new_sample(server, tokenizer, tmp_path):
     episode = run_episode(TASK_B, CompletionsClient(server.base_url), _config(), tokenizer=tokenizer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,3 +63,48 @@ def test_config_errors_are_one_line(tmp_path, lagoon_cli):
                           "data.sources[0].domain", "unknown domain 'web'")
     assert_one_line_error(lagoon_cli("data", "build", str(ROOT / "configs/data_embedded.toml"), "--out", str(tmp_path / "o"),
                                      "--set", "data.curation.buckets=0"), "data.curation.buckets")
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_while_reading_sources_is_one_line(tmp_path):
+    """Ctrl-C reaches the whole foreground process group, the build's workers included: only the build answers."""
+    from lagoon.processes import descendants, kill_tree
+
+    command = [sys.executable, "-m", "lagoon", "data", "build", "configs/data_embedded.toml", "--out",
+               str(tmp_path / "out"), "--set", "data.build.quick=true", "--quiet"]
+    # SIGINT restored to its default: a suite started in the background inherits it ignored.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while not any(b"spawn_main" in _cmdline(pid) for pid in descendants(process.pid)):  # workers reading
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)   # into the reading, with every worker started or starting
+        assert not (tmp_path / "out" / ".build" / "curation.json").exists()
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        kill_tree(process.pid)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == "lagoon: interrupted", stderr
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.timeout(300)
+def test_every_progress_bar_ends_at_its_total(tmp_path):
+    """A synthetic generator's byte budget is overshot by its last document, or not reached when its seeds run
+    out: each bar's total is set to what was done, so every bar ends at exactly 100%."""
+    result = run_lagoon("data", "build", "configs/data_embedded.toml", "--out", str(tmp_path / "out"),
+                        "--set", "data.build.quick=true", env={"COLUMNS": "200"}, check=True)
+    bars = re.findall(r"^(\S.*?)\s+━+\S*\s+(\d+)/(\d+)", result.stdout, flags=re.M)
+    names = {name.strip() for name, _, _ in bars}
+    assert {"read sources", "synthetic synth_code", "synthetic synth_chat", "tokenize leaves"} <= names, result.stdout
+    for name, done, total in bars:
+        assert done == total, (name, done, total)

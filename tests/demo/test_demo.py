@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 
@@ -64,12 +65,14 @@ def test_quick_demo_runs_every_stage_resumes_and_refuses_a_changed_config(tmp_pa
     assert "\nmax_batch_size = " in started
     (run_dir / "config.toml").write_text("\n".join(line for line in started.splitlines()
                                                    if not line.startswith("max_batch_size = ")) + "\n")
+    report_written = (run_dir / "report.html").stat().st_mtime_ns
     again = run_lagoon("demo", config, "--run-dir", str(run_dir), timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("skipped") == len(STAGES) - 1   # the report is always rewritten
+    assert again.stdout.count("skipped") == len(STAGES)       # the report too: nothing before it ran
     rerun = json.loads((run_dir / "pipeline.json").read_text())
-    assert {name: entry["finished"] for name, entry in rerun["stages"].items() if name != "report"} == \
-        {name: entry["finished"] for name, entry in state["stages"].items() if name != "report"}
+    assert {name: entry["finished"] for name, entry in rerun["stages"].items()} == \
+        {name: entry["finished"] for name, entry in state["stages"].items()}
+    assert (run_dir / "report.html").stat().st_mtime_ns == report_written
 
     # The same run directory with a different config is refused in one line, nothing touched.
     before = (run_dir / "pipeline.json").read_bytes()
@@ -87,3 +90,35 @@ def test_bad_stage_names_and_orders_are_one_line_errors(tmp_path):
     early = run_lagoon("demo", config, "--run-dir", str(tmp_path / "z"), "--only", "rl")
     assert_one_line_error(early, "stage rl needs data, automix, pretrain, export finished first")
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+def test_a_finished_report_is_skipped_unless_asked_for(tmp_path):
+    config = str(ROOT / "configs" / "demo_quick.toml")
+    run_dir = tmp_path / "r"
+    only_report = ("--set", 'demo.stages=["report"]')
+    first = run_lagoon("demo", config, "--run-dir", str(run_dir), *only_report, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = (run_dir / "report.html").stat().st_mtime_ns
+    again = run_lagoon("demo", config, "--run-dir", str(run_dir), *only_report, timeout=300)
+    assert again.returncode == 0 and "report: done earlier" in again.stdout, again.stdout[-2000:]
+    assert (run_dir / "report.html").stat().st_mtime_ns == written
+    asked = run_lagoon("demo", config, "--run-dir", str(run_dir), *only_report, "--only", "report", timeout=300)
+    assert asked.returncode == 0 and "skipped" not in asked.stdout, asked.stdout[-2000:]
+    assert (run_dir / "report.html").stat().st_mtime_ns > written
+
+
+def test_a_missing_transformers_stops_the_pipeline_before_its_first_stage(tmp_path, monkeypatch):
+    from lagoon.config import load_config
+    from lagoon.demo.pipeline import run_pipeline
+    from lagoon.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "transformers", None)   # as if it were not installed: import fails
+    config = load_config(ROOT / "configs" / "demo_quick.toml")
+    with pytest.raises(ConfigError, match=r"demo\.check_transformers: .*transformers is not installed"):
+        run_pipeline(config, tmp_path / "run", say=lambda _: None)
+    assert not (tmp_path / "run").exists()
+    # Asked not to compare, the pipeline does not need it.
+    skip = load_config(ROOT / "configs" / "demo_quick.toml", ["demo.check_transformers=false", 'demo.stages=["data"]'])
+    from lagoon.demo.stages import require_transformers
+
+    require_transformers(skip)

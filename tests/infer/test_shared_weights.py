@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lagoon.errors import LagoonError
-from lagoon.infer.shared_weights import VERSION_OFFSET, SegmentCache, SharedSegment, SharedWeightWriter
-from lagoon.infer.weight_sync import sync_tensors, weights_digest
+from lagoon.weights.shared_memory import VERSION_OFFSET, SegmentCache, SharedSegment, SharedWeightWriter
+from lagoon.weights.tensors import ordered_tensors, weights_digest
 from lagoon.model import from_pretrained
 from tests.infer.conftest import Server, tiny_model
 
@@ -39,7 +39,7 @@ def test_round_trip_gives_the_trainers_exact_weights_and_logits(tmp_path, checkp
     assert not torch.equal(_logits(trainer), _logits(served))
     writer = SharedWeightWriter(tmp_path / "segments")
     write = writer.write(trainer, version=3)
-    payload = sum(t.nbytes for _, t in sync_tensors(trainer))
+    payload = sum(t.nbytes for _, t in ordered_tensors(trainer))
     assert write.path.name == "slot-1.bin" and write.num_bytes >= payload
     segment = SharedSegment.open(write.path)
     assert segment.problem(served) is None
@@ -94,7 +94,7 @@ def test_a_read_the_writer_overtakes_is_rejected(tmp_path):
     writer.write(trainer, version=2)
 
     # During: the trainer writes version 4 into the same slot while the server is halfway through version 2.
-    targets = {name: tensor.clone().as_subclass(_Tripwire) for name, tensor in sync_tensors(tiny_model(seed=2))}
+    targets = {name: tensor.clone().as_subclass(_Tripwire) for name, tensor in ordered_tensors(tiny_model(seed=2))}
     names = sorted(targets)
     _Tripwire.hook = lambda: writer.write(tiny_model(seed=3), version=4)
     middle = {name: targets[name] for name in names}
@@ -132,7 +132,7 @@ def test_a_reader_copies_while_the_writer_writes(tmp_path):
                 raise RuntimeError("device lost")
             return super().__torch_function__(func, types, args, kwargs or {})
 
-    state = dict(sync_tensors(trainer))
+    state = dict(ordered_tensors(trainer))
     last = sorted(state)[-1]
     state[last] = state[last].as_subclass(Broken)
     errors: list = []
@@ -215,7 +215,7 @@ def test_load_shared_route_end_to_end(server, tmp_path, checkpoint):
 
 def test_the_rl_publisher_uses_shared_memory_for_local_servers(server, tmp_path):
     from lagoon.rl.config import WeightsConfig
-    from lagoon.rl.weights import WeightPublisher, resolve_transfer, segment_root
+    from lagoon.weights.publish import WeightPublisher, resolve_transfer, segment_root
 
     config = WeightsConfig()
     assert config.transfer == "auto"

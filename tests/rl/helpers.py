@@ -50,7 +50,9 @@ def rl_config(init_checkpoint, **overrides):
     base = {"rl": {"init_checkpoint": str(init_checkpoint), "total_steps": 3,
                    "tasks": {"group_size": 4},
                    "trainer": {"groups_per_step": 2, "max_staleness": 100, "checkpoint_every": 2,
-                               "learning_rate": 1e-3, "poll_interval_s": 0.05, "device": "cpu"},
+                               "poll_interval_s": 0.05, "device": "cpu"},
+                   "optim": {"name": "adamw", "lr": 1e-3, "adamw_lr": 1e-3, "weight_decay": 0.0,
+                             "adamw_betas": [0.9, 0.99]},
                    "weights": {"transfer": "files"}}}
     return load_config(None, [f"{k}={v!r}" if isinstance(v, str) else f"{k}={str(v).lower() if isinstance(v, bool) else v}"
                               for k, v in overrides.items()], base=base)

@@ -67,10 +67,24 @@ filter_zero_variance = false
 [rl.trainer]
 groups_per_step = 2
 max_staleness = 1
-learning_rate = 3e-4
 checkpoint_every = 2
 poll_interval_s = 0.1
 device = "cpu"
+processes = 2                    # the SFT warm-up and the trainer on 2 ranks (torchrun, gloo): FSDP2 below
+
+[rl.optim]
+name = "adamw"
+lr = 3e-4
+adamw_lr = 3e-4
+weight_decay = 0.0
+adamw_betas = [0.9, 0.99]
+
+[optim]
+distributed = "ddp"              # distributed Muon's machinery (ZeRO-1 AdamW) whenever the layout is replicated
+
+[parallel]
+dp_replicate = 1
+dp_shard = -1                    # parameters, gradients and optimizer state sharded over both trainer ranks
 
 [rl.weights]
 transfer = "shm"
@@ -99,7 +113,7 @@ def _appends(path):
     return [r for r in read_jsonl(path) if r.get("type") == "append"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     config = tmp_path / "mini.toml"
     config.write_text(MINI)
@@ -110,7 +124,7 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     try:
         # Once actor-1 has committed an append, kill it in the middle of its next episodes.
         actor_log = run_dir / "actors" / "actor-1.jsonl"
-        _wait_for(lambda: _appends(actor_log), 240, process)
+        _wait_for(lambda: _appends(actor_log), 300, process)
         store = TrajectoryStore(TableConfig(), run_dir)
         pid = json.loads((run_dir / "pids.json").read_text())["actors"]["1"]
         os.kill(pid, signal.SIGKILL)
@@ -120,10 +134,13 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
 
         live = load_catalog("lagoon", **catalog_properties(TableConfig(), run_dir)).load_table("lagoon.trajectories")
         assert live.scan(selected_fields=("trajectory_id",)).to_arrow().num_rows >= len(committed) > 0
-        output, _ = process.communicate(timeout=240)
+        output, _ = process.communicate(timeout=280)
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:   # the supervisor and everything it started (servers, trainer, actors)
+            from lagoon.processes import kill_tree
+
+            kill_tree(process.pid)
+            process.wait()
     assert process.returncode == 0, output[-3000:]
 
     result = json.loads((run_dir / "result.json").read_text())
@@ -159,3 +176,7 @@ def test_lagoon_rl_runs_end_to_end_and_survives_a_killed_actor(tmp_path):
     assert metrics[0]["mismatch_kl_fresh"] < 1e-3
     assert (run_dir / "report.html").is_file()
     assert not list((run_dir / "checkpoints").glob(".step_*"))
+    # The warm-up and the trainer ran on the engine, their weights and optimizer state sharded over 2 ranks.
+    assert "fsdp (dp_replicate=1 × dp_shard=2)" in (run_dir / "sft.log").read_text()
+    for checkpoint in (sorted((run_dir / "checkpoints").glob("step_*"))[-1], run_dir / "sft" / "checkpoints" / "step_00000012"):
+        assert len(list((checkpoint / "dcp").glob("*.distcp"))) == 2, checkpoint

@@ -8,10 +8,10 @@ import httpx
 import pytest
 import torch
 
-from lagoon.infer.weight_sync import weights_digest
+from lagoon.weights.tensors import weights_digest
 from lagoon.model import from_pretrained
 from lagoon.rl.servers import LocalServers
-from lagoon.rl.weights import WeightPublisher, read_latest, store_root
+from lagoon.weights.publish import WeightPublisher, read_latest, store_root
 from tests.rl.helpers import rl_config, tiny_checkpoint
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from lagoon.configio import dumps_toml
 
@@ -74,9 +75,17 @@ def start_ranks(config_path: Path, run_dir: Path, ranks: int) -> list[subprocess
             for rank in range(ranks)]
 
 
-def start_torchrun(config_path: Path, run_dir: Path, ranks: int) -> list[subprocess.Popen]:
+def start_torchrun(config_path: Path, run_dir: Path, ranks: int, **env: str) -> list[subprocess.Popen]:
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", f"--nproc-per-node={ranks}",
                "-m", "lagoon", "train", str(config_path), "--run-dir", str(run_dir)]
+    return [subprocess.Popen(command, cwd=ROOT, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)]
+
+
+def start_launch(config_path: Path, run_dir: Path, ranks: int) -> list[subprocess.Popen]:
+    """`lagoon launch` (torchrun that exits with the ranks' own code) over `ranks` processes."""
+    command = [sys.executable, "-m", "lagoon", "launch", "--standalone", f"--nproc-per-node={ranks}",
+               "train", str(config_path), "--run-dir", str(run_dir)]
     return [subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              start_new_session=True)]
 
@@ -89,8 +98,10 @@ def wait_all(processes: list[subprocess.Popen], timeout: float) -> tuple[list[in
         try:
             _, err = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
+            from lagoon.processes import kill_tree
+
+            for other in processes:   # the launcher and its ranks (in sessions of their own)
+                kill_tree(other.pid)
             raise
         codes.append(process.returncode)
         errors.append(err)
@@ -103,4 +114,9 @@ def events(run_dir: Path) -> list[dict]:
 
 
 def final_weights(run_dir: Path, step: int) -> bytes:
-    return (run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors").read_bytes()
+    """The checkpoint's model tensors, in order, as bytes (equal bytes: bit-identical weights)."""
+    from lagoon.parallel.load import read_dcp_tensors
+
+    tensors = read_dcp_tensors(run_dir / "checkpoints" / f"step_{step:08d}")
+    return b"".join(name.encode() + tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                    for name, tensor in tensors)

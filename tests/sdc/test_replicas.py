@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lagoon.sdc.errors import EXIT_HUNG
+from lagoon.sdc.errors import EXIT_HUNG, EXIT_PEER_LOST
 from tests.sdc.conftest import ROOT, _env, free_port, wait_all
 
 WORLD = 4
@@ -73,11 +73,18 @@ def test_hsdp_compares_shards_along_the_replicate_dimension_only(reports):
 
 @pytest.mark.timeout(600)
 def test_a_rank_missing_a_check_turns_into_a_named_error_within_the_deadline(reports):
+    """Rank 3 is late; ranks 0-2 end the gather with a named error within the deadline. Which of two detectors
+    fires on a given rank is a race, and both answers are right: the rank whose own deadline passes first
+    reports the hang (93); a rank still waiting when that one gives up sees its connection close and reports
+    a lost peer (94) — the hang, seen second-hand. Either way rank 3 is named."""
     for report in reports[:3]:
         late = report["late"]
-        assert late["exit_code"] == EXIT_HUNG, late
-        assert "did not complete within 3 s" in late["error"] and 3 in late["ranks"], late
+        assert late["exit_code"] in (EXIT_HUNG, EXIT_PEER_LOST), late
+        reason = "did not complete within 3 s" if late["exit_code"] == EXIT_HUNG else "a peer went away"
+        assert reason in late["error"] and 3 in late["ranks"], late
         assert late["seconds"] < 3 + 15, late  # the deadline, plus start-up slack on a loaded machine
+    # Someone's own deadline always fires first: a lost peer is only ever the echo of a hang.
+    assert EXIT_HUNG in [report["late"]["exit_code"] for report in reports[:3]]
 
 
 @pytest.mark.timeout(600)

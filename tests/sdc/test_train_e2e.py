@@ -6,6 +6,7 @@ outcome (most of a job's wall time is process start-up and waiting, which overla
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lagoon.sdc.errors import EXIT_CORRUPTION, EXIT_HUNG, EXIT_PEER_LOST
-from tests.sdc.conftest import events, final_weights, start_ranks, start_torchrun, train_config, wait_all, write_config
+from tests.sdc.conftest import (events, final_weights, start_launch, start_ranks, start_torchrun, train_config, wait_all,
+                                write_config)
 
 PARAM = "model.layers.0.self_attn.q_proj.weight"
 WATCHDOG_S = 8
@@ -34,6 +36,15 @@ def _jobs(shards: Path) -> dict[str, tuple[str, int, dict]]:
         "escalate": ("torchrun", 2, train_config(shards, sdc={"faults": [
             {**flip, "step": 4, "rank": 1, "bit": "mantissa", "element": 5}]})),
         "clean2": ("torchrun", 2, train_config(shards)),
+        # Two replicas, the flip one step before the check: by the check the gradient all-reduce has carried it
+        # into rank 0's weights too, so only the replay of the pre-reduction statistics can name rank 1.
+        "escalate_spread": ("ranks", 2, train_config(shards, sdc={"faults": [
+            {**flip, "step": 3, "rank": 1, "bit": "exponent"}]})),
+        # The fail policy's exit code through `lagoon launch`, and through plain torchrun's error file.
+        "fail_launch": ("launch", 2, train_config(shards, sdc={"policy": "fail", "faults": [
+            {**flip, "step": 2, "rank": 1, "bit": "sign"}]})),
+        "fail_torchrun": ("torchrun", 2, train_config(shards, sdc={"policy": "fail", "faults": [
+            {**flip, "step": 2, "rank": 1, "bit": "sign"}]})),
         # Three replicas: the vote names rank 0 → roll back to checkpoint 2 → train on.
         "majority": ("ranks", 3, train_config(shards, sdc={"faults": [{**flip, "step": 4, "rank": 0, "bit": "exponent"}]})),
         # Distributed Muon: rank 1's Newton–Schulz result is corrupted before it is shared; every replica applies
@@ -57,8 +68,11 @@ def jobs(sdc_shards, tmp_path_factory) -> dict[str, Job]:
     running = {}
     for name, (launcher, ranks, config) in _jobs(sdc_shards).items():
         path = write_config(root / f"{name}.toml", config)
-        start = start_torchrun if launcher == "torchrun" else start_ranks
-        running[name] = (start(path, root / name, ranks), root / name)
+        if launcher == "torchrun":   # the error file a scheduler names for the launcher
+            processes = start_torchrun(path, root / name, ranks, TORCHELASTIC_ERROR_FILE=str(root / f"{name}.error.json"))
+        else:
+            processes = (start_launch if launcher == "launch" else start_ranks)(path, root / name, ranks)
+        running[name] = (processes, root / name)
     results = {}
     for name, (processes, run_dir) in running.items():
         codes, stderr = wait_all(processes, timeout=400)
@@ -79,6 +93,38 @@ def test_two_replicas_escalate_replay_and_match_an_uninjected_run(jobs):
     assert transient["ranks"] == [1] and transient["parameters"] == [PARAM] and transient["replicas_reproduced"] == 1
     assert not [e for e in events(clean.run_dir) if e["event"].startswith("sdc_")]  # no false positive
     assert final_weights(job.run_dir, 8) == final_weights(clean.run_dir, 8)
+
+
+@pytest.mark.timeout(600)
+def test_two_replicas_name_only_the_rank_whose_own_computation_diverged(jobs):
+    """The flip (rank 1, step 3) reaches rank 0's weights through step 4's gradient all-reduce before the check:
+    both replicas' weights differ from the replay. Step 4's pre-reduction statistics differ on rank 1 alone."""
+    job, clean = jobs["escalate_spread"], jobs["clean2"]
+    assert job.codes == [0, 0], job.stderr[-3000:]
+    transient = next(e for e in events(job.run_dir) if e["event"] == "sdc_transient")
+    assert transient["replicas_reproduced"] == 0          # the weights alone would have named both ranks
+    assert transient["ranks"] == [1] and transient["localized"], transient
+    assert "before the reduction first differed from the replay in step 4" in transient["detail"], transient
+    assert final_weights(job.run_dir, 8) == final_weights(clean.run_dir, 8)
+
+
+@pytest.mark.timeout(600)
+def test_the_fail_policy_exit_code_reaches_the_caller_of_lagoon_launch(jobs):
+    job = jobs["fail_launch"]
+    assert job.codes == [EXIT_CORRUPTION], (job.codes, job.stderr[-3000:])   # plain torchrun: 1
+    line = job.stderr.strip().splitlines()[-1]
+    assert re.match(r"lagoon: error: rank \d exited with code 91: replicas disagree after step 2", line), line
+
+
+@pytest.mark.timeout(600)
+def test_plain_torchrun_writes_the_exit_code_where_a_scheduler_reads_it(jobs):
+    """torchrun exits 1 for any rank failure; the first failure's code and line land in TORCHELASTIC_ERROR_FILE."""
+    job = jobs["fail_torchrun"]
+    assert job.codes == [1], (job.codes, job.stderr[-3000:])
+    error = json.loads(job.run_dir.with_name("fail_torchrun.error.json").read_text())["message"]
+    assert error["errorCode"] == EXIT_CORRUPTION, error
+    assert error["message"].startswith("SDCError: replicas disagree after step 2"), error
+    assert "Traceback" not in error["extraInfo"]["py_callstack"]
 
 
 @pytest.mark.timeout(600)

@@ -7,6 +7,8 @@ import json
 import torch
 
 from lagoon.model import LagunaForCausalLM, from_pretrained, preset_config
+from lagoon.optim import OptimConfig, build_optimizer
+from lagoon.parallel import checkpoint as sharded
 from lagoon.train import checkpoint as ckpt
 from lagoon.train.rng import capture_rng, restore_rng
 from lagoon.cli import main
@@ -21,9 +23,11 @@ def _model() -> LagunaForCausalLM:
 def _save(run_dir, model, step, keep_last=5):
     state = ckpt.CheckpointState(step=step, tokens_seen=step * 100, world_size=2, sdc_digest=f"digest-{step}",
                                  last_metrics={"loss": 1.5, "eval_bpb/code": 2.0})
-    optimizer_state = {"state": {0: {"momentum": torch.full((3,), float(step))}}, "param_groups": [{"lr": 0.1}]}
-    return ckpt.save_checkpoint(run_dir, model, state, optimizer_state, {"step": step}, [capture_rng()] * 2, None,
-                                keep_last)
+    optimizer = build_optimizer(model, OptimConfig())
+    optimizer.step_count = step
+    for momentum in optimizer.momentum.values():
+        momentum.fill_(float(step))
+    return sharded.save(run_dir, model, optimizer, state, {"step": step}, capture_rng(), None, keep_last)
 
 
 def test_checkpoint_round_trip_loads_as_hugging_face(tmp_path):
@@ -31,14 +35,17 @@ def test_checkpoint_round_trip_loads_as_hugging_face(tmp_path):
     path = _save(tmp_path, model, 7)
     assert path.name == "step_00000007" and ckpt.verify(path) is None
     manifest = json.loads((path / "manifest.json").read_text())
-    assert {"config.json", "model.safetensors", "train_state/state.json", "train_state/optimizer.pt",
-            "train_state/loader.json", "train_state/rng_rank1.json"} <= set(manifest["files"])
+    assert {"config.json", "dcp/.metadata", "dcp/__0_0.distcp", "train_state/state.json",
+            "train_state/loader.json", "train_state/rng_rank0.json"} <= set(manifest["files"])
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
     state = ckpt.read_state(path)
     assert (state.step, state.tokens_seen, state.sdc_digest) == (7, 700, "digest-7")
     assert ckpt.read_loader_state(path) == {"step": 7}
     assert ckpt.read_rng_state(path, 3) == ckpt.read_rng_state(path, 0)   # a bigger world falls back to rank 0
-    assert torch.equal(ckpt.read_optimizer_state(path)["state"][0]["momentum"], torch.full((3,), 7.0))
+    optimizer = build_optimizer(model, OptimConfig())
+    sharded.load(path, model, optimizer, distributed=False)
+    assert optimizer.step_count == 7
+    assert all(torch.equal(m, torch.full_like(m, 7.0)) for m in optimizer.momentum.values())
     loaded = from_pretrained(path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
@@ -52,11 +59,11 @@ def test_corrupted_checkpoints_are_skipped_with_reasons(tmp_path):
     for step in (1, 2, 3, 4):
         _save(tmp_path, model, step)
     root = tmp_path / "checkpoints"
-    weights = root / "step_00000004" / "model.safetensors"
+    weights = root / "step_00000004" / "dcp" / "__0_0.distcp"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0x01
     weights.write_bytes(bytes(data))
-    (root / "step_00000003" / "train_state" / "optimizer.pt").unlink()
+    (root / "step_00000003" / "train_state" / "loader.json").unlink()
     (root / "step_00000002" / "manifest.json").unlink()
     (root / ".step_00000005.tmp-999").mkdir()
     messages: list[str] = []
@@ -64,8 +71,8 @@ def test_corrupted_checkpoints_are_skipped_with_reasons(tmp_path):
     chosen = ckpt.newest_verified(tmp_path, messages.append)
     assert chosen == root / "step_00000001"
     assert "interrupted checkpoint write" in messages[0] and not (root / ".step_00000005.tmp-999").exists()
-    assert "step_00000004" in messages[1] and "model.safetensors does not match its SHA-256" in messages[1]
-    assert "step_00000003" in messages[2] and "optimizer.pt is missing" in messages[2]
+    assert "step_00000004" in messages[1] and "dcp/__0_0.distcp does not match its SHA-256" in messages[1]
+    assert "step_00000003" in messages[2] and "loader.json is missing" in messages[2]
     assert "step_00000002" in messages[3] and "no manifest.json" in messages[3]
 
 

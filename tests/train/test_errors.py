@@ -36,6 +36,11 @@ def test_malformed_config(capsys, tmp_path):
     ("data.global_batch_size=0", ("data.global_batch_size",)),
     ("train.init_from=\"/nonexistent/ckpt\"", ("train.init_from", "does not exist")),
     ("train.eval_groups=[\"poetry\"]", ("train.eval_groups", "poetry")),
+    ("parallel.activation_checkpointing=\"sometimes\"", ("parallel.activation_checkpointing", "selective")),
+    ("parallel.dp_shard=3", ("parallel.dp_shard", "does not divide the world size 1")),
+    ("parallel.dp_replicate=2", ("parallel:", "dp_replicate (2) × dp_shard (1) = 2 ranks", "world has 1")),
+    ("parallel.ep=2", ("parallel.ep", "not available")),
+    ("optim.distributed=\"fsdp2\"", ("optim.distributed", "parallel.dp_shard")),
 ])
 def test_bad_values(capsys, tmp_path, shard_dir, override, fragments):
     config_path = write_config(tmp_path / "run.toml", train_config(shard_dir))
@@ -60,3 +65,22 @@ def test_mixture_naming_an_unknown_leaf(capsys, tmp_path, shard_dir):
 def test_token_budget_over_the_repetition_cap(capsys, tmp_path, shard_dir):
     config_path = write_config(tmp_path / "run.toml", train_config(shard_dir, train={"steps": 100000}))
     _fails_cleanly(capsys, tmp_path, config_path, "repetition cap")
+
+
+def test_a_checkpoint_of_another_model_shape(capsys, tmp_path, shard_dir):
+    """Resuming a run whose checkpoint holds another architecture names the checkpoint and changes nothing."""
+    config_path = write_config(tmp_path / "run.toml", train_config(shard_dir, train={"steps": 2, "eval_every": 0}))
+    run_dir = tmp_path / "run"
+    assert main(["train", str(config_path), "--run-dir", str(run_dir), "--set", "train.steps=1"]) == 0
+    capsys.readouterr()
+
+    def snapshot():
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")}
+
+    before = snapshot()
+    code = main(["train", str(config_path), "--run-dir", str(run_dir), "--set", "model.hidden_size=96"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err, err
+    assert "checkpoint" in lines[-1] and "step_00000001" in lines[-1] and "different model" in lines[-1], lines[-1]
+    assert snapshot() == before, "a refused resume must leave the run directory as it was"

@@ -1,12 +1,14 @@
-"""Whole-sandbox process and memory limits with Linux cgroups (v1 controllers or a delegated v2 subtree).
+"""Whole-sandbox process, memory and CPU limits with Linux cgroups (v1 controllers or a delegated v2 subtree).
 
-Resource limits (rlimits) bind one process at a time, and RLIMIT_NPROC does not bind processes whose real
-user is root at all (the kernel exempts INIT_USER in ``copy_process``). A fork bomb started by a sandbox
-that runs as root would then exhaust the host's PIDs. A pids cgroup caps the processes of the whole
-sandbox, whoever owns them, and a memory cgroup caps its total resident memory, so a sandbox of many
-modest processes cannot take the host's RAM either.
+Resource limits (rlimits) bind one process at a time, and RLIMIT_NPROC counts a user's processes: when lagoon
+runs as root every sandbox runs as the same unprivileged host user (`lagoon.agent.sandbox`), so that count
+would be shared by all of them, and a fork bomb in one could starve the others. A pids cgroup caps the
+processes of the whole sandbox, whoever owns them; a memory cgroup caps its total resident memory, so a
+sandbox of many modest processes cannot take the host's RAM; and a cpu cgroup's bandwidth limit
+(``cpu.max``, or ``cpu.cfs_quota_us`` per ``cpu.cfs_period_us`` in v1) caps the cores its threads keep busy
+together.
 
-`CgroupSupport.detect()` finds writable pids/memory controllers once per process; `SandboxCgroup`
+`CgroupSupport.detect()` finds writable pids/memory/cpu controllers once per process; `SandboxCgroup`
 creates one leaf per action, which the sandbox's launcher joins before it starts bubblewrap (so every
 process the action forks is inside), then kills what is left and removes the leaf.
 """
@@ -34,6 +36,7 @@ class CgroupSupport:
     pids_parent: Path | None
     memory_parent: Path | None
     version: int  # 1 (per-controller hierarchies) or 2 (unified); 0 when none
+    cpu_parent: Path | None = None
 
     @property
     def available(self) -> bool:
@@ -55,7 +58,7 @@ def _reap_stale(support: CgroupSupport) -> None:
     bubblewrap's --die-with-parent has a start-up window (before its inner process sets its parent-death
     signal) in which a harness killed outright leaves the sandbox running; its cgroup leaf outlives it.
     """
-    for parent in {support.pids_parent, support.memory_parent} - {None}:
+    for parent in {support.pids_parent, support.memory_parent, support.cpu_parent} - {None}:
         try:
             names = [entry.name for entry in parent.iterdir() if entry.name.startswith("lagoon-")]
         except OSError:
@@ -127,13 +130,15 @@ def _detect() -> CgroupSupport:
     v1 = {}
     for mount_point, kind, options in mounts:
         if kind == "cgroup":
-            for controller in ("pids", "memory"):
+            for controller in ("pids", "memory", "cpu"):
                 if controller in options:
                     v1[controller] = Path(mount_point) / own.get(controller, "/").lstrip("/")
     if "pids" in v1 and _probe(v1["pids"], "pids.max"):
         memory = v1.get("memory")
         memory = memory if memory is not None and _probe(memory, "memory.limit_in_bytes") else None
-        return CgroupSupport(pids_parent=v1["pids"], memory_parent=memory, version=1)
+        cpu = v1.get("cpu")
+        cpu = cpu if cpu is not None and _probe(cpu, "cpu.cfs_quota_us") else None
+        return CgroupSupport(pids_parent=v1["pids"], memory_parent=memory, version=1, cpu_parent=cpu)
     for mount_point, kind, _ in mounts:
         if kind != "cgroup2" or "" not in own:
             continue
@@ -147,14 +152,27 @@ def _detect() -> CgroupSupport:
             continue
         if "pids" in enabled and _probe(parent, "pids.max"):
             memory = parent if "memory" in enabled else None
-            return CgroupSupport(pids_parent=parent, memory_parent=memory, version=2)
+            cpu = parent if "cpu" in enabled else None
+            return CgroupSupport(pids_parent=parent, memory_parent=memory, version=2, cpu_parent=cpu)
     return CgroupSupport(pids_parent=None, memory_parent=None, version=0)
+
+
+CPU_PERIOD_US = 100_000
+"""CFS bandwidth period (the kernel's default): a sandbox may run `cpus` x 100 ms of CPU per 100 ms."""
+
+
+def realtime_blocks_cpu(support: CgroupSupport) -> bool:
+    """With v1 real-time group scheduling a SCHED_FIFO/RR task cannot join a cpu cgroup that has no real-time
+    budget (the write to cgroup.procs fails with EINVAL), so a real-time harness (a latency benchmark) gets
+    no cpu leaf."""
+    return (support.version == 1 and (support.cpu_parent / "cpu.rt_runtime_us").exists()
+            and os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR))
 
 
 class SandboxCgroup:
     """One action's cgroup leaves: created with limits, joined by the launcher, emptied and removed."""
 
-    def __init__(self, support: CgroupSupport, max_processes: int, memory_bytes: int):
+    def __init__(self, support: CgroupSupport, max_processes: int, memory_bytes: int, cpus: float = 0.0):
         assert support.available
         self.support = support
         name = f"lagoon-{os.getpid()}-{next(_counter)}"
@@ -178,6 +196,18 @@ class SandboxCgroup:
                     (memory / "memory.max").write_text(str(memory_bytes))
                     if (memory / "memory.swap.max").exists():
                         (memory / "memory.swap.max").write_text("0")
+            self.cpu_limited = cpus > 0 and support.cpu_parent is not None and not realtime_blocks_cpu(support)
+            if self.cpu_limited:
+                cpu = support.cpu_parent / name if support.version == 1 else pids
+                if cpu not in self.leaves:
+                    cpu.mkdir()
+                    self.leaves.append(cpu)
+                quota = max(1000, int(cpus * CPU_PERIOD_US))  # the kernel's smallest quota is 1 ms
+                if support.version == 1:
+                    (cpu / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                    (cpu / "cpu.cfs_quota_us").write_text(str(quota))
+                else:
+                    (cpu / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
         except OSError:
             self.remove()
             raise

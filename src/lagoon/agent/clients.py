@@ -5,7 +5,13 @@
   reject unknown fields.
 - `CompletionsClient` sends token ids to lagoon serve's ``/v1/completions`` (``prompt`` as a list of ids,
   ``return_token_ids``, ``logprobs: 1``, ``stop_token_ids``) and returns the generated ids exactly as the
-  engine produced them, their sampling logprobs and the policy version(s) that produced them.
+  engine produced them, their sampling logprobs and the policy version of every token.
+- `VLLMClient` does the same against stock vLLM's token-in/token-out ``/inference/v1/generate``
+  (``--enable-scale-out``): token ids in; token ids, logprobs and ``weight_versions`` (spans of output tokens
+  per weight version) out, plus the routed experts when the server returns them.
+
+Token-in/token-out RL needs to know which weights drew every token: a server that reports no policy version
+(or a version that is not an integer) is a `PolicyError`, never a silent −1.
 """
 
 from __future__ import annotations
@@ -40,8 +46,62 @@ class Generation:
     logprobs: list[float]
     finish_reason: str
     policy_versions: list[int]
+    """The policy version that sampled each token (one entry per token)."""
     text: str
     latency_s: float = 0.0
+    routed_experts: "RoutedExperts | None" = None
+    """The experts every MoE layer chose for each token the engine ran (prompt and completion, all but the
+    last sampled token), when the server returns them."""
+
+
+@dataclass
+class RoutedExperts:
+    """Expert ids per token, sparse layer and slot: ``data`` is the raw little-endian bytes of a
+    [tokens, layers, k] array of ``dtype`` (uint8 for ≤ 256 experts, uint16 above)."""
+
+    dtype: str
+    shape: list[int]
+    data: bytes
+
+    def to_record(self) -> dict[str, Any]:
+        import base64
+
+        return {"dtype": self.dtype, "shape": list(self.shape), "data": base64.b64encode(self.data).decode()}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "RoutedExperts":
+        import base64
+
+        return cls(record["dtype"], list(record["shape"]), base64.b64decode(record["data"]))
+
+    @classmethod
+    def from_array(cls, array) -> "RoutedExperts":
+        import numpy as np
+
+        array = np.ascontiguousarray(array)
+        dtype = "uint8" if int(array.max(initial=0)) < 256 and array.dtype.kind in "iu" else "uint16"
+        array = array.astype(dtype, copy=False)
+        return cls(dtype, list(array.shape), array.astype(array.dtype.newbyteorder("<")).tobytes())
+
+    def array(self):
+        import numpy as np
+
+        return np.frombuffer(self.data, dtype=np.dtype(self.dtype).newbyteorder("<")).reshape(self.shape)
+
+
+def token_versions(versions: Any, count: int, source: str) -> list[int]:
+    """One integer policy version per token from what a server reported; `PolicyError` if it reported none."""
+    if versions is None or (isinstance(versions, list) and not versions and count):
+        raise PolicyError(f"{source} reported no policy version for its tokens; token-in/token-out RL needs one")
+    try:
+        versions = [int(v) for v in (versions if isinstance(versions, list) else [versions])]
+    except (TypeError, ValueError):
+        raise PolicyError(f"{source} reported policy version(s) {versions!r}, not integers") from None
+    if len(versions) == 1 and count != 1:
+        versions = versions * count
+    if len(versions) != count:
+        raise PolicyError(f"{source} reported {len(versions)} policy versions for {count} tokens")
+    return versions
 
 
 def _sampling_body(sampling: SamplingConfig, max_tokens: int, seed: int | None) -> dict[str, Any]:
@@ -113,13 +173,14 @@ class CompletionsClient:
     mode = "tito"
 
     def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
-                 timeout_s: float = 600.0, stop_token_ids: list[int] | None = None):
+                 timeout_s: float = 600.0, stop_token_ids: list[int] | None = None, return_routed_experts: bool = False):
         import httpx
 
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(timeout=timeout_s, headers=headers)
         self.stop_token_ids = list(STOP_IDS if stop_token_ids is None else stop_token_ids)
+        self.return_routed_experts = return_routed_experts
         self.model = model or self._first_model()
 
     def _first_model(self) -> str:
@@ -141,6 +202,7 @@ class CompletionsClient:
                  seed: int | None = None) -> Generation:
         body = {"model": self.model, "prompt": list(prompt_ids), "return_token_ids": True, "logprobs": 1,
                 "stop_token_ids": self.stop_token_ids, "top_k": sampling.top_k,
+                "return_routed_experts": self.return_routed_experts,
                 **_sampling_body(sampling, max_tokens, seed)}
         started = time.perf_counter()
         try:
@@ -155,10 +217,9 @@ class CompletionsClient:
             token_ids = [int(t) for t in choice["token_ids"]]
             logprobs = [float(x) for x in choice["logprobs"]["token_logprobs"]]
             echoed = choice.get("prompt_token_ids")
-            versions = choice.get("policy_versions")
-            if versions is None:
-                version = data.get("policy_version", response.headers.get("X-Policy-Version"))
-                versions = [] if version is None else [int(version)]
+            # Per token: a weight update may land in the middle of a completion.
+            versions = choice.get("token_policy_versions")
+            experts = choice.get("routed_experts")
         except (KeyError, IndexError, TypeError, ValueError) as error:
             raise PolicyError(f"{self.base_url}/completions returned no token ids/logprobs ({error!r}); "
                               "token-in/token-out mode needs lagoon serve") from None
@@ -166,12 +227,87 @@ class CompletionsClient:
             raise PolicyError("the engine reports different prompt ids than were sent")
         if len(logprobs) != len(token_ids):
             raise PolicyError(f"{len(token_ids)} token ids but {len(logprobs)} logprobs")
+        versions = token_versions(versions, len(token_ids), f"{self.base_url}/completions")
         return Generation(token_ids=token_ids, logprobs=logprobs, finish_reason=choice.get("finish_reason") or "stop",
-                          policy_versions=[int(v) for v in versions], text=choice.get("text", ""),
-                          latency_s=time.perf_counter() - started)
+                          policy_versions=versions, text=choice.get("text", ""),
+                          latency_s=time.perf_counter() - started,
+                          routed_experts=RoutedExperts.from_record(experts) if experts else None)
 
     def close(self) -> None:
         self._http.close()
+
+
+class VLLMClient:
+    """Stock vLLM's token-in/token-out ``/inference/v1/generate`` (``--enable-scale-out``), as `CompletionsClient`."""
+
+    mode = "tito"
+
+    def __init__(self, base_url: str, model: str | None = None, api_key: str | None = None,
+                 timeout_s: float = 600.0, stop_token_ids: list[int] | None = None):
+        import httpx
+
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(timeout=timeout_s, headers=headers)
+        self.stop_token_ids = list(STOP_IDS if stop_token_ids is None else stop_token_ids)
+        self.model = model
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "vllm-generate", "base_url": self.base_url, "model": self.model,
+                "stop_token_ids": self.stop_token_ids}
+
+    def generate(self, prompt_ids: list[int], sampling: SamplingConfig, max_tokens: int,
+                 seed: int | None = None) -> Generation:
+        params: dict[str, Any] = {"max_tokens": max_tokens, "temperature": sampling.temperature,
+                                  "top_p": sampling.top_p, "top_k": sampling.top_k, "logprobs": 0,
+                                  "stop_token_ids": self.stop_token_ids, "detokenize": False}
+        if seed is not None:
+            params["seed"] = seed
+        body = {"token_ids": list(prompt_ids), "sampling_params": params,
+                **({"model": self.model} if self.model else {})}
+        source = f"{self.base_url}/inference/v1/generate"
+        started = time.perf_counter()
+        try:
+            response = self._http.post(source, json=body)
+        except Exception as error:
+            raise PolicyError(f"generate request to {self.base_url} failed: {_one_line(error)}") from None
+        if response.status_code != 200:
+            raise PolicyError(f"{source} answered {response.status_code}: {response.text[:300]}")
+        try:
+            choice = response.json()["choices"][0]
+            token_ids = [int(t) for t in choice["token_ids"]]
+            logprobs = [float(entry["logprob"]) for entry in (choice.get("logprobs") or {}).get("content") or []]
+            spans = choice.get("weight_versions")
+            experts = choice.get("routed_experts")
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise PolicyError(f"{source} returned no token ids/logprobs ({error!r})") from None
+        if len(logprobs) != len(token_ids):
+            raise PolicyError(f"{len(token_ids)} token ids but {len(logprobs)} logprobs from {source}")
+        versions = None
+        if spans:
+            versions = [None] * len(token_ids)
+            for span in spans:
+                for index in range(int(span["start"]), min(int(span["end"]), len(token_ids))):
+                    versions[index] = span["version"]
+            if any(v is None for v in versions):
+                versions = None
+        versions = token_versions(versions, len(token_ids), source)
+        return Generation(token_ids=token_ids, logprobs=logprobs, finish_reason=choice.get("finish_reason") or "stop",
+                          policy_versions=versions, text="", latency_s=time.perf_counter() - started,
+                          routed_experts=_numpy_experts(experts) if experts else None)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _numpy_experts(encoded: str) -> RoutedExperts:
+    """vLLM's routed experts: base64 of a ``.npy`` file, [tokens, layers, k]."""
+    import base64
+    import io
+
+    import numpy as np
+
+    return RoutedExperts.from_array(np.load(io.BytesIO(base64.b64decode(encoded)), allow_pickle=False))
 
 
 def _one_line(error: BaseException) -> str:

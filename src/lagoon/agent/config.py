@@ -44,10 +44,25 @@ class SandboxConfig:
     max_open_files: int = 256
     """Open file descriptors per process (RLIMIT_NOFILE)."""
     tmp_size_mb: int = 256
-    """Size of the private in-memory /tmp."""
+    """Size of the private in-memory /tmp, and of /dev/shm beside it (everything else but the workspace is
+    read-only)."""
+    cpus: float = 1.0
+    """CPU cores the whole sandbox may keep busy at once (the cpu cgroup's bandwidth limit, ``cpu.max`` or
+    ``cpu.cfs_quota_us``, where a cpu cgroup is writable); 0 for no limit."""
     cgroups: Literal["auto", "required", "off"] = "auto"
-    """Use pids/memory cgroups for whole-sandbox limits: ``auto`` when writable, ``required`` or fail, ``off``.
-    When lagoon runs as root, RLIMIT_NPROC does not bind, so the process limit then needs a pids cgroup."""
+    """Use pids/memory/cpu cgroups for whole-sandbox limits: ``auto`` when writable, ``required`` or fail,
+    ``off``. When lagoon runs as root, sandboxes share one host user, whose RLIMIT_NPROC would count all of
+    them together, so the process limit then needs a pids cgroup."""
+    host_uid: int = 65534
+    """When lagoon runs as root: the unprivileged host user id sandboxed code runs as (65534 is ``nobody``).
+    The workspace is handed to this user; root never runs agent code. Unused as an ordinary user (the
+    sandbox then maps its user to the caller)."""
+    host_gid: int = 65534
+    """When lagoon runs as root: the host group id sandboxed code runs as (65534 is ``nogroup``)."""
+    seccomp: bool = True
+    """Install lagoon's system-call filter (`lagoon.agent.seccomp`: no mount, ptrace attach, keyctl, bpf,
+    perf events, modules, clock or hostname changes, new namespaces, ...); off only on a machine it has no
+    tables for."""
     output_head_chars: int = 2000
     """Characters kept from the start of an action's output in the observation."""
     output_tail_chars: int = 2000
@@ -63,6 +78,10 @@ class SandboxConfig:
         check(self.output_head_chars >= 0 and self.output_tail_chars >= 0, "output_head_chars",
               "head and tail sizes must be >= 0")
         check(self.python.strip() != "", "python", "must be \"host\" or a path")
+        check(self.cpus >= 0, "cpus", f"must be >= 0 (0 = no limit), got {self.cpus}")
+        for name in ("host_uid", "host_gid"):
+            value = getattr(self, name)
+            check(0 < value < 2**32 - 1, name, f"must be an unprivileged id (not 0, not -1), got {value}")
 
 
 @dataclass

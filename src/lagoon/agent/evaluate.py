@@ -5,6 +5,11 @@
 
 A rerun with the same OUT skips every task that already has a line in ``results.jsonl``, so an interrupted
 evaluation resumes where it stopped (an episode cut off mid-way is run again from its start).
+
+An evaluation never scores its infrastructure: the grader is checked before the first episode (a missing
+pytest costs no model time), and an episode that raises (a `GradingError` when the grader cannot run, a
+`SandboxError` when no sandbox can be made) stops the evaluation with that error; episodes not yet started
+are cancelled, those in flight finish, and nothing is recorded for the failed one.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lagoon.agent.config import AgentConfig
+from lagoon.agent.grading import check_grader, grading_config
 from lagoon.agent.harness import run_episode
 from lagoon.agent.tasks import Task
 
@@ -44,9 +50,12 @@ def evaluate(tasks: list[Task], policy, config: AgentConfig, out_dir: str | Path
              tokenizer: Any = None, seed: int | None = None, show_progress: bool = True) -> list[dict[str, Any]]:
     """Run every task not yet in ``out_dir/results.jsonl``; return all results (earlier ones included)."""
     out_dir = Path(out_dir)
-    (out_dir / "trajectories").mkdir(parents=True, exist_ok=True)
     done = {r["task_id"]: r for r in read_results(out_dir)}
     todo = [task for task in tasks if task.id not in done]
+    for task in todo:
+        if task.kind == "repo":
+            check_grader(grading_config(task, config.sandbox))  # once per configuration; GradingError stops here
+    (out_dir / "trajectories").mkdir(parents=True, exist_ok=True)
     lock = threading.Lock()
     results_file = (out_dir / "results.jsonl").open("a")
     fresh: list[dict[str, Any]] = []
@@ -78,7 +87,13 @@ def evaluate(tasks: list[Task], policy, config: AgentConfig, out_dir: str | Path
             futures = [pool.submit(one, i, task) for i, task in enumerate(todo)]
             solved = 0
             for future in as_completed(futures):
-                solved += bool(future.result()["resolved"])
+                try:
+                    result = future.result()
+                except BaseException:
+                    for pending in futures:
+                        pending.cancel()
+                    raise
+                solved += bool(result["resolved"])
                 progress.update(bar, advance=1, description=f"episodes, {solved} resolved")
     finally:
         results_file.close()

@@ -5,7 +5,11 @@
 Each turn the model replies; one code block runs in the task's sandbox and its output comes back as the
 next user turn; ``ANSWER: …`` ends the episode (see `lagoon.agent.prompts`). Budgets (steps, completion
 tokens, wall time, consecutive format errors, and in token-in/token-out mode the context length) stop it
-otherwise, each with its own exit reason. Every turn is appended to the trajectory file before the next
+otherwise, each with its own exit reason. In token-in/token-out mode the prompt's length is known
+exactly, so each turn asks for at most what is left of the served model's context (``max_model_len``
+from the server's ``/v1/models``) as well as of the budgets; an episode whose context is full ends as
+``context_exhausted`` (the model's limit) or ``max_context_tokens`` (the budget's), never as a
+server error. Every turn is appended to the trajectory file before the next
 begins. After the episode the task is graded (hidden tests in a fresh sandbox, or the exact answer).
 
 Modes: ``chat`` sends messages to any OpenAI-compatible endpoint; ``tito`` keeps the exact token ids of
@@ -18,6 +22,7 @@ import datetime
 import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,30 @@ from lagoon.agent.trajectory import SCHEMA, Episode, TrajectoryWriter
 from lagoon.agent.workspace import remove_tree
 
 EXIT_REASONS = ("submitted", "max_steps", "max_tokens", "max_wall_s", "max_format_errors", "max_context_tokens",
-                "model_error", "sandbox_error")
+                "context_exhausted", "model_error", "sandbox_error")
+
+_CONTEXT_LENGTHS: "weakref.WeakKeyDictionary[Any, int | None]" = weakref.WeakKeyDictionary()
+
+
+def model_context_length(policy) -> int | None:
+    """The served model's context length in tokens (``max_model_len`` in ``/v1/models``, as lagoon serve and
+    vLLM report it), asked once per client; None when the server does not say."""
+    known = getattr(policy, "max_model_len", None)
+    if isinstance(known, int):
+        return known
+    if policy in _CONTEXT_LENGTHS:
+        return _CONTEXT_LENGTHS[policy]
+    import httpx
+
+    length = None
+    try:
+        models = httpx.get(f"{policy.base_url}/models", timeout=30).json().get("data", [])
+        entry = next((m for m in models if m.get("id") == getattr(policy, "model", None)), models[0] if models else {})
+        length = int(entry["max_model_len"]) if entry.get("max_model_len") else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
+        length = None
+    _CONTEXT_LENGTHS[policy] = length
+    return length
 
 
 def _now() -> str:
@@ -83,10 +111,8 @@ def run_episode(task: Task, policy: ChatClient | CompletionsClient, config: Agen
         grade_started = time.monotonic()
         verdict = Grade(0.0, False, {"skipped": "not graded"})
         if do_grade and exit_reason != "sandbox_error":
-            try:
-                verdict = grade(task, work, submission, sandbox_config)
-            except SandboxError as error:
-                verdict = Grade(0.0, False, {"error": str(error)})
+            # A grader that cannot run raises GradingError: an infrastructure failure, never a reward of 0.
+            verdict = grade(task, work, submission, sandbox_config)
         end = {"type": "end", "exit_reason": exit_reason, "reward": verdict.reward, "grade": verdict.to_dict(),
                "submission": submission, "num_turns": len(episode.turns), "num_samples": loop.num_samples(),
                "completion_tokens": loop.completion_tokens,
@@ -148,8 +174,8 @@ class _Loop:
             generate_started = time.monotonic()
             try:
                 text = self._generate(record, step)
-            except _ContextFull:
-                return "max_context_tokens", None
+            except _ContextFull as full:
+                return full.reason, None
             except PolicyError as error:
                 self.error = str(error)
                 return "model_error", None
@@ -189,15 +215,25 @@ class _Loop:
             return reply.text
         context = self.context
         room = self.budgets.max_context_tokens - len(context.ids)
+        if room <= 0:
+            raise _ContextFull("max_context_tokens")
+        model_length = model_context_length(self.policy)
+        if model_length is not None:
+            # The server refuses prompt + max_tokens past its context: ask only for what is left.
+            room = min(room, model_length - len(context.ids))
+            if room <= 0:
+                raise _ContextFull("context_exhausted")
         max_tokens = min(sampling.max_tokens_per_turn, remaining, room)
         if max_tokens <= 0:
-            raise _ContextFull()
+            raise _ContextFull("max_tokens")
         sample = context.sample
         prompt_len = len(context.ids)
         generation = self.policy.generate(context.ids, sampling, max_tokens, seed=seed)
         record.update(sample=sample, prompt_ids=context.take_prompt_ids(), prompt_len=prompt_len,
                       completion_ids=generation.token_ids, logprobs=generation.logprobs,
                       finish_reason=generation.finish_reason, policy_versions=generation.policy_versions)
+        if generation.routed_experts is not None:
+            record["routed_experts"] = generation.routed_experts.to_record()
         self.completion_tokens += len(generation.token_ids)
         text = context.add_completion(generation.token_ids)
         record["completion_text"] = text
@@ -227,4 +263,6 @@ class _Loop:
 
 
 class _ContextFull(Exception):
-    pass
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

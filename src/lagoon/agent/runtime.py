@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ WORKDIR = "/workspace"
 VENV_MOUNT = "/opt/venv"
 """Where a virtualenv appears inside the sandbox (its real path may reveal the user's checkout)."""
 SANDBOX_UID = 1000
+"""The sandbox's user id inside its own user namespace, when lagoon runs as an ordinary user."""
 SANDBOX_GID = 1000
 
 
@@ -83,48 +82,42 @@ def python_runtime(setting: str) -> PythonRuntime:
     return PythonRuntime(mounts=tuple(mounts), executable=executable, bin_dir=bin_dir)
 
 
-_etc_lock = threading.Lock()
-_etc_dir: str | None = None
+def etc_files(uid: int, gid: int) -> dict[str, bytes]:
+    """The few /etc files programs expect, for a sandbox whose user is `uid`:`gid` ("agent", home /workspace).
 
-
-def generated_etc() -> str:
-    """A private directory with the few /etc files programs expect, written once per process."""
-    global _etc_dir
-    with _etc_lock:
-        if _etc_dir is None:
-            directory = tempfile.mkdtemp(prefix="lagoon-sandbox-etc-")
-            files = {
-                "passwd": f"root:x:0:0:root:/root:/bin/sh\nagent:x:{SANDBOX_UID}:{SANDBOX_GID}:agent:{WORKDIR}:/bin/sh\n"
-                          "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-                "group": f"root:x:0:\nagent:x:{SANDBOX_GID}:\nnogroup:x:65534:\n",
-                "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n",
-                "hostname": "sandbox\n",
-                "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
-            }
-            for name, text in files.items():
-                Path(directory, name).write_text(text)
-            atexit.register(shutil.rmtree, directory, True)
-            _etc_dir = directory
-        return _etc_dir
+    They reach the sandbox as data (``bwrap --file FD``), not as binds of host files, so
+    /proc/self/mountinfo names no host path for them."""
+    users = {0: "root:x:0:0:root:/root:/bin/sh", uid: f"agent:x:{uid}:{gid}:agent:{WORKDIR}:/bin/sh"}
+    users.setdefault(65534, "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
+    groups = {0: "root:x:0:", gid: f"agent:x:{gid}:"}
+    groups.setdefault(65534, "nogroup:x:65534:")
+    return {
+        "passwd": "".join(f"{users[k]}\n" for k in sorted(users)).encode(),
+        "group": "".join(f"{groups[k]}\n" for k in sorted(groups)).encode(),
+        "hosts": b"127.0.0.1 localhost sandbox\n::1 localhost\n",
+        "hostname": b"sandbox\n",
+        "nsswitch.conf": b"passwd: files\ngroup: files\nhosts: files\n",
+    }
 
 
 _probe_lock = threading.Lock()
-_probed: dict[str, str | None] = {}
+_probed: dict[tuple[str, tuple[str, ...]], str | None] = {}
 
 
-def probe_bwrap(bwrap: str) -> None:
-    """Check once per binary that bubblewrap can create the namespaces we need."""
+def probe_bwrap(bwrap: str, namespaces: tuple[str, ...]) -> None:
+    """Check once per binary and set of namespace options that bubblewrap can create the sandbox's namespaces."""
+    key = (bwrap, namespaces)
     with _probe_lock:
-        if bwrap not in _probed:
-            argv = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                    "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
+        if key not in _probed:
+            argv = [bwrap, *namespaces, "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+                    "--", "true"]
             try:
                 done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-                _probed[bwrap] = None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
+                _probed[key] = None if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
             except (OSError, subprocess.TimeoutExpired) as error:
-                _probed[bwrap] = str(error)
-        problem = _probed[bwrap]
+                _probed[key] = str(error)
+        problem = _probed[key]
     if problem is not None:
-        raise SandboxError(f"bubblewrap cannot create a sandbox here ({problem.splitlines()[-1]}); unprivileged "
-                           "user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
-                           "kernel.apparmor_restrict_unprivileged_userns=0)")
+        hint = ("; unprivileged user namespaces may be disabled (sysctl kernel.unprivileged_userns_clone=1, or "
+                "kernel.apparmor_restrict_unprivileged_userns=0)") if "--unshare-user" in namespaces else ""
+        raise SandboxError(f"bubblewrap cannot create a sandbox here ({problem.splitlines()[-1]}){hint}")

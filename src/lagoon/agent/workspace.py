@@ -147,6 +147,30 @@ def copy_tree(source: Path, target: Path, skip: set[str] | None = None, max_byte
         os.close(root_fd)
 
 
+def chown_tree(path: Path, uid: int, gid: int) -> None:
+    """Give `path` and everything below it to `uid`:`gid`, links included, without following any link (a
+    planted ``x -> /etc/shadow`` changes the owner of the link, never of its target)."""
+
+    def walk(dir_fd: int) -> None:
+        for name in os.listdir(dir_fd):
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if (info.st_uid, info.st_gid) != (uid, gid):
+                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(info.st_mode):
+                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                try:
+                    walk(child)
+                finally:
+                    os.close(child)
+
+    root = os.open(path, _DIR_FLAGS)
+    try:
+        os.chown(root, uid, gid)
+        walk(root)
+    finally:
+        os.close(root)
+
+
 def remove_tree(path: Path) -> None:
     """Delete a workspace, whatever the sandbox left in it (read-only dirs included), without following links."""
     path = Path(path)

@@ -33,6 +33,7 @@ from typing import Any
 from lagoon.automix.config import AutomixConfig
 from lagoon.automix.runs import RunSpec, train_run
 from lagoon.errors import LagoonError
+from lagoon.processes import exit_with_parent
 
 RESULT_FILE = "automix_result.json"
 
@@ -121,8 +122,10 @@ def plan_placement(config: AutomixConfig, device: str, workers: int, gpus_availa
     return Placement(gpus, worker_devices, ray_options)
 
 
-def _bind_worker(devices: Any) -> None:
-    """Process-pool initializer: take this worker's GPU from the queue before anything touches CUDA."""
+def _start_worker(devices: Any) -> None:
+    """Process-pool initializer: exit on its own if the driver dies (lagoon.processes: no proxy trains on for
+    nobody), and take this worker's GPU from the queue before anything touches CUDA."""
+    exit_with_parent("its AutoMixer driver")
     device = devices.get()
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device
@@ -139,7 +142,7 @@ def _process_pool(specs: list[RunSpec], config: AutomixConfig) -> Iterator[tuple
     for worker_device in placement.worker_devices:
         slots.put(worker_device)
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                                  initializer=_bind_worker, initargs=(slots,))
+                                                  initializer=_start_worker, initargs=(slots,))
     try:
         futures = {pool.submit(train_run, spec): spec for spec in specs}
         for future in concurrent.futures.as_completed(futures):

@@ -63,18 +63,22 @@ def _f(value: float, digits: int = 4) -> str:
 
 def _summary(plan: dict[str, Any], fit: dict[str, Any], optimized: dict[str, Any]) -> Section:
     groups = list(optimized["objective_weights"])
+    # Per-fold Spearman needs at least 3 proxies in a fold; with smaller folds the column would be empty.
+    per_fold = any(optimized["cv"][group]["fold_spearman"] for group in groups)
     rows = []
     for group in groups:
         cv = optimized["cv"][group]
         folds = cv["fold_spearman"]
-        rows.append([group, _f(cv["spearman"], 3), f"{min(folds):.2f} … {max(folds):.2f}" if folds else "",
+        fold_range = [f"{min(folds):.2f} … {max(folds):.2f}" if folds else "–"] if per_fold else []
+        rows.append([group, _f(cv["spearman"], 3), *fold_range,
                      _f(cv["mae"]), optimized.get("chosen", {}).get(group, {}).get("label", optimized["surrogate"]),
                      f"{optimized['objective_weights'][group]:g}",
                      *[_f(optimized["predicted"][mix][group]) for mix in MIXES]])
-    rows.append(["objective", "", "", "", "", "", *[_f(optimized["predicted_objective"][mix]) for mix in MIXES]])
+    blank = [""] * (5 if per_fold else 4)
+    rows.append(["objective", *blank, *[_f(optimized["predicted_objective"][mix]) for mix in MIXES]])
     spread = optimized.get("predicted_spread")
     if spread:
-        rows.append(["± spread vs natural", "", "", "", "", "", *[_f(spread[mix]) for mix in MIXES]])
+        rows.append(["± spread vs natural", *blank, *[_f(spread[mix]) for mix in MIXES]])
     text = (f"{optimized['proxies']} proxies of {plan['proxy_tokens']:,} tokens each, over {len(plan['leaves'])} leaves, "
             f"repetition matched to a target run of {plan['target_tokens']:,} tokens (cap {plan['max_epochs']:g} epochs). "
             f"Surrogate form chosen per group among {optimized.get('candidates', 1)} candidates by "
@@ -85,11 +89,13 @@ def _summary(plan: dict[str, Any], fit: dict[str, Any], optimized: dict[str, Any
             f"{optimized['kl_beta']:.3g} per nat"
             + (f" inside a trust region of KL ≤ {optimized['max_kl']:.3f} nats" if optimized.get("max_kl") is not None else "")
             + f" (KL of the chosen mix to the prior: {optimized['kl_to_prior']:.3f} nats).")
-    table = Table(["group", "held-out Spearman", "per fold", "held-out MAE", "form", "λ_group",
-                   *[f"predicted {mix}" for mix in MIXES]], rows,
+    table = Table(["group", "held-out Spearman", *(["per fold"] if per_fold else []), "held-out MAE", "form",
+                   "λ_group", *[f"predicted {mix}" for mix in MIXES]], rows,
                   "Surrogate quality on held-out folds, and predicted bits per byte (proxy scale) of each mix; "
                   "the spread row is the bootstrap standard deviation of each mix's predicted objective change "
-                  "from the natural mix")
+                  "from the natural mix"
+                  + ("" if per_fold else f" (no per-fold Spearman: each of the {fit['folds']} folds holds fewer than 3 "
+                                         "proxies)"))
     blocks: list[Any] = [Text(text), table]
     if optimized.get("noise"):
         blocks.append(_noise_table(optimized))
@@ -159,16 +165,24 @@ def _mixtures(plan: dict[str, Any], optimized: dict[str, Any]) -> Section:
     for i, mix in enumerate(MIXES):
         values = [optimized["mixes"][mix][leaf] for leaf in leaves]
         axis.bar(positions + (i - 1) * width, values, width, label=mix, color=MIX_COLORS[mix])
-    axis.scatter(positions, np.minimum(plan["caps"], 1.0), marker="_", s=160, color="#c0392b",
-                 label="repetition cap", zorder=3)
+    top = min(1.0, 1.15 * max(max(optimized["mixes"][m].values()) for m in MIXES))
+    caps = np.minimum(np.asarray(plan["caps"], dtype=float), 1.0)
+    inside = caps <= top
+    axis.scatter(positions[inside], caps[inside], marker="_", s=160, color="#c0392b", label="repetition cap", zorder=3)
+    # A cap above the chart (1.0 often: the leaf may take the whole mix) is marked at the top edge, not lost.
+    axis.scatter(positions[~inside], np.full((~inside).sum(), top), marker=10, s=40, color="#c0392b", clip_on=False,
+                 label="cap above the chart", zorder=3)
     axis.set_xticks(positions, leaves, rotation=60, ha="right", fontsize=8)
     axis.set_ylabel("weight")
-    axis.set_ylim(0, min(1.0, 1.15 * max(max(optimized["mixes"][m].values()) for m in MIXES)))
+    axis.set_ylim(0, top)
     axis.legend(fontsize=8)
     rows = [[leaf, *[f"{optimized['mixes'][mix][leaf]:.4f}" for mix in MIXES], f"{plan['caps'][k]:.4f}",
              f"{optimized['epochs'][leaf]:.2f}"] for k, leaf in enumerate(leaves)]
     return Section("Mixtures compared", [
-        render(figure, "Weights per leaf; red ticks are the largest weight the repetition cap allows."),
+        render(figure, "Weights per leaf; red ticks are the largest weight the repetition cap allows, and red "
+                       f"triangles at the top edge mark the {int((~inside).sum())} leaves whose cap lies above the chart "
+                       "(a cap of 1.0 does not bind)." if (~inside).any() else
+               "Weights per leaf; red ticks are the largest weight the repetition cap allows."),
         Table(["leaf", *MIXES, "cap", "epochs (optimized)"], rows)])
 
 

@@ -28,8 +28,6 @@ import random
 import shutil
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,7 @@ from lagoon.data.dedup import Deduplicator
 from lagoon.data.shards import FORMAT, MANIFEST, ShardWriter, write_json_atomic
 from lagoon.data.sources import Document
 from lagoon.data.workers import (Progress, analyze_task, chunks, exercise_task, ordered, read_task, tokenize_task,
-                                 worker_init)
+                                 worker_pool)
 from lagoon.errors import LagoonError
 
 QUICK_SCALE = 0.05
@@ -151,6 +149,7 @@ def _synthesize(train: list[Document], config: DataConfig, pool, workers: int, s
                             break
                 finally:
                     client.close()
+        advance.finish()   # a budget in bytes is overshot by the last document, or undershot when seeds run out
         report[generator.domain] = {"target_bytes": int(budget), "produced_bytes": int(produced), "seeds": len(seeds)}
     return made, report
 
@@ -303,14 +302,22 @@ def _write_streams(groups: dict[str, list[Document]], kind: str, out: Path, pool
     return entries
 
 
-def build(config, out_dir: str | Path, quiet: bool = False) -> Path:
-    """Build a shard set from a `DataConfig` (or a root config with a ``data`` section); see the module doc."""
+def build(config, out_dir: str | Path, quiet: bool = False, repair: bool = False,
+          say=lambda message: None) -> Path:
+    """Build a shard set from a `DataConfig` (or a root config with a ``data`` section); see the module doc.
+    `repair`: first remove what fails verification so that it is rebuilt (`lagoon.data.repair`)."""
+    from lagoon.data.repair import prepare_repair, read_manifest
+
     config = _data_config(config)
     out = Path(out_dir)
     fingerprint = build_fingerprint(config)
-    if (out / MANIFEST).is_file():
-        recorded = json.loads((out / MANIFEST).read_text()).get("build_fingerprint")
-        if recorded == fingerprint:
+    if repair and out.is_dir():
+        removed = prepare_repair(out, fingerprint)
+        say(f"repair: rebuilding {len(removed)} part(s): " + "; ".join(removed) if removed else
+            "repair: every file matches its checksum" + ("" if (out / MANIFEST).is_file() else "; writing the manifest"))
+    manifest = read_manifest(out)
+    if manifest is not None:
+        if manifest.get("build_fingerprint") == fingerprint:
             return out
         raise LagoonError(f"{out} already holds a shard set built from a different data config; "
                           "choose another --out or delete it")
@@ -325,8 +332,7 @@ def build(config, out_dir: str | Path, quiet: bool = False) -> Path:
     workers = config.build.workers or min(8, os.cpu_count() or 1)
     metrics: list[dict] = []
     begun = time.perf_counter()
-    with Progress(quiet) as progress, ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
-                                                           initializer=worker_init) as pool:
+    with Progress(quiet) as progress, worker_pool(workers) as pool:
         if (state_dir / "curation.json").is_file():
             documents, stages = _load_curated(state_dir)
             metrics.append({"stage": "curate", "resumed": True})

@@ -18,6 +18,9 @@ def register(subparsers) -> None:
     build.add_argument("--out", required=True, metavar="DIR", help="shard set directory (resumable)")
     build.add_argument("--workers", type=int, default=None, help="worker processes (default: data.build.workers)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.add_argument("--repair", action="store_true",
+                       help="check every file of a finished (or damaged) shard set and rebuild the leaves, held-out "
+                            "sets, tokenizer or manifest that fail (same config only)")
     build.set_defaults(handler=run_build)
 
     stats = actions.add_parser("stats", help="leaves, held-out sets and curation statistics of a shard set")
@@ -41,7 +44,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"data.build.workers={args.workers}"] if args.workers is not None else [])
     config = load_config(args.config, overrides)
-    out = build(config, args.out, quiet=args.quiet)
+    out = build(config, args.out, quiet=args.quiet, repair=args.repair, say=print)
     print_summary(out)
     return 0
 
@@ -60,8 +63,7 @@ def print_summary(directory: Path, verify: bool = False) -> None:
     from lagoon.data.shards import ShardSet
 
     shards = ShardSet.open(directory)
-    if verify:
-        shards.verify_all()
+    verified = shards.verify_all() if verify else None
     manifest = shards.manifest
     console = Console()
     leaves = Table(title=f"shard set {directory} (tokenizer {shards.tokenizer_hash[:19]}…, vocab {shards.vocab_size})")
@@ -102,6 +104,14 @@ def print_summary(directory: Path, verify: bool = False) -> None:
     for domain, entry in stages.get("synthetic", {}).items():
         console.print(f"synthetic {domain}: {entry['produced_bytes'] / 1e6:.2f} MB of a {entry['target_bytes'] / 1e6:.2f} MB "
                       f"share target, from {entry['seeds']} seed documents")
+    if verified is not None:
+        console.print(verified_line(directory, verified))
+
+
+def verified_line(directory, verified: dict) -> str:
+    return (f"verified: {verified['files']} shard files ({_human(verified['bytes'])}B, {verified['leaves']} leaves and "
+            f"{verified['eval']} held-out sets) match their SHA-256 in {Path(directory) / 'manifest.json'}, and the "
+            f"tokenizer matches its hash")
 
 
 def run_stats(args: argparse.Namespace) -> int:
@@ -109,13 +119,14 @@ def run_stats(args: argparse.Namespace) -> int:
         from lagoon.data.shards import ShardSet
 
         shards = ShardSet.open(args.dir)
-        if args.verify:
-            shards.verify_all()
+        verified = shards.verify_all() if args.verify else None
         manifest = shards.manifest
         summary = {"tokenizer": manifest["tokenizer"], "groups": manifest["groups"],
                    "leaves": {leaf: {k: v for k, v in entry.items() if k != "shards"} for leaf, entry in manifest["leaves"].items()},
                    "eval": {group: {k: v for k, v in entry.items() if k != "shards"} for group, entry in manifest["eval"].items()},
                    "stats": manifest["stats"]}
+        if verified is not None:
+            summary["verified"] = verified
         print(json.dumps(summary, indent=1))
         return 0
     print_summary(Path(args.dir), verify=args.verify)

@@ -52,6 +52,11 @@ MANIFEST = "manifest.json"
 FORMAT = "lagoon.shards/1"
 
 
+def repair_hint(root: Path) -> str:
+    """What to do about a damaged shard set, for the end of an error message."""
+    return f"rebuild what fails with `lagoon data build CONFIG --out {root} --repair` (CONFIG: the one it was built from)"
+
+
 # ------------------------------------------------------------------------------------------------ writing
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
@@ -204,8 +209,8 @@ class ShardSet:
                               f"(rerun `lagoon data build CONFIG --out {root}` to resume it)")
         try:
             manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise LagoonError(f"{path} is not valid JSON ({error.msg}); rebuild the shard set") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise LagoonError(f"{path} is not valid JSON ({getattr(error, 'msg', error)}); {repair_hint(root)}") from None
         if manifest.get("format") != FORMAT:
             raise LagoonError(f"{path} has format {manifest.get('format')!r}; this lagoon reads {FORMAT!r}")
         shard_set = cls(root, manifest)
@@ -217,7 +222,7 @@ class ShardSet:
         actual = tokenizer_hash(tokenizer_file)
         if actual != recorded:
             raise LagoonError(f"{tokenizer_file} ({actual[:19]}…) is not the tokenizer the shards were made with "
-                              f"({recorded[:19]}…); restore it or rebuild the shards")
+                              f"({recorded[:19]}…); restore it, or {repair_hint(root)}")
         if expected_tokenizer_hash is not None and expected_tokenizer_hash != recorded:
             raise LagoonError(f"shard set {root} was tokenized with {recorded[:19]}…, not the expected tokenizer "
                               f"{expected_tokenizer_hash[:19]}…; rebuild the shards with that tokenizer")
@@ -229,11 +234,11 @@ class ShardSet:
         for entry in shard_set._all_files():
             file = root / entry["path"]
             if not file.is_file():
-                raise LagoonError(f"shard file {file} is missing; rebuild the shard set")
+                raise LagoonError(f"shard file {file} is missing; {repair_hint(root)}")
             size = file.stat().st_size
             if size != entry["bytes"]:
                 raise LagoonError(f"shard file {file} is truncated or altered: {size} bytes, the manifest says "
-                                  f"{entry['bytes']}; rebuild the shard set")
+                                  f"{entry['bytes']}; {repair_hint(root)}")
         return shard_set
 
     def _all_files(self) -> list[dict[str, Any]]:
@@ -249,14 +254,17 @@ class ShardSet:
         if self._verify_checksums and entry["path"] not in self._verified:
             if file_sha256(file) != entry["sha256"]:
                 raise LagoonError(f"shard file {file} fails its SHA-256 checksum (the manifest says "
-                                  f"{entry['sha256'][:12]}…); it is corrupted, rebuild the shard set")
+                                  f"{entry['sha256'][:12]}…); it is corrupted: {repair_hint(self.root)}")
             self._verified.add(entry["path"])
         return file
 
-    def verify_all(self) -> None:
-        """Check every file's checksum now."""
-        for entry in self._all_files():
+    def verify_all(self) -> dict[str, int]:
+        """Check every file's checksum now; returns what was checked (files, bytes, leaves, eval sets)."""
+        files = self._all_files()
+        for entry in files:
             self._check(entry)
+        return {"files": len(files), "bytes": sum(int(e["bytes"]) for e in files),
+                "leaves": len(self.manifest["leaves"]), "eval": len(self.manifest["eval"])}
 
     def _stream(self, key: str, entry: dict[str, Any]) -> TokenStream:
         if key not in self._streams:

@@ -3,13 +3,21 @@
 The build runs on a `ProcessPoolExecutor` started with "spawn" (a fork after tokenizers' Rust threads
 have started can deadlock). Results always come back in submission order, so the build is
 deterministic whatever the number of workers.
+
+Ctrl-C: the terminal sends SIGINT to every process of the foreground group, workers included. Workers
+ignore it from the moment they are started (`worker_pool`), so only the build itself stops — one line,
+exit 130 — and it cancels the queued tasks instead of waiting for them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing.context import SpawnContext, SpawnProcess
 from typing import Any
 
 import numpy as np
@@ -25,6 +33,45 @@ def worker_init() -> None:
     # Each worker tokenizes its own chunk; one Rust thread per process avoids oversubscribing the cores.
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C (already ignored since exec)
+
+
+class _UninterruptibleProcess(SpawnProcess):
+    """A spawned worker that starts with SIGINT ignored: an ignored signal stays ignored across exec, and
+    Python then installs no KeyboardInterrupt handler, so a Ctrl-C even while the worker is still importing
+    prints nothing."""
+
+    def start(self) -> None:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            return super().start()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            super().start()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _SpawnContext(SpawnContext):
+    Process = _UninterruptibleProcess
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """The build's process pool; on any exception (Ctrl-C included) queued tasks are cancelled and the workers
+    stopped, so the build ends at once instead of finishing the queue."""
+    pool = ProcessPoolExecutor(workers, mp_context=_SpawnContext(), initializer=worker_init)
+    try:
+        yield pool
+    except BaseException:
+        processes = list(getattr(pool, "_processes", {}).values())  # CPython's worker handles
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=30)
+        raise
+    else:
+        pool.shutdown(wait=True)
 
 
 def read_task(source, scale: float) -> list[Document]:
@@ -92,6 +139,26 @@ class Progress:
     def __exit__(self, *exc):
         self.progress.__exit__(*exc)
 
-    def task(self, description: str, total: int | None):
-        task = self.progress.add_task(description, total=total)
-        return lambda advance=1: self.progress.update(task, advance=advance)
+    def task(self, description: str, total: int | None) -> "ProgressTask":
+        return ProgressTask(self.progress, self.progress.add_task(description, total=total))
+
+
+class ProgressTask:
+    """One bar: call it to advance; `finish` makes the total what was actually done (a stage whose size is
+    only an estimate, like a synthetic generator's byte budget, then still ends at exactly 100%)."""
+
+    def __init__(self, progress, task_id):
+        self.progress, self.task_id = progress, task_id
+
+    def __call__(self, advance: int = 1) -> None:
+        self.progress.update(self.task_id, advance=advance)
+
+    def finish(self) -> None:
+        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self.task_id)]
+        self.progress.update(self.task_id, total=task.completed)
+
+    @property
+    def state(self) -> tuple[float, float | None]:
+        """(completed, total)."""
+        task = self.progress.tasks[[t.id for t in self.progress.tasks].index(self.task_id)]
+        return task.completed, task.total

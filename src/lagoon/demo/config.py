@@ -20,8 +20,9 @@ class DemoConfig:
     use_automix_mixture: bool = True
     """Pretrain on the mixture AutoMixer chose (false: the natural mixture of the shard set)."""
     check_transformers: bool = True
-    """At evaluation, load the exported checkpoint with transformers' LagunaForCausalLM (when installed) and
-    compare its logits with lagoon's."""
+    """At evaluation, load the exported checkpoint with transformers' LagunaForCausalLM and compare its logits
+    with lagoon's. Needs transformers (``pip install 'lagoon[hf]'``; `make demo` installs it): without it a
+    pipeline that includes the evaluation stops before its first stage, in one line."""
     eval_tokens: int = 16384
     """Held-out tokens per capability group when the evaluation stage measures bits per byte."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from lagoon.configio import dumps_toml, to_dict
 from lagoon.demo.config import STAGES
-from lagoon.demo.stages import STAGE_FUNCTIONS, Context
+from lagoon.demo.stages import STAGE_FUNCTIONS, Context, require_transformers
 from lagoon.errors import LagoonError
 
 STATE_FILE = "pipeline.json"
@@ -71,6 +71,8 @@ def run_pipeline(config, run_dir: str | Path, say=print, only: list[str] | None 
                               f"use a new --run-dir, or the same config to resume")
     results = {name: entry["summary"] for name, entry in state["stages"].items() if entry.get("status") == "done"}
     stages = sorted(set(only), key=STAGES.index) if only else config.demo.stages
+    if "evaluate" in stages and "evaluate" not in results:
+        require_transformers(config)
     # Every configured stage before one that runs must have finished, or run first in this invocation.
     for name in stages:
         before = [s for s in config.demo.stages if STAGES.index(s) < STAGES.index(name)]
@@ -83,11 +85,16 @@ def run_pipeline(config, run_dir: str | Path, say=print, only: list[str] | None 
         (run_dir / CONFIG_FILE).write_text(dumps_toml(data))
     ctx = Context(config=data, run_dir=run_dir, say=say, results=results)
     started = time.monotonic()
+    ran = False
     for index, name in enumerate(stages, start=1):
         heading = f"[{index}/{len(stages)}] {name}"
-        if name in results and name != "report":
+        # A finished stage is skipped; the report is rewritten only when a stage before it ran now (its page
+        # would be stale) or when it is asked for by name (--only report).
+        rewrite = name == "report" and (ran or (only is not None and "report" in only))
+        if name in results and not rewrite:
             console.rule(f"{heading}: done earlier ({state['stages'][name]['seconds']:.0f} s), skipped")
             continue
+        ran = True
         console.rule(heading)
         stage_started = time.monotonic()
         summary = STAGE_FUNCTIONS[name](ctx)

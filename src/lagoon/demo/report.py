@@ -42,8 +42,10 @@ def _summary(run_dir: Path, results: dict[str, dict[str, Any]]) -> Section:
         elif name == "export":
             detail = ", ".join(summary.get("files", []))
         elif name == "rl":
+            start = summary.get("reward_before_policy")
             detail = (f"policy version {summary.get('version')}; held-out arith-code reward "
-                      f"{_fmt(summary.get('reward_before'))} → {_fmt(summary.get('reward_after'))}")
+                      f"{_fmt(summary.get('reward_before'))} at the start of RL" + (f" ({start})" if start else "")
+                      + f" → {_fmt(summary.get('reward_after'))} after RL")
         elif name == "evaluate":
             detail = "see below"
         else:
@@ -57,6 +59,30 @@ def _summary(run_dir: Path, results: dict[str, dict[str, Any]]) -> Section:
     return Section("Pipeline", [Table(["stage", "wall time", "result"], rows), Links(links)])
 
 
+def _bpb_notes(results: dict[str, dict[str, Any]], bpb: dict[str, dict[str, float]]) -> list[str]:
+    """Why these figures differ from the pretraining summary's, and why RL raises them."""
+    evaluation, pretrain = results.get("evaluate", {}), results.get("pretrain", {})
+    notes = []
+    tokens, train_tokens = evaluation.get("eval_tokens"), pretrain.get("eval_tokens")
+    where = f" at step {pretrain['eval_step']}" if pretrain.get("eval_step") is not None else ""
+    if tokens and train_tokens:
+        notes.append(f"Measured on the exported checkpoints with up to {tokens:,} held-out tokens per group. The "
+                     f"pretraining summary below shows the training run's own last evaluation{where}, on up to "
+                     f"{train_tokens:,} tokens per group of the same held-out sets"
+                     + (": a different sample, hence slightly different figures." if tokens != train_tokens else "."))
+    else:
+        notes.append("Measured on the exported checkpoints; the pretraining summary below shows the training run's "
+                     "own last evaluation, on its own (usually smaller) sample of the same held-out sets.")
+    before, after = bpb.get("pretrained", {}), bpb.get("after RL", {})
+    worse = [g for g in before if g in after and after[g] > before[g]]
+    if worse:
+        notes.append(f"Bits per byte rise after RL in {'every group' if len(worse) == len(before) else ', '.join(worse)}: "
+                     "the SFT warm-up and RL train the whole small model on arith-code agent transcripts only, so it "
+                     "specializes on that task and format and loses some of its fit to the pretraining text. RL is "
+                     "judged by the held-out arith-code reward below, not by bits per byte.")
+    return notes
+
+
 def _evaluation(results: dict[str, dict[str, Any]]) -> Section | None:
     evaluation = results.get("evaluate")
     if not evaluation:
@@ -68,15 +94,24 @@ def _evaluation(results: dict[str, dict[str, Any]]) -> Section | None:
         blocks.append(Table(["model", *groups], [[name, *(_fmt(values.get(g)) for g in groups)]
                                                 for name, values in bpb.items()],
                             caption="held-out bits per byte per capability group (lower is better)"))
+        blocks += [Text(note) for note in _bpb_notes(results, bpb)]
     reward = evaluation.get("arith_code_reward")
     if reward:
-        blocks.append(Table(["policy", "held-out arith-code reward"], [[k, _fmt(v)] for k, v in reward.items()]))
+        start = results.get("rl", {}).get("reward_before_policy")
+        labels = {"before RL": "start of RL" + (f" ({start})" if start else ""), "after RL": "after RL"}
+        blocks.append(Table(["policy", "held-out arith-code reward"],
+                            [[labels.get(k, k), _fmt(v)] for k, v in reward.items()]))
         if all(isinstance(v, float) for v in reward.values()):
             figure, (axis,) = new_figure(1, width=5, height=2.8)
-            axis.bar(list(reward), list(reward.values()), color=["#7f8c9d", "#2a7ab0"])
+            axis.bar([labels.get(k, k) for k in reward], list(reward.values()), color=["#7f8c9d", "#2a7ab0"])
             axis.set_ylabel("mean reward")
             axis.set_ylim(0, 1)
-            blocks.append(render(figure, "held-out arith-code reward before and after RL"))
+            blocks.append(render(figure, "held-out arith-code reward at the start of RL and after it"))
+        if start == "after the SFT warm-up":
+            blocks.append(Text("The start-of-RL reward is the policy after the SFT warm-up on arith-code transcripts. "
+                               "The exported pretrained checkpoint itself has never seen the harness's format and "
+                               "scores about 0 on the same tasks (`lagoon rl eval CONFIG --run-dir DIR --checkpoint "
+                               "RUN/hf` measures it)."))
     parity = evaluation.get("transformers_max_abs_logit_diff")
     if parity is not None:
         blocks.append(Text(f"The exported checkpoint loads in transformers' LagunaForCausalLM; max |logit "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lagoon.configio import dumps_toml, from_dict, to_dict
-from lagoon.errors import LagoonError
+from lagoon.errors import ConfigError, LagoonError
 from lagoon.train.metrics import read_jsonl
 
 
@@ -102,15 +102,16 @@ def pretrain(ctx: Context) -> dict[str, Any]:
     else:
         config_path = ctx.run_dir / "pretrain.toml"
         config_path.write_text(dumps_toml(to_dict(config)))
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}",
-                   "-m", "lagoon", "train", str(config_path), "--run-dir", str(run_dir)]
-        ctx.say("$ " + " ".join(command[2:]))
+        # `lagoon launch` is torchrun that exits with the ranks' own code (91-94 for an SDC verdict).
+        command = [sys.executable, "-m", "lagoon", "launch", "--standalone", f"--nproc-per-node={ranks}",
+                   "train", str(config_path), "--run-dir", str(run_dir)]
+        ctx.say("$ lagoon " + " ".join(command[3:]))
         # Each rank gets an equal share of the cores (torchrun would otherwise leave one thread each).
         threads = max(1, (os.cpu_count() or 1) // ranks)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
-        code = subprocess.run(command, env=env).returncode
+        code = _run_tree(command, env)
         if code != 0:
-            raise LagoonError(f"pretraining under torchrun exited with code {code}; see {run_dir}/events.jsonl "
+            raise LagoonError(f"pretraining under `lagoon launch` exited with code {code}; see {run_dir}/events.jsonl "
                               f"and rerun `lagoon demo` to resume from its last checkpoint")
     checkpoint = newest_verified(run_dir, ctx.say)
     if checkpoint is None:
@@ -119,9 +120,23 @@ def pretrain(ctx: Context) -> dict[str, Any]:
     final = metrics[-1] if metrics else {}
     evals = [row for row in metrics if any(key.startswith("eval_bpb/") for key in row)]
     return {"checkpoint": str(checkpoint), "ranks": ranks, "steps": final.get("step"), "loss": final.get("loss"),
+            "eval_step": evals[-1].get("step") if evals else None, "eval_tokens": config.train.eval_tokens,
             "eval_bpb": {key.split("/", 1)[1]: value for key, value in (evals[-1] if evals else {}).items()
                          if key.startswith("eval_bpb/")},
             **_sdc_summary(run_dir, final)}
+
+
+def _run_tree(command: list[str], env: dict[str, str]) -> int:
+    """Run a launcher to completion; if this process is interrupted (or killed: the child gets the parent-death
+    signal), the launcher and every rank below it stop too, ranks in sessions of their own included."""
+    from lagoon.processes import die_with_parent, stop_tree
+
+    process = subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+    try:
+        return process.wait()
+    except BaseException:
+        stop_tree(process, grace_s=30)
+        raise
 
 
 def _sdc_summary(run_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +169,7 @@ def rl(ctx: Context) -> dict[str, Any]:
     return {"init_checkpoint": str(init), "final_checkpoint": str(final) if final else None,
             "version": result.get("version"), "rl_s": result.get("rl_s"),
             "reward_before": before.get("reward_mean"), "reward_after": after.get("reward_mean"),
+            "reward_before_policy": before.get("policy"),
             "episodes_per_eval": after.get("episodes")}
 
 
@@ -176,7 +192,7 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         model = from_pretrained(path, dtype=torch.float32).eval()
         bpb[name] = evaluate_bpb(model, shards, max_tokens=config.demo.eval_tokens, seq_len=config.data.seq_len)
         ctx.say(f"bits per byte, {name}: " + ", ".join(f"{g} {v:.3f}" for g, v in sorted(bpb[name].items())))
-    result: dict[str, Any] = {"bpb": bpb}
+    result: dict[str, Any] = {"bpb": bpb, "eval_tokens": config.demo.eval_tokens}
     rl_result = ctx.results.get("rl")
     if rl_result:
         result["arith_code_reward"] = {"before RL": rl_result.get("reward_before"),
@@ -187,12 +203,23 @@ def evaluate(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def _transformers_parity(hf_dir: Path, shards) -> float | None:
-    """Max |logit difference| between lagoon and transformers' LagunaForCausalLM on held-out text."""
+def require_transformers(config) -> None:
+    """The evaluation's parity check needs transformers: refuse to start a pipeline that would reach it
+    without (one line, exit 2) instead of finding out half an hour in, or skipping the check silently."""
+    demo = config.demo
+    if "evaluate" not in demo.stages or not demo.check_transformers:
+        return
     try:
-        import transformers
+        import transformers  # noqa: F401
     except ImportError:
-        return None
+        raise ConfigError("demo.check_transformers", "the evaluation compares the export with transformers' "
+                          "LagunaForCausalLM, but transformers is not installed: pip install 'lagoon[hf]' "
+                          "(or set demo.check_transformers = false to skip the comparison)") from None
+
+
+def _transformers_parity(hf_dir: Path, shards) -> float:
+    """Max |logit difference| between lagoon and transformers' LagunaForCausalLM on held-out text."""
+    import transformers
     import warnings
 
     import torch

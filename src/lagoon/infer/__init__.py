@@ -8,7 +8,7 @@ format, an OpenAI-compatible server (``lagoon serve``) and live weight updates f
 
 Modules: `engine` (scheduler), `cache` (KV cache), `sampling` (sampler and logprob semantics), `request`
 (per-request state), `reference` (no-cache reference path), `tokenizer`, `chat` (Laguna chat format),
-`protocol` / `server` / `weights_api` (HTTP), `weight_sync` (trainer → server broadcast and digests).
+`protocol` / `server` (HTTP). Weight updates (routes, broadcast, shared memory, digests) live in `lagoon.weights`.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ _EXPORTS = {
     "load_tokenizer": "lagoon.infer.tokenizer",
     "parse_reply": "lagoon.infer.chat",
     "render_chat": "lagoon.infer.chat",
-    "WeightGroup": "lagoon.infer.weight_sync",
-    "broadcast_weights": "lagoon.infer.weight_sync",
-    "push_weights": "lagoon.infer.weight_sync",
-    "weights_digest": "lagoon.infer.weight_sync",
+    "WeightGroup": "lagoon.weights.broadcast",
+    "broadcast_weights": "lagoon.weights.broadcast",
+    "push_weights": "lagoon.weights.broadcast",
+    "weights_digest": "lagoon.weights.tensors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -80,6 +80,12 @@ class Engine:
         self.weights_complete = True               # False after a transfer failed halfway
         self._admitted: list[Request] = []         # taken from the queue, not yet running (during a prefill)
         self.steps = 0
+        # Routed experts, for requests that ask (routing replay): each sparse layer's router reports its choice.
+        self._routes: list[torch.Tensor] | None = None
+        from lagoon.model.routing import routers
+
+        for router in routers(self.model):
+            router.register_forward_hook(self._record_route)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, dtype: torch.dtype | str = "auto", device: str = "cpu",
@@ -266,6 +272,17 @@ class Engine:
 
         self.update_weights(apply, version)
 
+    def _record_route(self, module, args, output) -> None:
+        if self._routes is not None:
+            self._routes.append(output[2].detach())
+
+    def _routed(self, requests: list[Request], rows_BT: tuple[int, int]) -> torch.Tensor | None:
+        """The step's experts as [B, T, L, k] (CPU, int16), or None if no request asked."""
+        routes, self._routes = self._routes, None
+        if not routes:
+            return None
+        return torch.stack(routes).view(len(routes), *rows_BT, -1).permute(1, 2, 0, 3).to("cpu", torch.int16)
+
     # ------------------------------------------------------------------------------------------------
     # One scheduling step
 
@@ -324,11 +341,16 @@ class Engine:
         input_ids_BT = input_ids_BT.to(self.device)
         position_ids_BT = torch.arange(input_ids_BT.shape[1], device=self.device).expand_as(input_ids_BT)
         self.cache.begin_prefill(rows, lengths)
+        self._routes = [] if any(r.params.return_routed_experts for r in requests) else None
         try:
             hidden_BTD = self.model(input_ids_BT, position_ids=position_ids_BT, cache=self.cache,
                                     return_logits=False, return_hidden_states=True).hidden_states
         finally:
             self.cache.end_step()
+        experts_BTLk = self._routed(requests, tuple(input_ids_BT.shape))
+        for b, request in enumerate(requests):
+            if experts_BTLk is not None and request.params.return_routed_experts:
+                request.experts = [experts_BTLk[b, : lengths[b]]]   # a re-prefill replaces every position
         last_B = torch.tensor(lengths, device=self.device) - 1
         last_BD = hidden_BTD[torch.arange(len(requests), device=self.device), last_B]
         for row, request in zip(rows, requests):
@@ -343,10 +365,15 @@ class Engine:
         input_ids_B1 = torch.tensor([[r.output_ids[-1]] for r in running], device=self.device)
         position_ids_B1 = torch.tensor(positions, device=self.device)[:, None]
         self.cache.begin_decode(positions)
+        self._routes = [] if any(r.params.return_routed_experts for r in running) else None
         try:
             logits_B1V = self.model(input_ids_B1, position_ids=position_ids_B1, cache=self.cache).logits
         finally:
             self.cache.end_step()
+        experts_BTLk = self._routed(running, tuple(input_ids_B1.shape))
+        for b, request in enumerate(running):
+            if experts_BTLk is not None and request.params.return_routed_experts:
+                request.experts.append(experts_BTLk[b])
         self._sample_and_accept(running, logits_B1V[:, 0])
 
     def _sample_and_accept(self, requests: list[Request], logits_BV: torch.Tensor) -> None:

@@ -156,6 +156,7 @@ def parse_completion(body: Any, max_logprobs: int) -> GenerationRequest:
     if logprobs is not None and not 0 <= logprobs <= max_logprobs:
         raise RequestError(f"'logprobs' must be between 0 and {max_logprobs}, got {logprobs}", "logprobs")
     params.logprobs = logprobs or None
+    params.return_routed_experts = _field(body, "return_routed_experts", bool, False)
     return GenerationRequest(model=_field(body, "model", str, None), prompts=prompts, params=params, n=n,
                              stream=stream, include_usage=include_usage, return_token_ids=return_token_ids,
                              want_logprobs=logprobs is not None)

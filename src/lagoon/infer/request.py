@@ -47,6 +47,9 @@ class Completion:
     """The stop token id or stop string that ended generation, if any."""
     error: str | None = None
     """Set when the engine failed while running this request (it then finishes with "abort")."""
+    routed_experts: torch.Tensor | None = None
+    """[prompt + generated − 1, sparse layers, k] expert ids each MoE layer chose for every token the engine
+    ran (the last sampled token never ran), when `SamplingParams.return_routed_experts` asked for them."""
 
 
 @dataclass
@@ -92,6 +95,8 @@ class Request:
         self.abort_requested = False
         self.done = threading.Event()
         self.row: int | None = None
+        self.experts: list[torch.Tensor] = []
+        """Per engine step, [positions, sparse layers, k] experts of the positions it ran (when asked)."""
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -179,4 +184,5 @@ class Request:
             token_ids=list(self.output_ids), logprobs=list(self.output_logprobs), text=self.text,
             finish_reason=self.finish_reason, prompt_token_ids=list(self.prompt_ids), policy_versions=distinct,
             token_policy_versions=list(self.versions), top_logprobs=self.output_top,
-            text_offsets=list(self.text_offsets), stop_reason=self.stop_reason, error=self.error)
+            text_offsets=list(self.text_offsets), stop_reason=self.stop_reason, error=self.error,
+            routed_experts=torch.cat(self.experts) if self.experts else None)

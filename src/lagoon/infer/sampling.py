@@ -57,6 +57,8 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     """Keep the matched stop string (or the stop token's text) at the end of the text."""
     skip_special_tokens: bool = True
+    return_routed_experts: bool = False
+    """Record the experts every MoE layer chose for each token the engine runs (routing replay)."""
     """Leave special tokens out of the decoded text."""
 
     def validate(self) -> None:

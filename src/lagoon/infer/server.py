@@ -2,7 +2,7 @@
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``
 (SSE streaming as OpenAI does it), and ``GET /v1/weights``, ``POST /v1/weights/{pause,load,receive,resume}``
-(see `lagoon.infer.weights_api`). Every response carries the served policy version in an
+(see `lagoon.weights.lagoon_server`). Every response carries the served policy version in an
 ``X-Policy-Version`` header and every generation body in ``policy_version``. Client mistakes get a 4xx
 JSON error in OpenAI's shape (``{"error": {"message", "type", "param", "code"}}``) and the server keeps serving.
 """
@@ -114,7 +114,7 @@ def _check_errors(completions: list[Completion]) -> None:
 
 
 def create_app(state: ServerState) -> FastAPI:
-    from lagoon.infer.weights_api import register_weight_routes
+    from lagoon.weights.lagoon_server import register_weight_routes
 
     app = FastAPI(title="lagoon", docs_url=None, redoc_url=None)
     engine, config = state.engine, state.config
@@ -173,6 +173,9 @@ def create_app(state: ServerState) -> FastAPI:
             if parsed.return_token_ids:
                 choice["token_ids"] = completion.token_ids
                 choice["prompt_token_ids"] = completion.prompt_token_ids
+                choice["token_policy_versions"] = completion.token_policy_versions
+            if completion.routed_experts is not None:
+                choice["routed_experts"] = routed_experts_record(completion.routed_experts)
             choices.append(choice)
         return {"id": ident, "object": "text_completion", "created": created, "model": state.model_name,
                 "policy_version": engine.policy_version, "choices": choices,
@@ -203,6 +206,8 @@ def create_app(state: ServerState) -> FastAPI:
                     completion = request.completion()
                     choice["stop_reason"] = completion.stop_reason
                     choice["policy_versions"] = completion.policy_versions
+                    if parsed.return_token_ids:
+                        choice["token_policy_versions"] = completion.token_policy_versions
                     if completion.error:
                         yield _sse({"error": {"message": completion.error, "type": "server_error", "code": 500}})
                 yield _sse({**head, "policy_version": update.policy_version, "choices": [choice]})
@@ -323,3 +328,11 @@ def _choice_params(parsed: GenerationRequest, sample: int):
     if params.seed is not None:
         params.seed += sample
     return params
+
+
+def routed_experts_record(experts_TLk) -> dict[str, Any]:
+    """A completion's routed experts as JSON: {"dtype", "shape": [tokens, sparse layers, k], "data": base64 of
+    the raw little-endian array} (uint8 when every id fits, else uint16; `lagoon.agent.clients.RoutedExperts`)."""
+    from lagoon.agent.clients import RoutedExperts
+
+    return RoutedExperts.from_array(experts_TLk.numpy()).to_record()

@@ -25,7 +25,7 @@ class ServerState:
     last_update: dict[str, Any] | None = None
     """How the current weights arrived: source, version, bytes, seconds, GB/s."""
     segments: Any = None
-    """Mapped shared-memory weight segments (`lagoon.infer.shared_weights.SegmentCache`), made on first use."""
+    """Mapped shared-memory weight segments (`lagoon.weights.shared_memory.SegmentCache`), made on first use."""
     _digest: tuple[int, str] | None = None
 
     @property
@@ -33,8 +33,8 @@ class ServerState:
         return self.engine.tokenizer
 
     def digest(self) -> str:
-        """The served weights' SHA-256 (`lagoon.infer.weight_sync.weights_digest`), cached per version."""
-        from lagoon.infer.weight_sync import weights_digest
+        """The served weights' SHA-256 (`lagoon.weights.tensors.weights_digest`), cached per version."""
+        from lagoon.weights.tensors import weights_digest
 
         version = self.engine.policy_version
         if self._digest is None or self._digest[0] != version or not self.engine.weights_complete:

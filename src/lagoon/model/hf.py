@@ -1,15 +1,9 @@
 """Hugging Face checkpoint format: ``config.json`` + ``model.safetensors`` that transformers, vLLM and SGLang load.
 
 On disk, Laguna checkpoints store each routed expert separately and name two tensors differently from the
-runtime modules (transformers' conversion mapping for ``laguna`` undoes exactly this when loading):
-
-    runtime (lagoon and transformers)                 on disk (Hugging Face hub format)
-    mlp.experts.gate_up_proj [E, 2F, D]         <->   mlp.experts.{j}.gate_proj.weight [F, D], .up_proj.weight [F, D]
-    mlp.experts.down_proj    [E, D, F]          <->   mlp.experts.{j}.down_proj.weight [D, F]
-    mlp.gate.e_score_correction_bias            <->   mlp.experts.e_score_correction_bias
-    mlp.shared_experts.*                        <->   mlp.shared_expert.*
-
-lagoon writes the on-disk form and reads either form. Writes go to a temporary directory that is renamed
+runtime modules (transformers' conversion mapping for ``laguna`` undoes exactly this when loading); the
+mapping lives with the rest of the weights' naming in `lagoon.weights.tensors`. lagoon writes the on-disk
+form and reads either form. Writes go to a temporary directory that is renamed
 into place, so an interrupted export never leaves a half-written checkpoint.
 """
 
@@ -17,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +20,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lagoon.errors import LagoonError
+from lagoon.files import publish_mode, staging_dir
 from lagoon.model.config import ModelConfig
 from lagoon.model.transformer import LagunaForCausalLM
+from lagoon.weights.tensors import from_hub_state_dict, to_hub_state_dict
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -37,55 +31,6 @@ WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 LAGOON_MODEL_FILE = "lagoon_model.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "token_bytes.json")
-
-_EXPERT_STACK = re.compile(r"^(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$")
-_EXPERT_SPLIT = re.compile(r"^(.*\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-
-
-def to_hub_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Runtime names and fused expert stacks → the on-disk Hugging Face layout."""
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        match = _EXPERT_STACK.match(name)
-        if match:
-            prefix, kind = match.groups()
-            if kind == "gate_up_proj":
-                hidden = tensor.shape[1] // 2
-                for j in range(tensor.shape[0]):
-                    out[f"{prefix}.{j}.gate_proj.weight"] = tensor[j, :hidden].contiguous()
-                    out[f"{prefix}.{j}.up_proj.weight"] = tensor[j, hidden:].contiguous()
-            else:
-                for j in range(tensor.shape[0]):
-                    out[f"{prefix}.{j}.down_proj.weight"] = tensor[j].contiguous()
-            continue
-        name = name.replace(".mlp.gate.e_score_correction_bias", ".mlp.experts.e_score_correction_bias")
-        name = name.replace(".mlp.shared_experts.", ".mlp.shared_expert.")
-        out[name] = tensor.contiguous()
-    return out
-
-
-def from_hub_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The on-disk layout (or transformers' fused runtime layout) → lagoon's runtime names."""
-    out: dict[str, torch.Tensor] = {}
-    experts: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
-    for name, tensor in state.items():
-        match = _EXPERT_SPLIT.match(name)
-        if match:
-            prefix, index, kind = match.groups()
-            experts.setdefault(prefix, {}).setdefault(int(index), {})[kind] = tensor
-            continue
-        name = name.replace(".mlp.experts.e_score_correction_bias", ".mlp.gate.e_score_correction_bias")
-        name = name.replace(".mlp.shared_expert.", ".mlp.shared_experts.")
-        out[name] = tensor
-    for prefix, by_index in experts.items():
-        count = max(by_index) + 1
-        missing = [j for j in range(count) if set(by_index.get(j, {})) != {"gate_proj", "up_proj", "down_proj"}]
-        if missing:
-            raise LagoonError(f"checkpoint is missing weights of expert {missing[0]} in {prefix}")
-        out[f"{prefix}.gate_up_proj"] = torch.stack(
-            [torch.cat([by_index[j]["gate_proj"], by_index[j]["up_proj"]], dim=0) for j in range(count)])
-        out[f"{prefix}.down_proj"] = torch.stack([by_index[j]["down_proj"] for j in range(count)])
-    return out
 
 
 def read_config(directory: Path) -> ModelConfig:
@@ -104,7 +49,12 @@ def read_config(directory: Path) -> ModelConfig:
 
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a single-file or sharded safetensors checkpoint."""
+    """All tensors of a single-file or sharded safetensors checkpoint (or of a lagoon sharded checkpoint's
+    ``dcp/``, in runtime names)."""
+    from lagoon.parallel.load import has_sharded_weights, read_dcp_tensors
+
+    if has_sharded_weights(directory):
+        return dict(read_dcp_tensors(directory))
     single = directory / WEIGHTS_FILE
     index = directory / WEIGHTS_INDEX_FILE
     try:
@@ -141,26 +91,16 @@ def from_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu",
     config = read_config(directory)
     if dtype == "auto":
         dtype = stored_dtype(directory)
-    state = from_hub_state_dict(read_weights(directory))
+    from lagoon.parallel.load import load_weights
+    from lagoon.parallel.materialize import materialize
+
+    # Built on the meta device and cast there (free), then allocated once in the target dtype and filled
+    # tensor by tensor: the process never holds a second copy of the weights, nor an fp32 one of a bf16 model.
     with torch.device("meta"):
         model = LagunaForCausalLM(config)
-    model.to_empty(device=device)
     model.to(dtype)
-    model.tie_weights()
-    model.reset_rotary()
-    expected = set(model.state_dict())
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing = sorted(expected - set(state) - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise LagoonError(f"weights in {directory} do not match its config.json: {detail}")
-    for name, tensor in model.state_dict().items():
-        if name in state and tuple(state[name].shape) != tuple(tensor.shape):
-            raise LagoonError(f"{name} in {directory} has shape {tuple(state[name].shape)}, "
-                              f"config.json implies {tuple(tensor.shape)}")
-    model.load_state_dict(state, strict=False)
+    materialize(model, device)
+    load_weights(model, directory)
     return model
 
 
@@ -169,7 +109,7 @@ def save_pretrained(model: LagunaForCausalLM, path: str | os.PathLike, dtype: to
     """Write the Hugging Face form of `model` to `path` atomically (temporary directory, then rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_dir(target.parent, prefix=f".{target.name}.")   # the umask's mode, not mkdtemp's 0700
     try:
         write_checkpoint_files(model, staging, dtype=dtype, tokenizer_dir=tokenizer_dir)
         for name, content in (extra_files or {}).items():
@@ -204,6 +144,7 @@ def write_checkpoint_files(model: LagunaForCausalLM, directory: Path, dtype: tor
         if name.endswith("e_score_correction_bias"):
             state[name] = state[name].float()
     save_file(state, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    publish_mode(directory / WEIGHTS_FILE)   # safetensors writes 0600 whatever the umask
     hf_config = config.to_hf_dict()
     hf_config["dtype"] = str(weights_dtype).removeprefix("torch.")
     (directory / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
@@ -222,10 +163,11 @@ def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
 
 
 def export_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-    """`lagoon export hf`: a lagoon checkpoint (or any Laguna directory) → a clean Hugging Face directory."""
-    source = Path(source)
-    model = from_pretrained(source, dtype="auto")
-    return save_pretrained(model, out, dtype=dtype, tokenizer_dir=source)
+    """`lagoon export hf`: a lagoon checkpoint (or any Laguna directory) → a clean Hugging Face directory,
+    streamed tensor by tensor (`lagoon.parallel.export`): memory stays bounded by one output file."""
+    from lagoon.parallel.export import stream_export
+
+    return stream_export(Path(source), Path(out), dtype)
 
 
 def import_hf(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:

@@ -33,13 +33,21 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
         self.e_score_correction_bias = nn.Parameter(torch.zeros(config.num_experts), requires_grad=False)
 
-    def forward(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return router logits [N,E] (fp32), normalised top-k weights [N,k] and expert ids [N,k]."""
+    def forward(self, x_ND: torch.Tensor, experts_Nk: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return router logits [N,E] (fp32), normalised top-k weights [N,k] and expert ids [N,k].
+
+        `experts_Nk` (routing replay, `lagoon.model.routing`): route to these experts where ≥ 0 instead of
+        this router's own top-k; their weights still come from this router's scores, so gradients reach it.
+        """
         logits_NE = F.linear(x_ND, self.weight).float()
         if self.softcap > 0:
             logits_NE = torch.tanh(logits_NE / self.softcap) * self.softcap
         scores_NE = torch.sigmoid(logits_NE)
-        _, experts_Nk = torch.topk(scores_NE + self.e_score_correction_bias.float(), self.top_k, dim=-1)
+        _, chosen_Nk = torch.topk(scores_NE + self.e_score_correction_bias.float(), self.top_k, dim=-1)
+        if experts_Nk is not None:
+            chosen_Nk = torch.where(experts_Nk >= 0, experts_Nk.to(chosen_Nk.dtype), chosen_Nk)
+        experts_Nk = chosen_Nk
         weights_Nk = scores_NE.gather(-1, experts_Nk)
         weights_Nk = weights_Nk / weights_Nk.sum(dim=-1, keepdim=True)
         return logits_NE, weights_Nk.to(x_ND.dtype), experts_Nk

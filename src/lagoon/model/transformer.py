@@ -136,19 +136,24 @@ class LagunaForCausalLM(nn.Module):
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.lm_head.weight.device).manual_seed(seed)
+        for name, param in self.named_parameters():
+            self.init_parameter(name, param, generator)
+        self.reset_rotary()
+
+    @torch.no_grad()
+    def init_parameter(self, name: str, tensor: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Fill `tensor` (parameter `name`'s full value, or a stand-in of its shape) by `init_weights`' rule."""
         std = self.config.initializer_range
         residual_std = std / math.sqrt(2 * self.config.num_hidden_layers)
-        for name, param in self.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if name.endswith("e_score_correction_bias") or leaf == "bias":
-                param.zero_()
-            elif "norm" in name.rsplit(".", 2)[-2] and leaf == "weight":
-                param.fill_(1.0)
-            elif "o_proj" in name or "down_proj" in name:
-                param.normal_(0.0, residual_std, generator=generator)
-            else:
-                param.normal_(0.0, std, generator=generator)
-        self.reset_rotary()
+        leaf = name.rsplit(".", 1)[-1]
+        if name.endswith("e_score_correction_bias") or leaf == "bias":
+            tensor.zero_()
+        elif "norm" in name.rsplit(".", 2)[-2] and leaf == "weight":
+            tensor.fill_(1.0)
+        elif "o_proj" in name or "down_proj" in name:
+            tensor.normal_(0.0, residual_std, generator=generator)
+        else:
+            tensor.normal_(0.0, std, generator=generator)
 
     def reset_rotary(self) -> None:
         """Recompute the RoPE tables (non-persistent buffers, empty after meta construction)."""

@@ -114,10 +114,12 @@ class FSDPTransport(_Transport):
         full = received_WMsC[:, :owned].permute(1, 0, 2, 3).reshape(owned, W * s, bucket.cols)
         return full[:, : bucket.rows].contiguous()
 
-    def start_to_all(self, bucket: Bucket, updates_mRC: torch.Tensor) -> tuple[torch.Tensor, dist.Work]:
-        """All-to-all back: each rank receives its rows of every block's update, [W(owner), M, s, C]."""
+    def start_to_all(self, bucket: Bucket, updates_mRC: torch.Tensor,
+                     dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dist.Work]:
+        """All-to-all back: each rank receives its rows of every block's update, [W(owner), M, s, C], in the
+        Newton–Schulz dtype (or `dtype`: the momentum's, when a sharded state dict sends momenta home)."""
         W, s = bucket.world_size, self._shard(bucket)
-        padded = torch.zeros((bucket.slots, W * s, bucket.cols), dtype=self.update_dtype, device=self.device)
+        padded = torch.zeros((bucket.slots, W * s, bucket.cols), dtype=dtype or self.update_dtype, device=self.device)
         padded[: updates_mRC.shape[0], : bucket.rows] = updates_mRC
         send = padded.view(bucket.slots, W, s, bucket.cols).permute(1, 0, 2, 3).contiguous()
         received = torch.empty_like(send)

@@ -55,7 +55,7 @@ def summary_section(runs: list[Run]) -> Section | None:
     runs = [r for r in runs if _is_rl(r)]
     if not runs:
         return None
-    header = ["run", "versions", "held-out reward before → after", "episodes", "groups kept / run",
+    header = ["run", "versions", "held-out reward: start of RL → after", "episodes", "groups kept / run",
               "trajectories / min", "staleness (mean, max)", "dropped stale", "weight sync (median s, GB/s)"]
     rows = []
     for run in runs:
@@ -65,7 +65,7 @@ def summary_section(runs: list[Run]) -> Section | None:
         before, after = _eval(run, "before"), _eval(run, "after")
         evals = "–"
         if before and after:
-            evals = f"{before['reward_mean']:.3f} → {after['reward_mean']:.3f} ({after['episodes']} episodes)"
+            evals = f"{before['reward_mean']:.3f} → {after['reward_mean']:.3f} ({after['episodes']} episodes each)"
         staleness = [m["staleness_mean"] for m in run.metrics if "staleness_mean" in m]
         worst = max((m["staleness_max"] for m in run.metrics if "staleness_max" in m), default=None)
         syncs = [u["sync_s"] for u in _updates(run) if "sync_s" in u]
@@ -78,8 +78,34 @@ def summary_section(runs: list[Run]) -> Section | None:
             str(int(sum(m.get("dropped_stale", 0) for m in run.metrics))),
             f"{np.median(syncs):.3f}, {np.median(rates):.3f}" if syncs else "–",
         ])
-    return Section("RL summary", [Table(header, rows, "Held-out reward: the production harness on tasks no step "
-                                                      "trained on, before RL and with the final weights.")])
+    starts = {(_eval(run, "before") or {}).get("policy") for run in runs} - {None}
+    start = f" (the start of RL is {', '.join(sorted(starts))})" if starts else ""
+    blocks: list = [Table(header, rows, "Held-out reward: the production harness on tasks no step trained on, with "
+                                        f"the policy RL starts from{start} and with the final weights.")]
+    infrastructure = _infrastructure_table(runs)
+    if infrastructure is not None:
+        blocks.append(infrastructure)
+    return Section("RL summary", blocks)
+
+
+def _infrastructure_table(runs: list[Run]) -> Table | None:
+    """Per actor: episodes, the model's own failures, and infrastructure failures by kind (`lagoon.rl.health`)."""
+    from lagoon.rl.health import INFRA_KINDS, read_health
+
+    rows = []
+    for run in runs:
+        for actor, health in read_health(run.path).items():
+            infra = health.get("infra", {})
+            rows.append([_name(run), actor, str(health.get("episodes", 0)), str(health.get("model_failures", 0)),
+                         *[str(infra.get(kind, 0)) for kind in INFRA_KINDS], str(health.get("retries", 0)),
+                         health.get("stopped") or "–"])
+    if not rows:
+        return None
+    return Table(["run", "actor", "episodes", "model failures", *[f"{kind} failures" for kind in INFRA_KINDS],
+                  "retries", "stopped"], rows,
+                 "Episodes that ran to the model's conclusion, those of them that ended without an answer (the model's "
+                 "failures, trained on), and infrastructure failures apart from them: the inference server, the "
+                 "sandbox, the harness, and appends to the trajectory table (every failed attempt, retries included).")
 
 
 def reward_section(runs: list[Run]) -> Section | None:
@@ -119,8 +145,8 @@ def reward_section(runs: list[Run]) -> Section | None:
         axis.set_ylim(-0.02, 1.02)
         axis.legend(fontsize=7)
     caption = ("Left: the mean reward of every group the actors finished (filtered ones included), against wall "
-               "clock. Right: the trainer's batches (kept groups only), with the held-out reward before RL (circle) "
-               "and after (square).")
+               "clock. Right: the trainer's batches (kept groups only), with the held-out reward at the start of RL "
+               "(circle; after the SFT warm-up when there is one) and after it (square).")
     return Section("Reward", [render(figure, caption)])
 
 

@@ -27,6 +27,16 @@ class Run:
     """Runs with the same group are seeds of one setting."""
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def label(self) -> str:
+        """The name tables show: the path below the report's root, or the directory's own name for a single run."""
+        return self.path.name if self.name == "." else self.name
+
+    @property
+    def is_rl(self) -> bool:
+        """An RL trainer's run (`lagoon rl`): its loss is CISPO's surrogate, its tokens the trained completions."""
+        return any("staleness_hist" in row or "loss_tokens" in row for row in self.metrics)
+
     @cached_property
     def events(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path / EVENTS_FILE)

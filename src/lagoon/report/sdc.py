@@ -35,7 +35,7 @@ def sdc_section(runs: list[Run]) -> Section | None:
         kinds = Counter(e["event"].removeprefix("sdc_") for e in _sdc_events(run))
         _, times = run.series("sdc/check_ms")
         rollbacks = sum(1 for e in run.events if e.get("event") == "rollback")
-        rows.append([run.name if run.name != "." else run.path.name, f"{int(run.last('sdc/checks') or 0)}",
+        rows.append([run.label, f"{int(run.last('sdc/checks') or 0)}",
                      ", ".join(f"{k} ×{n}" for k, n in sorted(kinds.items())) or "none", str(rollbacks),
                      f"{int(run.last('sdc/skipped_steps') or 0)}",
                      f"{sum(times) / len(times):.1f}" if times else "–"])
@@ -47,7 +47,7 @@ def sdc_section(runs: list[Run]) -> Section | None:
         steps, times = run.series("sdc/check_ms")
         if steps:
             axis.plot(steps, times, "o", markersize=3, color=f"C{index % 10}",
-                      label=run.name if len(active) > 1 else "check time")
+                      label=run.label if len(active) > 1 else "check time")
             drawn = True
         for event in _sdc_events(run):
             colour = KIND_COLOURS.get(event["event"], "C8")
@@ -71,7 +71,7 @@ def sdc_section(runs: list[Run]) -> Section | None:
             ranks = event.get("ranks") or []
             who = ", ".join(f"{r} ({h})" for r, h in zip(ranks, hosts)) if hosts else _listed(ranks)
             detail = event.get("detail")
-            details.append([run.name, str(event.get("step", "")), event["event"].removeprefix("sdc_"), who or "–",
+            details.append([run.label, str(event.get("step", "")), event["event"].removeprefix("sdc_"), who or "–",
                             _listed(event.get("parameters")), str(event.get("action", "")),
                             detail if isinstance(detail, str) else ""])
     if details:

@@ -21,11 +21,19 @@ def summary_section(runs: list[Run]) -> Section | None:
     for run in runs:
         step = run.last("step")
         tokens = run.last("tokens")
-        rows.append([run.name if run.name != "." else run.path.name, "–" if step is None else str(int(step)),
+        if tokens is None and run.is_rl:  # RL logs each step's trained tokens, not a running total
+            tokens = sum(run.series("loss_tokens")[1]) or None
+        rows.append([run.label, "–" if step is None else str(int(step)),
                      "–" if tokens is None else f"{int(tokens):,}", _number(run.last("loss")),
                      *[_number(run.last(EVAL_PREFIX + g)) for g in groups],
                      ", ".join(run.checkpoints()[-3:]) or "none"])
-    return Section("Summary", [Table(header, rows)])
+    notes = []
+    if any(run.is_rl for run in runs):
+        notes.append("For RL: tokens are the completion tokens the loss was taken over; the loss is CISPO's "
+                     "surrogate, not a cross-entropy.")
+    if groups:
+        notes.append("bpb: the run's last held-out evaluation during training.")
+    return Section("Summary", [Table(header, rows, " ".join(notes))])
 
 
 def loss_section(runs: list[Run]) -> Section | None:
@@ -36,10 +44,14 @@ def loss_section(runs: list[Run]) -> Section | None:
         steps, values = runs[0].series("loss")
         axis.plot(steps, values, color="C0", alpha=0.25, linewidth=0.8, label="raw")
     axis.set_xlabel("step")
-    axis.set_ylabel("training loss (nats/token)")
+    rl = all(run.is_rl for run in runs)
+    axis.set_ylabel("CISPO surrogate loss" if rl else "training loss (nats/token)")
     legend(axis)
-    caption = "Training cross-entropy per step" + (" (smoothed; raw in light colour)." if len(runs) == 1 else
-                                                   ", smoothed; bands span the runs (seeds) of a setting.")
+    what = ("CISPO's surrogate loss per step: −(clipped importance weight × advantage × log-probability), averaged "
+            "over trained tokens. It is not a cross-entropy: it is negative when rewarded completions dominate, and "
+            "its level says little; the reward is the measure of progress" if rl else "Training cross-entropy per step")
+    caption = what + (" (smoothed; raw in light colour)." if len(runs) == 1 else
+                      ", smoothed; bands span the runs (seeds) of a setting.")
     return Section("Training loss", [render(figure, caption)])
 
 
@@ -149,7 +161,7 @@ def events_section(runs: list[Run]) -> Section | None:
     for run in runs:
         for event in run.events:
             detail = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("event", "step"))
-            rows.append([run.name, str(event.get("event", "")), str(event.get("step", "")), detail])
+            rows.append([run.label, str(event.get("event", "")), str(event.get("step", "")), detail])
     if not rows:
         return None
     shown = rows[-200:]

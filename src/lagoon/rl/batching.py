@@ -50,6 +50,9 @@ class MicroBatch:
     """Â of the next token's trajectory (0 where masked)."""
     policy_versions: torch.Tensor
     """Policy version that sampled the next token (-1 where masked)."""
+    routed_experts: torch.Tensor | None = None
+    """[B, T, layers, k] experts the rollout engine chose for the token *at* each position (not shifted:
+    routing acts on the input token), −1 where none was recorded; None when no sequence recorded any."""
 
     @property
     def loss_tokens(self) -> int:
@@ -111,7 +114,26 @@ def _micro_batch(rows: list[list[Sample]]) -> MicroBatch:
     input_ids, document_ids, loss_mask, logprobs, advantages, versions = tensors
     # Padding gets a document id of its own, so no real token attends to it.
     document_ids = torch.where(document_ids < 0, document_ids.max() + 1, document_ids)
-    return MicroBatch(input_ids, document_ids, loss_mask, logprobs, advantages, versions)
+    return MicroBatch(input_ids, document_ids, loss_mask, logprobs, advantages, versions, _routes(rows, T))
+
+
+def _routes(rows: list[list[Sample]], T: int) -> torch.Tensor | None:
+    """[B, T, layers, k] recorded experts per position (−1: none), or None if no sequence has any."""
+    import numpy as np
+
+    shape = next((r.shape for row in rows for s in row for r in (s.sequence.routed_experts or []) if r is not None),
+                 None)
+    if shape is None:
+        return None
+    out = np.full((len(rows), T, *shape), -1, dtype=np.int16)
+    for b, row in enumerate(rows):
+        position = 0
+        for sample in row:
+            for offset, experts in enumerate(sample.sequence.routed_experts or []):
+                if experts is not None:
+                    out[b, position + offset] = experts
+            position += sample.tokens
+    return torch.from_numpy(out)
 
 
 def _row(samples: list[Sample]) -> tuple[list, ...]:

@@ -5,6 +5,7 @@
     lagoon rl actor CONFIG --run-dir DIR --index I [--server URL ...]
     lagoon rl serve CONFIG --run-dir DIR --index I      one inference server as `lagoon rl` starts it
     lagoon rl eval CONFIG --run-dir DIR --checkpoint CKPT   held-out reward of a checkpoint
+    lagoon rl sft CONFIG --run-dir DIR                  the supervised warm-up alone (under torchrun: sharded)
 
 Roles started alone find each other through the run directory's ``servers.json`` (written by
 ``lagoon rl``), ``[rl.servers] urls``, or ``--server``; the trajectory table comes from ``[rl.table]``.
@@ -18,15 +19,15 @@ from pathlib import Path
 
 from lagoon.errors import LagoonError
 
-ROLES = ("trainer", "actor", "serve", "eval")
+ROLES = ("trainer", "actor", "serve", "eval", "sft")
 SERVERS_FILE = "servers.json"
 
 
 def register(subparsers) -> None:
     rl = subparsers.add_parser("rl", help="asynchronous agent RL: all roles on this machine, or one role "
-                                          "(trainer | actor | serve | eval)")
+                                          "(trainer | actor | serve | eval | sft)")
     rl.add_argument("target", nargs="+", metavar="[ROLE] CONFIG",
-                    help="a TOML run config, optionally preceded by a role: trainer, actor, serve, eval")
+                    help="a TOML run config, optionally preceded by a role: trainer, actor, serve, eval, sft")
     rl.add_argument("--run-dir", required=True, help="the run directory (shared by every role of one run)")
     rl.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set rl.total_steps=10 (repeatable)")
@@ -91,7 +92,10 @@ def run_command(args: argparse.Namespace) -> int:
         run_actor(config, run_dir, args.index, servers)
         return 0
     if role == "serve":
-        from lagoon.rl.servers import serve_one
+        if config.rl.servers.engine == "vllm":
+            from lagoon.rl.vllm_servers import serve_one
+        else:
+            from lagoon.rl.servers import serve_one
 
         return serve_one(config, run_dir, args.index)
     if role == "eval":
@@ -100,5 +104,11 @@ def run_command(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             raise LagoonError("lagoon rl eval needs --checkpoint CKPT")
         print(json.dumps(evaluate_checkpoint(config, Path(args.checkpoint)), indent=2))
+        return 0
+    if role == "sft":
+        from lagoon.rl.sft import warmup
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"sft: {warmup(config, run_dir)}")
         return 0
     raise AssertionError(role)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,12 +97,23 @@ class ActorConfig:
     drop_truncated: bool = False
     """Drop episodes cut off by the turn or token limit (else they keep their reward)."""
     drop_errored: bool = True
-    """Drop episodes whose harness or sandbox failed (infrastructure errors, not model mistakes)."""
+    """Drop episodes whose harness or sandbox failed (infrastructure errors, not model mistakes) after their
+    retries; they are counted in the actor's health file (`lagoon.rl.health`), never dropped silently."""
     request_timeout_s: float = 120.0
     """Timeout of one completion request."""
+    infra_retries: int = 2
+    """Times an episode that failed on the infrastructure (server error or timeout, sandbox failure, harness
+    error) is run again, with backoff, before it counts as errored. Safe: nothing of an episode is kept
+    until its group is appended."""
+    max_consecutive_infra_failures: int = 24
+    """Infrastructure failures in a row (failed episode attempts and failed table appends, with no episode
+    completing and no append landing in between) after which the actor stops with one line and exit code 3,
+    and the run with it: a broken server, sandbox or table, not a flaky one. 0: never stop."""
 
     def validate(self) -> None:
         check(self.num_actors >= 1, "num_actors", "must be >= 1")
+        check(self.infra_retries >= 0, "infra_retries", "must be >= 0")
+        check(self.max_consecutive_infra_failures >= 0, "max_consecutive_infra_failures", "must be >= 0 (0: never stop)")
         check(self.concurrent_episodes >= 1, "concurrent_episodes", "must be >= 1")
         check(self.append_every_groups >= 1, "append_every_groups", "must be >= 1")
         check(self.request_timeout_s > 0, "request_timeout_s", "must be positive")
@@ -116,16 +128,9 @@ class TrainerConfig:
     max_staleness: int = 2
     """η: the most policy versions a trajectory may lag the trainer. Actors hold back new episodes so
     that at most (η + 1)·B groups are outstanding (AReaL, Fu et al. 2025, §5.1); older data is dropped."""
-    learning_rate: float = 1e-4
-    """Learning rate (constant after `warmup_steps`)."""
     warmup_steps: int = 0
-    """Linear learning-rate warm-up over the first steps."""
-    optimizer: Literal["adamw", "muon"] = "adamw"
-    """``adamw`` for every parameter, or ``muon`` for hidden matrices and AdamW for the rest (lagoon.optim)."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    """AdamW betas."""
+    """Linear learning-rate warm-up over the first steps (the rates themselves are ``[optim]``'s, with
+    ``[rl.optim]`` replacing keys for the RL phase)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the trainer computes (auto: CUDA when available)."""
     processes: int = 1
@@ -155,16 +160,18 @@ class TrainerConfig:
     """How often the trainer looks for new snapshots while it waits for data."""
     seed: int = 0
     """Seed of the trainer's RNG."""
+    routing_replay: bool = False
+    """Routing replay (R3): every MoE layer routes each token to the experts the rollout engine chose for it
+    (stored in the trajectory table), while the gate weights still come from the trainer's own router over
+    its full logits, so gradients reach the router (`lagoon.rl.replay`). Tokens without recorded experts
+    route as usual."""
 
     def validate(self) -> None:
         check(self.groups_per_step >= 1, "groups_per_step", "must be >= 1")
         check(self.processes >= 1, "processes", "must be >= 1")
         check(self.max_restarts >= 0, "max_restarts", "must be >= 0")
         check(self.max_staleness >= 0, "max_staleness", "must be >= 0")
-        check(self.learning_rate > 0, "learning_rate", "must be positive")
         check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
         check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
         check(self.epsilon_high > 0, "epsilon_high", "must be positive")
         check(0 < self.epsilon_low <= 1, "epsilon_low", "must be in (0, 1]")
@@ -175,12 +182,13 @@ class TrainerConfig:
         check(self.publish_every >= 1, "publish_every", "must be >= 1")
         check(self.poll_interval_s > 0, "poll_interval_s", "must be positive")
 
-    def optim_config(self):
-        """The `lagoon.optim.OptimConfig` these settings describe."""
-        from lagoon.optim import OptimConfig
-
-        return OptimConfig(name=self.optimizer, lr=self.learning_rate, adamw_lr=self.learning_rate,
-                           weight_decay=self.weight_decay, adamw_betas=list(self.betas))
+    _MOVED = {
+        "learning_rate": "the RL trainer reads [optim]; set optim.lr and optim.adamw_lr (or rl.optim.lr and "
+                         "rl.optim.adamw_lr to change them for the RL phase only)",
+        "optimizer": "set optim.name (or rl.optim.name for the RL phase only)",
+        "weight_decay": "set optim.weight_decay (or rl.optim.weight_decay for the RL phase only)",
+        "betas": "set optim.adamw_betas (or rl.optim.adamw_betas for the RL phase only)",
+    }
 
 
 @dataclass
@@ -190,7 +198,7 @@ class WeightsConfig:
     transfer: Literal["auto", "shared_memory", "files", "shm", "broadcast"] = "auto"
     """``shared_memory``: the trainer copies each tensor once into a segment in /dev/shm and every server (on
     this machine) copies it straight into its parameters (``POST /v1/weights/load_shared``,
-    `lagoon.infer.shared_weights`); the version directory under RUN_DIR/weights is written after the servers
+    `lagoon.weights.shared_memory`); the version directory under RUN_DIR/weights is written after the servers
     have the weights. ``files``: a versioned safetensors directory under RUN_DIR/weights that servers load;
     ``shm``: the same directory in /dev/shm; ``broadcast``: torch.distributed broadcast in buckets from the
     trainer to every server (gloo on CPU, NCCL on GPU), with pause/update/resume. ``auto``: ``shared_memory``
@@ -209,9 +217,14 @@ class WeightsConfig:
     """Published weight versions kept in the store (older ones are deleted)."""
     pause_mode: Literal["keep", "abort"] = "keep"
     """During an update, in-flight requests wait (keep) or are aborted and retried by the actor (abort)."""
+    check_tolerance: float = 0.0
+    """vLLM servers: the largest difference allowed between a server's and the trainer's log-probabilities of
+    a fixed probe sequence after each update (`lagoon.weights.probe`); 0 picks 1e-3 for float32 servers and
+    5e-2 for bfloat16/float16 ones."""
 
     def validate(self) -> None:
         check(self.bucket_mb > 0, "bucket_mb", "must be positive")
+        check(self.check_tolerance >= 0, "check_tolerance", "must be >= 0 (0: by the servers' dtype)")
         check(0 <= self.master_port < 65536, "master_port", "must be a TCP port (0: any free one)")
         check(self.keep_versions >= 2, "keep_versions", "must be >= 2 (the served version and the next)")
 
@@ -220,6 +233,17 @@ class WeightsConfig:
 class ServersConfig:
     """Inference servers the actors sample from."""
 
+    engine: Literal["lagoon", "vllm"] = "lagoon"
+    """The rollout engine: ``lagoon`` (`lagoon serve`, the embedded default) or ``vllm`` (stock vLLM with
+    lagoon's plugin, `lagoon.rl.vllm_servers`; weights move by vLLM's native RL protocol, `lagoon.weights.vllm`)."""
+    vllm_python: str = ""
+    """The Python of the environment that has vLLM and lagoon's plugin; empty: the repository's ``.venv-vllm``
+    (``make vllm-env``), else ``python`` of the ``VLLM_PYTHON`` environment variable."""
+    served_model_name: str = "policy"
+    """The model name vLLM servers answer to (lagoon's servers answer to any)."""
+    vllm_args: list[str] = field(default_factory=list)
+    """Extra arguments for local vLLM servers, e.g. ``["--enable-return-routed-experts"]`` on GPUs (routing
+    replay; vLLM 0.32 refuses it on CPU) or ``["--tensor-parallel-size", "2"]``."""
     count: int = 1
     """Local `lagoon serve` processes started by `lagoon rl` (ignored when `urls` is given)."""
     host: str = "127.0.0.1"
@@ -247,6 +271,7 @@ class ServersConfig:
         check(self.threads >= 1, "threads", "must be >= 1")
         check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
         check(len(self.devices) >= 1, "devices", "needs at least one device")
+        check(bool(self.served_model_name), "served_model_name", "must not be empty")
 
 
 @dataclass
@@ -325,7 +350,24 @@ class RLConfig:
     """Optional supervised warm-up."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Held-out evaluation."""
+    optim: dict[str, Any] = field(default_factory=dict)
+    """Keys of ``[optim]`` replaced for the RL phase (the SFT warm-up and the RL trainer), e.g. ``{name =
+    "adamw", lr = 2e-4}`` in a pipeline whose pretraining runs Muon at a higher rate; empty: ``[optim]`` as is.
+    Both trainers build their optimizer from the one ``OptimConfig`` type (`optim_config`)."""
+
+    def optim_config(self, optim: Any) -> Any:
+        """The pipeline's ``[optim]`` with ``[rl.optim]``'s keys replaced, validated."""
+        from lagoon.configio import from_dict, to_dict
+        from lagoon.optim.config import OptimConfig
+
+        return from_dict(OptimConfig, {**to_dict(optim), **self.optim}, "rl.optim")
 
     def validate(self) -> None:
+        from lagoon.configio import from_dict
+        from lagoon.optim.config import OptimConfig
+
+        unknown = sorted(set(self.optim) - {f.name for f in dataclasses.fields(OptimConfig)})
+        check(not unknown, f"optim.{unknown[0]}" if unknown else "optim", "unknown key; rl.optim replaces keys of [optim]")
+        from_dict(OptimConfig, self.optim, "optim")   # each replaced value is checked like [optim]'s own
         check(self.total_steps >= 1, "total_steps", "must be >= 1")
         check(self.time_limit_s >= 0, "time_limit_s", "must be >= 0 (0: no limit)")

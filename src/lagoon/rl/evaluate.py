@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lagoon.rl.rollout import evaluate
+from lagoon.rl.rollout import Clients, evaluate
 from lagoon.rl.tasks import agent_config, held_out_tasks
 
 
@@ -22,7 +22,8 @@ def evaluate_servers(config, urls: list[str], tokenizer_dir: Path, seed: int = 0
 
     tasks = held_out_tasks(config)
     started = time.perf_counter()
-    result = evaluate(tasks, urls, Tokenizer.from_dir(tokenizer_dir), agent_config(config, config.rl.eval.temperature),
+    result = evaluate(tasks, Clients.for_run(config.rl, urls), Tokenizer.from_dir(tokenizer_dir),
+                      agent_config(config, config.rl.eval.temperature),
                       attempts=config.rl.eval.attempts, concurrency=config.rl.actor.concurrent_episodes, seed=seed,
                       timeout_s=config.rl.actor.request_timeout_s)
     return {**result.to_dict(), "tasks": len(tasks), "seconds": time.perf_counter() - started}

@@ -53,9 +53,10 @@ def fp32_logprobs_reference(hidden_ND: torch.Tensor, weight_VD: torch.Tensor, ta
 
 
 def sequence_logprobs(model: LagunaForCausalLM, input_ids_BT: torch.Tensor, document_ids_BT: torch.Tensor | None,
-                      chunk_tokens: int = 1024) -> torch.Tensor:
-    """[B, T] fp32 log π of each next token (position t scores token t+1; the last column is 0)."""
-    hidden_BTD = model(input_ids_BT, document_ids=document_ids_BT, return_logits=False,
+                      chunk_tokens: int = 1024, call: torch.nn.Module | None = None) -> torch.Tensor:
+    """[B, T] fp32 log π of each next token (position t scores token t+1; the last column is 0). `call` is the
+    module the forward goes through when it is not `model` itself (a DDP wrapper)."""
+    hidden_BTD = (call or model)(input_ids_BT, document_ids=document_ids_BT, return_logits=False,
                        return_hidden_states=True).hidden_states
     B, T, D = hidden_BTD.shape
     targets_BT = torch.zeros_like(input_ids_BT)

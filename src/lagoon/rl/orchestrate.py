@@ -2,9 +2,12 @@
 
     1. the initial policy: ``rl.init_checkpoint``, or the supervised warm-up (`lagoon.rl.sft`);
     2. the trajectory table (created if absent);
-    3. inference servers: ``rl.servers.count`` local `lagoon serve` processes (or ``rl.servers.urls``);
-    4. the held-out reward of the initial policy (``eval_before.json``);
-    5. the trainer (a process, or torchrun) and N actors (processes, or Ray actors), supervised: an actor
+    3. inference servers: ``rl.servers.count`` local `lagoon serve` processes, or vLLM servers with
+       ``rl.servers.engine = "vllm"`` (`lagoon.rl.vllm_servers`), or ``rl.servers.urls``; a local server that
+       dies stops the run with one line (rerun to resume);
+    4. the held-out reward of the policy RL starts from — after the warm-up, if any (``eval_before.json``,
+       whose ``policy`` says which);
+    5. the trainer (a process, or `lagoon launch` over torchrun) and N actors (processes, or Ray actors), supervised: an actor
        that dies is restarted at once (it resumes its slots), a trainer that dies is restarted from its
        last checkpoint up to ``rl.trainer.max_restarts`` times;
     6. when the trainer reaches ``rl.total_steps``: actors stop, the held-out reward of the final policy
@@ -35,17 +38,40 @@ from pathlib import Path
 from typing import Any
 
 from lagoon.errors import LagoonError
-from lagoon.rl.servers import die_with_parent
+from lagoon.processes import alive, descendants, die_with_parent, kill_tree, wait_gone
+from lagoon.rl.health import EXIT_INFRASTRUCTURE, InfrastructureError, read_health
 
 RESULT = "result.json"
 CONFIG_FILE = "config.toml"
-ROLE_SECTIONS = ("model", "agent", "rl")
+ROLE_SECTIONS = ("model", "agent", "rl", "optim", "parallel")
 
 
 def _write_json(path: Path, data: Any) -> None:
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     staging.write_text(json.dumps(data, indent=2) + "\n")
     staging.replace(path)
+
+
+def _sft_under_torchrun(config, run_dir: Path, say) -> Path:
+    """The warm-up on `rl.trainer.processes` ranks (``lagoon rl sft`` under torchrun); its final checkpoint."""
+    from lagoon.configio import dumps_toml, to_dict
+    from lagoon.train import checkpoint as ckpt
+
+    sft = config.rl.sft
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "sft.toml"
+    data = to_dict(config)
+    config_path.write_text(dumps_toml({key: data[key] for key in ROLE_SECTIONS if key in data}))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={config.rl.trainer.processes}", "-m", "lagoon", "rl", "sft", str(config_path),
+               "--run-dir", str(run_dir)]
+    say(f"sft: warm-up on {config.rl.trainer.processes} ranks (torchrun)")
+    with (run_dir / "sft.log").open("w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True).returncode
+    final = ckpt.checkpoints_root(run_dir / "sft") / ckpt.step_dir_name(sft.steps)
+    if code != 0 or ckpt.verify(final) is not None:
+        raise LagoonError(f"the supervised warm-up failed (exit {code}); see {run_dir / 'sft.log'}")
+    return final
 
 
 def _with_init(config, init_checkpoint: Path):
@@ -92,8 +118,9 @@ class Supervisor:
     def start_trainer(self) -> None:
         processes = self.config.rl.trainer.processes
         if processes > 1:
-            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                       *self._role("trainer")]
+            # torchrun that exits with the trainer's own code (`lagoon.launch`)
+            command = [sys.executable, "-m", "lagoon", "launch", "--standalone", f"--nproc-per-node={processes}",
+                       *self._role("trainer")[2:]]
         else:
             command = [sys.executable, *self._role("trainer")]
         self.trainer = self._spawn(command, "trainer.log")
@@ -127,8 +154,15 @@ class Supervisor:
         exited = {i: p.returncode for i, p in self.actors.items() if p.poll() is not None}
         if self.ray is not None:
             exited.update({i: (0 if error is None else 1) for i, error in self.ray.finished()})
+        health = read_health(self.run_dir)
         for index, code in exited.items():
             self.actors.pop(index, None)
+            stopped = health.get(f"actor-{index}", {}).get("stopped")
+            if code == EXIT_INFRASTRUCTURE or (self.ray is not None and code != 0 and stopped):
+                # Not a crash that a restart mends: its servers, sandbox or table keep failing (lagoon.rl.health).
+                self.events.event("infra_stop", actor=index, exit_code=code, reason=stopped)
+                raise InfrastructureError(stopped or f"actor-{index} stopped on infrastructure failures; see "
+                                                     f"{self.logs / f'actor-{index}.log'}")
             # Exit 0: the actor ran out of slots or saw the trainer finish. Anything else is a crash.
             if code != 0 and self.trainer is not None and self.trainer.poll() is None:
                 self.events.event("actor_restart", actor=index, exit_code=code)
@@ -142,6 +176,11 @@ class Supervisor:
             return False
         if code == 0:
             return True
+        if code == EXIT_INFRASTRUCTURE:
+            tail = (self.logs / "trainer.log").read_text().strip().splitlines()
+            raise InfrastructureError(next((line.removeprefix("lagoon: error: ") for line in reversed(tail)
+                                            if line.startswith("lagoon: error: ")), "the trainer stopped on "
+                                           f"infrastructure failures; see {self.logs / 'trainer.log'}"))
         if self.trainer_restarts >= self.config.rl.trainer.max_restarts:
             tail = (self.logs / "trainer.log").read_text()[-600:]
             raise LagoonError(f"the trainer failed {self.trainer_restarts + 1} times (exit {code}); "
@@ -157,6 +196,8 @@ class Supervisor:
         if self.ray is not None:
             self.ray.stop()
         processes = [*self.actors.values(), *([self.trainer] if self.trainer else [])]
+        # Each tree whole: a trainer under torchrun has ranks in sessions of their own.
+        trees = {process.pid: [process.pid, *descendants(process.pid)] for process in processes}
         for process in processes:
             if process.poll() is None:
                 process.terminate()
@@ -165,8 +206,13 @@ class Supervisor:
             try:
                 process.wait(timeout=max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                process.kill()
+                pass
+            left = [pid for pid in trees[process.pid] if alive(pid)]
+            for pid in left:
+                kill_tree(pid)
+            if left:
                 process.wait()
+                wait_gone(left, timeout_s=30)
         self.actors = {}
         self.events.close()
 
@@ -193,7 +239,7 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     from lagoon.rl.evaluate import evaluate_checkpoint, evaluate_servers
     from lagoon.rl.servers import LocalServers
     from lagoon.rl.store import TrajectoryStore
-    from lagoon.rl.weights import read_latest, segment_root, store_root
+    from lagoon.weights.publish import read_latest, segment_root, store_root
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -204,11 +250,18 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     rl = config.rl
     if rl.init_checkpoint and not Path(rl.init_checkpoint).is_dir():
         raise LagoonError(f"rl.init_checkpoint {rl.init_checkpoint} is not a directory")
+    # What "before RL" measures: the policy RL starts from, which the warm-up (when there is one) has trained.
+    start_policy = "after the SFT warm-up" if rl.sft.steps else "the initial checkpoint"
     if rl.sft.steps:
         from lagoon.rl.sft import warmup
 
-        # From scratch with its own tokenizer, or fine-tuning rl.init_checkpoint when one is given.
-        config = _with_init(config, warmup(config, run_dir, say))
+        # From scratch with its own tokenizer, or fine-tuning rl.init_checkpoint when one is given; on as many
+        # ranks as the trainer gets.
+        if rl.trainer.processes > 1:
+            final = _sft_under_torchrun(config, run_dir, say)
+        else:
+            final = warmup(config, run_dir, say)
+        config = _with_init(config, final)
         rl = config.rl
     elif not rl.init_checkpoint:
         raise LagoonError("rl.init_checkpoint is empty and rl.sft.steps is 0: there is no policy to start from")
@@ -218,14 +271,25 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
     config_path.write_text(dumps_toml({key: data[key] for key in ROLE_SECTIONS if key in data}))
     TrajectoryStore(rl.table, run_dir)
 
-    servers = None if rl.servers.urls else LocalServers(config, run_dir)
+    if rl.servers.urls:
+        servers = None
+    elif rl.servers.engine == "vllm":
+        from lagoon.rl.vllm_servers import VLLMServers
+
+        servers = VLLMServers(config, run_dir)
+    else:
+        servers = LocalServers(config, run_dir)
     supervisor = None
     previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     result: dict[str, Any] = {"run_dir": str(run_dir), "total_steps": rl.total_steps}
     rl_seconds = 0.0
     try:
         urls = rl.servers.urls or servers.start()
-        say(f"servers: {', '.join(urls)}")
+        if rl.servers.urls and rl.servers.engine == "vllm":
+            from lagoon.rl.vllm_servers import sync_servers
+
+            sync_servers(config, run_dir, urls)   # servers started elsewhere get the run's current weights first
+        say(f"servers ({rl.servers.engine}): {', '.join(urls)}")
         tokenizer_dir = Path(rl.tokenizer or rl.init_checkpoint)
         before_path = run_dir / "eval_before.json"
         if rl.eval.num_tasks and not before_path.is_file():
@@ -234,8 +298,9 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
                 before = evaluate_servers(config, urls, tokenizer_dir)
             else:
                 before = evaluate_checkpoint(config, Path(rl.init_checkpoint))
+            before["policy"] = start_policy
             _write_json(before_path, before)
-            say(f"held-out reward before RL: {before['reward_mean']:.3f} ({before['episodes']} episodes)")
+            say(f"held-out reward before RL ({start_policy}): {before['reward_mean']:.3f} ({before['episodes']} episodes)")
         supervisor = Supervisor(config, run_dir, config_path, urls, say)
         supervisor.start()
         rl_started = time.monotonic()
@@ -245,6 +310,12 @@ def run(config, run_dir: str | Path, say=print) -> dict[str, Any]:
         with Progress(*columns, transient=False) as progress:
             bar = progress.add_task("rl", total=rl.total_steps, reward="")
             while not supervisor.check():
+                dead = servers.dead() if servers is not None else []
+                if dead:
+                    # Its in-flight episodes end as errors (dropped, not appended); everything committed stays in
+                    # the table and the trainer's checkpoint, so rerunning `lagoon rl` resumes the run.
+                    raise LagoonError(f"the inference server at {dead[0].url} exited with code "
+                                      f"{dead[0].process.returncode} (see {dead[0].log}); rerun to resume")
                 if rl.time_limit_s and not time_up and time.monotonic() - rl_started > rl.time_limit_s:
                     time_up = True
                     say(f"time limit of {rl.time_limit_s:.0f} s reached: stopping the trainer")

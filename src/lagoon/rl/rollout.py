@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from lagoon.agent.clients import RoutedExperts
 from lagoon.rl.trajectory import Trajectory, Turn
 
-TRUNCATED = {"max_steps", "max_tokens", "max_wall_s", "max_context_tokens"}
+TRUNCATED = {"max_steps", "max_tokens", "max_wall_s", "max_context_tokens", "context_exhausted"}
 """Exit reasons of an episode cut off by a budget (the model may have been on its way)."""
 ERRORED = {"model_error", "sandbox_error"}
 """Exit reasons of an infrastructure failure (not the model's doing)."""
@@ -30,24 +31,39 @@ def episode_seed(*parts: Any) -> int:
 
 
 class Clients:
-    """One `CompletionsClient` per (thread, server), round-robin over the servers."""
+    """One token-in/token-out client per (thread, server), round-robin over the servers: `CompletionsClient`
+    for lagoon's engine, `VLLMClient` for vLLM. `routed_experts`: ask for the experts chosen per token."""
 
-    def __init__(self, urls: list[str], timeout_s: float):
+    def __init__(self, urls: list[str], timeout_s: float, engine: str = "lagoon", routed_experts: bool = False,
+                 model: str | None = None):
         self.urls = [u.rstrip("/") for u in urls]
         self.timeout_s = timeout_s
+        self.engine = engine
+        self.routed_experts = routed_experts
+        self.model = model
         self._local = threading.local()
         self._next = itertools.count()
 
     def get(self):
-        from lagoon.agent.clients import CompletionsClient
+        from lagoon.agent.clients import CompletionsClient, VLLMClient
 
         clients = getattr(self._local, "clients", None)
         if clients is None:
             clients = self._local.clients = {}
         url = self.urls[next(self._next) % len(self.urls)]
         if url not in clients:
-            clients[url] = CompletionsClient(f"{url}/v1", timeout_s=self.timeout_s)
+            if self.engine == "vllm":
+                clients[url] = VLLMClient(url, model=self.model, timeout_s=self.timeout_s)
+            else:
+                clients[url] = CompletionsClient(f"{url}/v1", timeout_s=self.timeout_s,
+                                                 return_routed_experts=self.routed_experts)
         return clients[url]
+
+    @classmethod
+    def for_run(cls, rl, urls: list[str]) -> "Clients":
+        """The clients an RL run's actors and evaluation use (engine, routed experts for routing replay)."""
+        return cls(urls, rl.actor.request_timeout_s, rl.servers.engine, rl.trainer.routing_replay,
+                   rl.servers.served_model_name)
 
 
 def run_rollout(task, clients: Clients, tokenizer, agent_config, seed: int):
@@ -65,10 +81,18 @@ def to_trajectory(episode, *, trajectory_id: str, run_id: str, group_id: str, ta
         if "completion_ids" not in record:
             continue
         completion = record["completion_ids"]
-        versions = record.get("policy_versions") or [-1]
+        experts = record.get("routed_experts")
+        if experts:
+            # The engine reports every token it ran (the whole context it was sent); the table keeps those
+            # this turn ran first: from the token before its prompt ids on (from 0 on a sample's first turn).
+            before = int(record.get("prompt_len", len(record["prompt_ids"]))) - len(record["prompt_ids"])
+            routed = RoutedExperts.from_record(experts)
+            rows = routed.array()[before - 1 if before else 0:]
+            experts = RoutedExperts.from_array(rows).to_record() if len(rows) else None
         turns.append(Turn(prompt_ids=record["prompt_ids"], completion_ids=completion, logprobs=record["logprobs"],
-                          policy_versions=versions, finish_reason=record.get("finish_reason") or "stop",
-                          sample=int(record.get("sample", 0))))
+                          policy_versions=record["policy_versions"], finish_reason=record.get("finish_reason") or "stop",
+                          sample=int(record.get("sample", 0)),
+                          routed_experts=RoutedExperts.from_record(experts) if experts else None))
     end = episode.end or {}
     exit_reason = end.get("exit_reason") or "unfinished"
     return Trajectory(
@@ -93,10 +117,10 @@ class EvalResult:
                 "exit_reasons": self.exit_reasons, "policy_versions": self.policy_versions}
 
 
-def evaluate(tasks: list, urls: list[str], tokenizer, agent_config, attempts: int = 1, concurrency: int = 8,
-             seed: int = 0, timeout_s: float = 120.0) -> EvalResult:
-    """Mean reward of `attempts` episodes per task against the servers at `urls`."""
-    clients = Clients(urls, timeout_s)
+def evaluate(tasks: list, urls: list[str] | Clients, tokenizer, agent_config, attempts: int = 1,
+             concurrency: int = 8, seed: int = 0, timeout_s: float = 120.0) -> EvalResult:
+    """Mean reward of `attempts` episodes per task against the servers at `urls` (or through `clients`)."""
+    clients = urls if isinstance(urls, Clients) else Clients(urls, timeout_s)
     jobs = [(task, attempt) for task in tasks for attempt in range(attempts)]
 
     def one(job):

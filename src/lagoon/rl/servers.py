@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lagoon.errors import LagoonError
-from lagoon.rl.weights import read_latest, store_root
+from lagoon.weights.publish import read_latest, store_root
 
 
 def current_weights(config, run_dir: Path) -> tuple[Path, int]:
@@ -122,7 +122,8 @@ class LocalServers:
                 tail = server.log.read_text()[-800:] if server.log.is_file() else ""
                 self.stop()
                 raise LagoonError(f"{error}; its log ends with: {tail.strip()[-300:]}") from None
-        (self.run_dir / "servers.json").write_text(json.dumps({"urls": self.urls}) + "\n")
+        (self.run_dir / "servers.json").write_text(
+            json.dumps({"urls": self.urls, "engine": "lagoon", "pids": [s.process.pid for s in self.servers]}) + "\n")
         return self.urls
 
     def dead(self) -> list[LocalServer]:

@@ -11,6 +11,11 @@ mistakes, which is what RL then fixes.
 With ``rl.init_checkpoint`` set (a pretrained lagoon or Hugging Face Laguna checkpoint), the warm-up
 fine-tunes that model with its own tokenizer instead: the SFT stage between pretraining and RL.
 
+It trains on the training engine (`lagoon.parallel.engine`) like pretraining and the RL trainer: the
+``[parallel]`` layout, ``[optim]`` with ``[rl.optim]``'s keys replaced and the rate from ``rl.sft``, sharded
+checkpoints. Under torchrun (``lagoon rl sft``; `lagoon rl` starts it so when ``rl.trainer.processes`` > 1)
+each rank takes its share of every batch and the gradient is the global token-mean's.
+
 Outputs (resumable: a finished warm-up is reused):
 
     RUN_DIR/sft/tokenizer/              byte-level BPE trained on the transcripts (from scratch only)
@@ -68,78 +73,104 @@ def task_level(config) -> int:
 
 
 def warmup(config, run_dir: Path, say=print) -> Path:
-    """Run (or reuse) the warm-up; returns its final checkpoint directory."""
-    from lagoon.configio import to_dict
-    from lagoon.infer.tokenizer import Tokenizer
-    from lagoon.model import LagunaForCausalLM
-    from lagoon.model.config import ModelConfig
-    from lagoon.configio import from_dict
+    """Run (or reuse) the warm-up; returns its final checkpoint directory (every rank, under torchrun)."""
     from lagoon.train import checkpoint as ckpt
-    from lagoon.train.metrics import MetricsWriter
-    from lagoon.train.rng import capture_rng
+    from lagoon.train.distributed import setup
 
     sft = config.rl.sft
     out = Path(run_dir) / "sft"
     final = ckpt.checkpoints_root(out) / ckpt.step_dir_name(sft.steps)
     if final.is_dir() and ckpt.verify(final) is None:
         return final
-    out.mkdir(parents=True, exist_ok=True)
+    dist_info = setup(config.rl.trainer.device)
+    try:
+        return _train(config, out, dist_info, say)
+    finally:
+        dist_info.close()
+
+
+def _train(config, out: Path, dist_info, say) -> Path:
+    import dataclasses
+
+    from lagoon.configio import from_dict, to_dict
+    from lagoon.infer.tokenizer import Tokenizer
+    from lagoon.model import IGNORE_INDEX
+    from lagoon.model.config import ModelConfig
+    from lagoon.model.hf import read_config
+    from lagoon.parallel.engine import Engine
+    from lagoon.train import checkpoint as ckpt
+    from lagoon.train.distributed import all_sum
+    from lagoon.train.metrics import MetricsWriter
+    from lagoon.train.rng import capture_rng
+
+    sft = config.rl.sft
+    rank, world = dist_info.rank, dist_info.world_size
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     init = config.rl.init_checkpoint
-    torch.manual_seed(sft.seed)
     if init:
         # Fine-tune a pretrained policy (its own tokenizer) on the transcripts: the SFT stage between
         # pretraining and RL.
-        from lagoon.model import from_pretrained
-
         tokenizer_dir = Path(config.rl.tokenizer or init)
-        tokenizer = Tokenizer.from_dir(tokenizer_dir)
-        model = from_pretrained(init, dtype=torch.float32).train()
-        origin = f"from {init}"
+        model_config, source, origin = read_config(Path(init)), Path(init), f"from {init}"
     else:
-        tokenizer_dir = build_tokenizer(out / "tokenizer", sft.seed, config.model.vocab_size)
-        tokenizer = Tokenizer.from_dir(tokenizer_dir)
-        vocab = 64 * math.ceil(tokenizer.vocab_size / 64)   # a multiple of 64 keeps the head's matmul aligned
+        if dist_info.is_main:
+            build_tokenizer(out / "tokenizer", sft.seed, config.model.vocab_size)
+        dist_info.barrier()
+        tokenizer_dir = out / "tokenizer"
+        vocab = 64 * math.ceil(Tokenizer.from_dir(tokenizer_dir).vocab_size / 64)  # aligned head matmul
         model_config = from_dict(ModelConfig, {**to_dict(config.model), "vocab_size": vocab,
                                                "layer_types": None, "mlp_layer_types": None,
                                                "num_attention_heads_per_layer": None}, "model")
-        model = LagunaForCausalLM(model_config).train()
-        origin = "from scratch"
+        source, origin = None, "from scratch"
+    tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    optim = dataclasses.replace(config.rl.optim_config(config.optim), lr=sft.learning_rate, adamw_lr=sft.learning_rate)
+    engine = Engine.build(model_config, config.parallel, optim, dist_info, source=source, seed=sft.seed)
+    model, optimizer = engine.model, engine.optimizer
     level = task_level(config)
     examples = _transcripts(level, sft.num_examples, sft.seed, tokenizer)
     rows = [(torch.tensor(e["input_ids"]), torch.tensor(e["loss_mask"], dtype=torch.bool)) for e in examples]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=sft.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
-    metrics = MetricsWriter(out, active=True)
+    metrics = MetricsWriter(out, active=dist_info.is_main)
     metrics.resume_at(0)
     generator = torch.Generator().manual_seed(sft.seed)
     started = time.perf_counter()
-    say(f"sft: {sft.steps} steps on {len(rows)} arith-code level-{level} transcripts, {origin}, "
-        f"vocabulary {model.config.vocab_size}")
+    if dist_info.is_main:
+        say(f"sft: {sft.steps} steps on {len(rows)} arith-code level-{level} transcripts, {origin}, "
+            f"vocabulary {model.config.vocab_size}, {engine.dims.describe()}")
+    device = dist_info.device
     for step in range(1, sft.steps + 1):
         # Linear warm-up, then cosine decay to 10% (a standard short-run schedule).
         progress = max(0.0, (step - sft.warmup_steps) / max(1, sft.steps - sft.warmup_steps))
         scale = min(1.0, step / max(1, sft.warmup_steps)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-        for group in optimizer.param_groups:
-            group["lr"] = sft.learning_rate * scale
+        optimizer.set_lr_scale(scale)
         picked = torch.randint(len(rows), (sft.batch_size,), generator=generator).tolist()
-        input_ids_BT, targets_BT = _batch([rows[i] for i in picked])
+        mine = picked[rank::world] or picked[:1]   # every rank runs one forward, even past the batch's end
+        input_ids_BT, targets_BT = _batch([rows[i] for i in mine])
+        if not picked[rank::world]:
+            targets_BT.fill_(IGNORE_INDEX)
         step_started = time.perf_counter()
-        loss = model(input_ids_BT, targets=targets_BT).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        load = model.update_router_biases()
-        tokens = int((targets_BT != -100).sum())
-        metrics.write({"step": step, "loss": loss.item(), "lr": sft.learning_rate * scale,
-                       "tokens_per_s": input_ids_BT.numel() / (time.perf_counter() - step_started),
-                       "trained_tokens": tokens, "elapsed_s": time.perf_counter() - started, **load})
-        if step % 50 == 0 or step == sft.steps:
-            say(f"sft: step {step}/{sft.steps}  loss {loss.item():.3f}")
+        count = float((targets_BT != IGNORE_INDEX).sum())
+        (total,) = all_sum([count], dist_info, device)
+        output = engine.wrapped(input_ids_BT.to(device), targets=targets_BT.to(device))
+        # The global token-mean's gradient: this rank's share of the tokens, times W (ranks average gradients).
+        share = count * world / max(total, 1.0)
+        aux = sum(output.aux_losses.values(), torch.zeros((), device=device))
+        (output.lm_loss * share + aux).backward()
+        optimizer.step(max_grad_norm=1.0)
+        optimizer.zero_grad()
+        load = model.update_router_biases(dist_info.group)
+        loss_sum, tokens = all_sum([float(output.lm_loss.detach()) * count, total], dist_info, device)
+        loss = loss_sum / max(tokens, 1.0)
+        metrics.write({"step": step, "loss": loss, "lr": sft.learning_rate * scale,
+                       "tokens_per_s": input_ids_BT.numel() * world / (time.perf_counter() - step_started),
+                       "trained_tokens": int(tokens), "elapsed_s": time.perf_counter() - started, **load})
+        if (step % 50 == 0 or step == sft.steps) and dist_info.is_main:
+            say(f"sft: step {step}/{sft.steps}  loss {loss:.3f}")
     metrics.close()
-    state = ckpt.CheckpointState(step=sft.steps, tokens_seen=0, world_size=1,
-                                 last_metrics={"loss": loss.item()}, config=to_dict(config))
-    return ckpt.save_checkpoint(out, model, state, optimizer.state_dict(), {"examples": len(rows)}, [capture_rng()],
-                                tokenizer_dir, keep_last=1)
+    state = ckpt.CheckpointState(step=sft.steps, tokens_seen=0, world_size=world, last_metrics={"loss": loss},
+                                 config=to_dict(config))
+    engine.save(out, state, {"examples": len(rows)}, capture_rng(), tokenizer_dir, keep_last=1)
+    return ckpt.checkpoints_root(out) / ckpt.step_dir_name(sft.steps)
 
 
 def _batch(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

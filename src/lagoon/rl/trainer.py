@@ -5,9 +5,14 @@
 
 Each step: read the new append snapshots (`ConsumerState.poll`), drop groups staler than η, take the
 oldest B groups, compute group-normalized advantages, pack the sequences, and run CISPO with the LM head
-in fp32 (`lagoon.rl.loss`), accumulating gradients over micro-batches; then one optimizer step
-(`lagoon.optim`), publish the weights as the next policy version (`lagoon.rl.weights`), publish progress
-to the table's properties (for the actors' admission control), and every few steps a checkpoint.
+in fp32 (`lagoon.rl.loss`), accumulating gradients over micro-batches; then one optimizer step, publish
+the weights as the next policy version (`lagoon.weights`), publish progress to the table's properties
+(for the actors' admission control), and every few steps a checkpoint.
+
+The model and optimizer are the training engine's (`lagoon.parallel.engine`), as in pretraining: the
+``[parallel]`` layout (DDP, FSDP2 or HSDP), ``[optim]`` with ``[rl.optim]``'s keys replaced (distributed Muon
+whenever there are several ranks and ``optim.distributed`` asks for it, and always under sharding), and
+sharded checkpoints that resume in any layout.
 
 Run directory (shared with the orchestrator):
 
@@ -23,7 +28,10 @@ loss_tokens, loss, grad_norm, lr, clip_high_frac, clip_low_frac, mismatch_kl (k3
 KL(μ‖π) over all trained tokens), mismatch_kl_fresh (over tokens sampled by the trainer's current
 version only: the pure train–inference numerical mismatch), ratio_max, staleness_mean, staleness_max,
 staleness_hist ({versions behind: trajectories}), dropped_stale, wait_s, train_s, weight_sync_s,
-weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups.
+weight_sync_gbps, weight_bytes, tokens_per_s, elapsed_s, queued_groups, and the actors' counters
+(`lagoon.rl.health`): infra/server, infra/sandbox, infra/harness, infra/append, infra/retries, episodes,
+episodes_model_failed. While it waits for data the trainer stops (exit 3, one line) once every actor
+reports only infrastructure failures past ``rl.actor.max_consecutive_infra_failures``.
 """
 
 from __future__ import annotations
@@ -35,15 +43,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from lagoon.errors import LagoonError
 from lagoon.rl.batching import MicroBatch, pack, samples_from_groups
 from lagoon.rl.consumer import Batch, ConsumerState
+from lagoon.rl.health import TrainerWatch
 from lagoon.rl.loss import CispoStats, cispo_loss, sequence_logprobs
+from lagoon.rl.replay import replay
 from lagoon.rl.staleness import StalenessFilter, histogram
 from lagoon.rl.store import TrajectoryStore
-from lagoon.rl.weights import WeightPublisher
+from lagoon.weights import WeightPublisher
 
 CONSUMED_LOG = Path("trainer") / "consumed.jsonl"
 
@@ -56,8 +65,8 @@ class Trainer:
     """One trainer process (rank `dist_info.rank` of a data-parallel group, or alone)."""
 
     def __init__(self, config, run_dir: str | Path, servers: list[str] | None = None, say=print):
-        from lagoon.model import from_pretrained
-        from lagoon.optim import build_optimizer
+        from lagoon.model.hf import read_config
+        from lagoon.parallel.engine import Engine
         from lagoon.train import checkpoint as ckpt
         from lagoon.train.distributed import setup
         from lagoon.train.metrics import MetricsWriter
@@ -78,9 +87,10 @@ class Trainer:
         resume = ckpt.newest_verified(self.run_dir, say)
         source = resume or self._init_checkpoint()
         torch.manual_seed(self.rl.trainer.seed)
-        self.model = from_pretrained(source, device=self.device, dtype=torch.float32).train()
+        self.engine = Engine.build(read_config(source), config.parallel, self.rl.optim_config(config.optim), self.dist,
+                                   source=source if resume is None else None, initialize=resume is None)
+        self.model, self.optimizer = self.engine.model, self.engine.optimizer
         self.tokenizer_dir = Path(self.rl.init_checkpoint) if self.rl.init_checkpoint else source
-        self.optimizer = build_optimizer(self.model, self.rl.trainer.optim_config())
         self.consumer = ConsumerState()
         self.version = 0
         self.tokens_seen = 0
@@ -88,7 +98,7 @@ class Trainer:
             state = ckpt.read_state(resume)
             self.version = state.step
             self.tokens_seen = state.tokens_seen
-            self.optimizer.load_state_dict(ckpt.read_optimizer_state(resume))
+            self.engine.load(resume)
             self.consumer = ConsumerState.from_state_dict(ckpt.read_loader_state(resume))
             restore_rng(ckpt.read_rng_state(resume, self.dist.rank))
             self.metrics.resume_at(self.version)
@@ -101,7 +111,8 @@ class Trainer:
         self.last_checkpoint = self.version
         self._last_expiry = self.version
         self.store = TrajectoryStore(self.rl.table, self.run_dir) if self.is_main else None
-        self.publisher = WeightPublisher(self.rl.weights, self.run_dir, servers or []) if self.is_main else None
+        self.publisher = WeightPublisher.for_run(self.rl, self.run_dir, servers or []) if self.is_main else None
+        self.watch = TrainerWatch(self.run_dir, self.rl) if self.is_main else None  # actors' infrastructure health
         if self.is_main:
             (self.run_dir / CONSUMED_LOG).parent.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
@@ -119,8 +130,7 @@ class Trainer:
         """Train until `rl.total_steps`; returns the final version. Stops cleanly on SIGTERM/SIGINT."""
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
-            if self.is_main:
-                self._sync_servers()
+            self._sync_servers()
             while self.version < self.rl.total_steps:
                 try:
                     batch, waited = self._next_batch()
@@ -144,18 +154,31 @@ class Trainer:
     def _request_stop(self, signum, frame) -> None:
         self._stop = True
 
+    def _publishable(self):
+        """The model as the publisher takes it: this rank's model, or under sharding a copy gathered tensor by
+        tensor onto rank 0 (`lagoon.parallel.gather`; a collective, None on the other ranks)."""
+        if not self.engine.sharded:
+            return self.model
+        from lagoon.parallel.gather import gathered_model
+
+        return gathered_model(self.model, self.engine.mesh)
+
     def _sync_servers(self) -> None:
         """Make sure every server serves this trainer's current version (after a resume it may not)."""
-        from lagoon.infer.weight_sync import weights_digest
+        from lagoon.train.distributed import broadcast_object
+        from lagoon.weights import weights_digest
 
-        if not self.publisher.servers:
+        if not broadcast_object(bool(self.publisher.servers) if self.is_main else None, self.dist):
             return
-        digest = weights_digest(self.model)
+        model = self._publishable()
+        if not self.is_main:
+            return
+        digest = weights_digest(model)
         replies = self.publisher.server_weights()
         if all(r is not None and r.get("policy_version") == self.version and r.get("digest") == digest for r in replies):
             self._publish_progress()
             return
-        record = self.publisher.publish(self.model, self.version, self.tokenizer_dir)
+        record = self.publisher.publish(model, self.version, self.tokenizer_dir)
         self.metrics.event("publish", step=self.version, reason="servers behind the trainer",
                            sync_s=record["sync_s"], failed=record["failed_servers"])
         self._publish_progress()
@@ -177,6 +200,7 @@ class Trainer:
                     batch = "stop"
                     break
                 if self.consumer.poll(self.store) == 0:
+                    self.watch.check()   # stop with one line when every actor is stuck on infrastructure
                     time.sleep(self.rl.trainer.poll_interval_s)
         batch = broadcast_object(batch, self.dist)
         if batch == "stop":
@@ -185,7 +209,7 @@ class Trainer:
 
     def step(self, batch: Batch) -> dict[str, Any]:
         """One CISPO update on `batch`; returns the step's measurements."""
-        from lagoon.train.distributed import all_sum
+        from lagoon.train.distributed import all_max, all_sum
 
         t = self.rl.trainer
         started = time.perf_counter()
@@ -194,26 +218,25 @@ class Trainer:
         # Each data-parallel rank packs its own share of the sequences (longest first, dealt round-robin).
         ordered = sorted(samples, key=lambda s: -s.tokens)
         mine = pack(ordered[self.dist.rank::self.dist.world_size], t.micro_batch_tokens, t.row_tokens)
-        if not mine:   # fewer sequences than ranks: a masked one-token pass keeps the collectives in step
-            mine = [_empty_micro_batch()]
+        # Every rank runs as many micro-batches as the busiest (masked one-token passes fill in): FSDP2 gathers
+        # parameters in each forward, so the ranks' forward counts must match; it also keeps DDP in step.
+        counts = int(all_max(len(mine), self.dist, self.device))
+        mine += [_empty_micro_batch() for _ in range(max(counts, 1) - len(mine))]
         if t.warmup_steps:
             self.optimizer.set_lr_scale(min(1.0, (self.version + 1) / t.warmup_steps))
         self.optimizer.zero_grad()
         total = CispoStats(0, 0, 0, 0, 0, 0)
         fresh = [0.0, 0.0]
         loss_sum, tokens = 0.0, 0
-        for mb in mine:
-            loss, stats, fresh_kl, fresh_tokens = self._micro_step(mb, max(loss_tokens, 1))
+        for index, mb in enumerate(mine):
+            with self.engine.micro_batch(index == len(mine) - 1):
+                loss, stats, fresh_kl, fresh_tokens = self._micro_step(mb, max(loss_tokens, 1))
             total = total.add(stats)
             fresh[0] += fresh_kl
             fresh[1] += fresh_tokens
             loss_sum += loss
             tokens += mb.input_ids.numel()
         if self.dist.world_size > 1:
-            for param in self.model.parameters():
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                dist.all_reduce(param.grad, group=self.dist.group)
             sums = all_sum([loss_sum, total.tokens, total.clipped_high, total.clipped_low, total.mismatch_kl,
                             fresh[0], fresh[1], tokens], self.dist, self.device)
             loss_sum, total.tokens, total.clipped_high, total.clipped_low, total.mismatch_kl, fresh[0], fresh[1], tokens = sums
@@ -238,7 +261,9 @@ class Trainer:
     def _micro_step(self, mb: MicroBatch, num_tokens: int) -> tuple[float, CispoStats, float, float]:
         t = self.rl.trainer
         device = self.device
-        logprobs_BT = sequence_logprobs(self.model, mb.input_ids.to(device), mb.document_ids.to(device))
+        with replay(self.model, mb.routed_experts, t.routing_replay):   # rl.trainer.routing_replay (lagoon.rl.replay)
+            logprobs_BT = sequence_logprobs(self.model, mb.input_ids.to(device), mb.document_ids.to(device),
+                                            call=self.engine.wrapped)
         mask_BT = mb.loss_mask.to(device)
         sampler_BT = mb.sampler_logprobs.to(device)
         loss, stats = cispo_loss(logprobs_BT, sampler_BT, mb.advantages.to(device), mask_BT,
@@ -246,7 +271,8 @@ class Trainer:
         aux = self.model.router_losses()
         if aux:
             loss = loss + sum(aux.values()) * (mb.loss_tokens / num_tokens)
-        loss.backward()
+        # DDP, FSDP2 and distributed Muon average gradients over ranks; the loss is a sum over the global batch.
+        (loss * self.dist.world_size).backward()
         with torch.no_grad():
             fresh_BT = mask_BT & (mb.policy_versions.to(device) == self.version)
             log_ratio = (logprobs_BT.detach() - sampler_BT)[fresh_BT]
@@ -256,13 +282,15 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     def _after_step(self, batch: Batch, record: dict[str, Any]) -> None:
         self.version += 1
+        t = self.rl.trainer
+        publish = self.version % t.publish_every == 0 or self.version == self.rl.total_steps
+        model = self._publishable() if publish else None
         if not self.is_main:
-            if self.version % self.rl.trainer.checkpoint_every == 0:
+            if self.version % t.checkpoint_every == 0:
                 self.save_checkpoint()
             return
-        t = self.rl.trainer
-        if self.version % t.publish_every == 0 or self.version == self.rl.total_steps:
-            sync = self.publisher.publish(self.model, self.version, self.tokenizer_dir)
+        if publish:
+            sync = self.publisher.publish(model, self.version, self.tokenizer_dir)
             record.update(weight_sync_s=sync["sync_s"], weight_sync_gbps=sync["gb_per_s"], weight_bytes=sync["bytes"])
             if sync["failed_servers"]:
                 self.metrics.event("publish_failed", step=self.version, servers=sync["failed_servers"])
@@ -271,7 +299,7 @@ class Trainer:
             step=self.version, staleness_hist=histogram(batch.staleness),
             staleness_mean=sum(batch.staleness) / len(batch.staleness), staleness_max=max(batch.staleness),
             dropped_stale=sum(len(g.trajectories) for g in batch.dropped), queued_groups=len(self.consumer.pending),
-            elapsed_s=time.perf_counter() - self.started,
+            elapsed_s=time.perf_counter() - self.started, **self.watch.metrics(),
         )
         if self.version % t.checkpoint_every == 0:
             self.save_checkpoint()
@@ -291,17 +319,16 @@ class Trainer:
         })
 
     def save_checkpoint(self) -> None:
+        """A sharded checkpoint of the engine, the table read position and the RNGs (every rank calls it)."""
         from lagoon.configio import to_dict
         from lagoon.train import checkpoint as ckpt
-        from lagoon.train.distributed import gather_objects
         from lagoon.train.rng import capture_rng
 
         state = ckpt.CheckpointState(step=self.version, tokens_seen=self.tokens_seen,
                                      world_size=self.dist.world_size, config=to_dict(self.config))
-        rngs = gather_objects(capture_rng(), self.dist)
+        self.engine.save(self.run_dir, state, self.consumer.state_dict(), capture_rng(), self.tokenizer_dir,
+                         self.rl.trainer.keep_last)
         if self.is_main:
-            ckpt.save_checkpoint(self.run_dir, self.model, state, self.optimizer.state_dict(),
-                                 self.consumer.state_dict(), rngs, self.tokenizer_dir, self.rl.trainer.keep_last)
             # Snapshots before the checkpoint's read position will never be read again by this run.
             every = self.rl.table.expire_every_steps
             if every and self.version - self._last_expiry >= every:

@@ -1,6 +1,6 @@
 """One agent episode as the trainer sees it, and its row in the Iceberg trajectory table.
 
-The table contract (DESIGN.md, "Trajectory table") — one row per trajectory:
+The table contract (docs/INTERFACES.md, "Trajectory table") — one row per trajectory:
 
     trajectory_id       string, required   deterministic id of the (run, epoch, task, attempt) slot; writes
                                            are idempotent on it (`make_trajectory_id`)
@@ -23,6 +23,13 @@ The table contract (DESIGN.md, "Trajectory table") — one row per trajectory:
         policy_versions   list<long>         the weights version that sampled each completion token (one
                                              entry per token, or a single entry for the whole turn)
         finish_reason     string             "stop" | "length" | "abort" | ...
+        routed_experts    struct, nullable   the experts each sparse layer chose for the tokens this turn ran
+                                             first, for routing replay: ``dtype`` ("uint8" for ≤ 256 experts,
+                                             else "uint16"), ``shape`` [tokens, layers, k], ``data`` (the raw
+                                             little-endian array: 1 byte per id for ≤ 256 experts). Tokens: from
+                                             the previous turn's last completion token (or the sample's first
+                                             token) up to this turn's completion but its last token; layers:
+                                             the model's sparse layers (lagoon) or all layers (vLLM), in order
     reward              double             the grader's scalar reward
     grader              string             the grader's details as JSON
     exit_reason         string             why the episode ended (the harness's: "submitted", "max_steps", ...)
@@ -49,7 +56,9 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+from lagoon.agent.clients import RoutedExperts
+
+SCHEMA_VERSION = "2"   # 2: turns carry routed_experts
 
 
 @dataclass
@@ -65,6 +74,8 @@ class Turn:
     loss_mask: list[bool] | None = None
     finish_reason: str = "stop"
     sample: int = 0
+    routed_experts: RoutedExperts | None = None
+    """Experts chosen per token and sparse layer while the engine ran this turn (see the table contract)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.policy_versions, int):
@@ -74,6 +85,8 @@ class Turn:
         assert len(self.logprobs) == len(self.completion_ids), "one sampler logprob per completion token"
         assert len(self.loss_mask) == len(self.completion_ids), "one loss-mask entry per completion token"
         assert self.policy_versions, "every turn records the policy version that sampled it"
+        assert len(self.policy_versions) in (1, len(self.completion_ids)), \
+            "one policy version per completion token, or one for the whole turn"
 
     @property
     def policy_version(self) -> int:
@@ -99,6 +112,9 @@ class Sequence:
     """Per token: the sampler's logprob (0 where `loss_mask` is false)."""
     policy_versions: list[int]
     """Per token: the policy version that sampled it (-1 for prompt and environment tokens)."""
+    routed_experts: list | None = None
+    """Per token, the [layers, k] experts the engine chose for it (None: not recorded), when every turn of the
+    sample recorded them; None otherwise."""
 
 
 @dataclass
@@ -138,13 +154,33 @@ class Trajectory:
         observation tokens are context only (loss mask false).
         """
         sequences: dict[int, Sequence] = {}
+        routes: dict[int, list] = {}
         for turn in self.turns:
             current = sequences.setdefault(turn.sample, Sequence([], [], [], []))
+            before = len(current.token_ids)
             current.token_ids += list(turn.prompt_ids) + list(turn.completion_ids)
             current.loss_mask += [False] * len(turn.prompt_ids) + [bool(m) for m in turn.loss_mask]
             current.logprobs += [0.0] * len(turn.prompt_ids) + [float(x) for x in turn.logprobs]
             current.policy_versions += [-1] * len(turn.prompt_ids) + turn.token_versions()
+            routes.setdefault(turn.sample, [])
+            if routes[turn.sample] is not None:
+                routes[turn.sample] = _extend_routes(routes[turn.sample], turn, before, len(current.token_ids))
+        for sample, sequence in sequences.items():
+            sequence.routed_experts = routes.get(sample)
         return [s for _, s in sorted(sequences.items()) if any(s.loss_mask)]
+
+
+def _extend_routes(routes: list, turn: Turn, before: int, length: int) -> list | None:
+    """The sample's per-token experts after `turn` (None once a turn has none): the turn's rows start at the
+    token before its prompt ids (the previous completion's last token first ran in this turn's prefill), or
+    at 0 on a sample's first turn (see the table contract)."""
+    if turn.routed_experts is None:
+        return None
+    routes = (routes + [None] * length)[:length]
+    start = before - 1 if before else 0
+    for offset, row in enumerate(turn.routed_experts.array()[: length - start]):
+        routes[start + offset] = row
+    return routes
 
 
 def make_trajectory_id(run_id: str, epoch: int, task_id: str, attempt: int) -> str:
@@ -169,6 +205,8 @@ TURN_TYPE = pa.struct([
     pa.field("loss_mask", pa.list_(pa.bool_())),
     pa.field("policy_versions", pa.list_(pa.int64())),
     pa.field("finish_reason", pa.string()),
+    pa.field("routed_experts", pa.struct([pa.field("dtype", pa.string()), pa.field("shape", pa.list_(pa.int32())),
+                                          pa.field("data", pa.binary())])),
 ])
 
 ARROW_SCHEMA = pa.schema([
@@ -211,13 +249,22 @@ def to_arrow(trajectories: list[Trajectory]) -> pa.Table:
             "turns": [{"sample": int(u.sample), "prompt_ids": list(map(int, u.prompt_ids)),
                        "completion_ids": list(map(int, u.completion_ids)), "logprobs": [float(x) for x in u.logprobs],
                        "loss_mask": [bool(m) for m in u.loss_mask], "policy_versions": list(map(int, u.policy_versions)),
-                       "finish_reason": u.finish_reason} for u in t.turns],
+                       "finish_reason": u.finish_reason,
+                       "routed_experts": None if u.routed_experts is None else {
+                           "dtype": u.routed_experts.dtype, "shape": list(u.routed_experts.shape),
+                           "data": u.routed_experts.data}} for u in t.turns],
             "reward": float(t.reward), "grader": json.dumps(t.grader, default=str), "exit_reason": t.exit_reason,
             "truncated": bool(t.truncated), "errored": bool(t.errored),
             "timings": [(k, float(v)) for k, v in t.timings.items()],
             "started_at": _utc(t.started_at), "finished_at": _utc(t.finished_at),
         })
     return pa.Table.from_pylist(rows, schema=ARROW_SCHEMA)
+
+
+def _routes(value: dict | None) -> RoutedExperts | None:
+    if not value:
+        return None
+    return RoutedExperts(value["dtype"], list(value["shape"]), bytes(value["data"]))
 
 
 def from_arrow(table: pa.Table) -> list[Trajectory]:
@@ -232,7 +279,8 @@ def from_arrow(table: pa.Table) -> list[Trajectory]:
             actor_id=row["actor_id"],
             turns=[Turn(prompt_ids=u["prompt_ids"], completion_ids=u["completion_ids"], logprobs=u["logprobs"],
                         policy_versions=u["policy_versions"], loss_mask=u["loss_mask"],
-                        finish_reason=u["finish_reason"], sample=u["sample"])
+                        finish_reason=u["finish_reason"], sample=u["sample"],
+                        routed_experts=_routes(u.get("routed_experts")))
                    for u in row["turns"]],
             reward=row["reward"], grader=json.loads(row["grader"] or "{}"), exit_reason=row["exit_reason"] or "",
             truncated=bool(row["truncated"]), errored=bool(row["errored"]), timings=timings,

@@ -79,7 +79,9 @@ class SDCConfig:
     escalate: bool = True
     """When the vote cannot name the faulty rank (two replicas, or a tie), replay from the last verified
     checkpoint to the same step and compare again: a fault that disappears was transient (and the rank
-    whose first result differs from the replay is named); one that persists ends the job (exit 91)."""
+    whose own pre-reduction loss and gradients first differ from the replay is named, or, when nothing
+    shows it, every replica as a suspect with ``localized = false``); one that persists ends the job
+    (exit 91)."""
     lanes: int = 4
     """32-bit lanes per fingerprint (1–8); 4 gives 128-bit fingerprints."""
     kernel: Literal["auto", "native", "compiled", "torch"] = "auto"

@@ -5,7 +5,9 @@ Every event has ``event`` (below), ``step`` and what it is about (``ranks``, ``h
 
     sdc_corruption      replicas disagree and the vote named the faulty rank(s)
     sdc_unresolved      replicas disagree with no majority (two replicas, or a tie)
-    sdc_transient       a replay made the disagreement vanish; the rank whose first result differed is named
+    sdc_transient       a replay made the disagreement vanish; ``ranks`` are where the fault began when
+                        ``localized`` is true (``detail``: the evidence), else every suspect (``detail``
+                        says why the replicas cannot tell)
     sdc_persistent      the disagreement survived a replay
     sdc_check_fault     recomputing a fingerprint of unchanged weights gave a different result
     sdc_owner_mismatch  a verifier's Newton–Schulz result differs from its owner's

@@ -19,10 +19,19 @@ After every optimizer step (all ranks together):
                                                  rollback: restore the last verified checkpoint
    no majority   event, train on                 replay from the last verified checkpoint to this
                                                  step and compare again (escalation): gone →
-                                                 transient, the rank whose first result differed is
-                                                 named (fail: exit 91; rollback: train on); still
+                                                 transient, the rank it began on is named (below;
+                                                 fail: exit 91; rollback: train on); still
                                                  there → persistent: exit 91 naming the suspects
    ============  ==============================  ==============================================
+
+   Which rank a transient fault began on: once a faulty replica's weights have been through one more
+   step, the gradient all-reduce has changed every replica's weights, so comparing weights with the
+   replay names them all. The replay therefore also compares each replica's pre-reduction statistics
+   (its own loss and local gradient norm, `lagoon.sdc.precheck`) step by step: the first step where
+   they differ names the replica whose own computation went wrong. Without those statistics (the
+   pre-reduction checks are off) a replica whose weights matched the replay bit for bit is cleared;
+   if none did, the event says plainly that the replicas cannot tell (``localized = false``) and names
+   every replica as a suspect.
 
 4. counters go into the step's metrics line (``sdc/checks``, ``sdc/events``, ``sdc/rollbacks``, ...).
 
@@ -48,7 +57,7 @@ from lagoon.sdc.errors import SDCError, SDCRetriesExhausted
 from lagoon.sdc.events import EventLog
 from lagoon.sdc.fingerprint import Fingerprinter
 from lagoon.sdc.inject import FaultInjector
-from lagoon.sdc.precheck import PreReductionMonitor
+from lagoon.sdc.precheck import PreReductionMonitor, first_divergence
 from lagoon.sdc.replicas import ReplicaGroup
 from lagoon.sdc.vote import compare_runs, consensus
 from lagoon.sdc.watchdog import Watchdog
@@ -63,6 +72,13 @@ class Escalation:
     gathered: torch.Tensor
     parameters: list[str]
     suspects: list[int]
+    pre_reduction: dict[int, torch.Tensor]
+    """The first run's pre-reduction statistics since the checkpoint the replay starts from."""
+
+
+_UNLOCALIZED = ("every replica's weights differ from the replay (the gradient reduction spread the fault before "
+                "the check) and no pre-reduction statistics show where it began, so the replicas cannot tell "
+                "which one was faulty")
 
 
 def _listed(names: list[str], limit: int = 3) -> str:
@@ -93,35 +109,50 @@ class SDCHooks(Hooks):
         config = self.config
         self.rank = ctx.rank
         self.train = ctx.config.train
-        self.replicas = self._replicas_override or self._replica_group(ctx)
+        self.replicas, self.ranks, self.shards = self._groups(ctx)
         self.events = EventLog(ctx.run_dir, active=ctx.rank == 0)
         self.checker = ReplicaChecker(self.replicas, Fingerprinter(config.lanes, config.kernel))
         self.injector = FaultInjector(config.faults, ctx.rank)
         self.max_rollbacks = min(config.max_rollbacks, self.train.max_rollbacks)
         # With `enabled = false` only the configured faults fire (a drill of what goes unnoticed).
-        self.watchdog = Watchdog(self.replicas, config.timeout_s, on_fire=self._watchdog_fired)
+        self.watchdog = Watchdog(self.ranks, config.timeout_s, on_fire=self._watchdog_fired)
         if config.enabled and config.watchdog:
             self.watchdog.start()
-        self.precheck = PreReductionMonitor(config, self.replicas)
+        self.precheck = PreReductionMonitor(config, self.ranks)
         # With one rank there is nobody to name and the optimizer already skips non-finite steps.
-        if config.enabled and self.precheck.enabled and (self.replicas.size > 1 or config.loss_spike_factor > 0):
+        if config.enabled and self.precheck.enabled and (self.ranks.size > 1 or config.loss_spike_factor > 0):
             self.precheck.attach(ctx.model, ctx.wrapped_model, ctx.optimizer, ctx.step)
         self.owner = None
         if (config.enabled and config.owner_verify_every > 0) or any(f.kind == "ns_corrupt" for f in config.faults):
             from lagoon.sdc.owner import OwnerVerifier
 
-            self.owner = OwnerVerifier.attach(ctx.optimizer, config, self.replicas, self.injector, ctx.step)
+            # Distributed Muon's owners live in its data-parallel group: every rank (DDP), the shard group (FSDP2).
+            owners = self.shards if self.shards is not None else self.replicas
+            self.owner = OwnerVerifier.attach(ctx.optimizer, config, owners, self.injector, ctx.step)
         self.ready = True
 
-    def _replica_group(self, ctx: HookContext) -> ReplicaGroup:
-        """DDP: every data-parallel rank. DTensor parameters (HSDP): the ranks along the mesh's "replicate" dim."""
+    def _groups(self, ctx: HookContext) -> tuple[ReplicaGroup, ReplicaGroup, ReplicaGroup | None]:
+        """(replicas, every rank, shard peers) for this layout.
+
+        Replicas hold the same weights and are compared by fingerprint: every rank under DDP, the ranks along
+        ``dp_replicate`` under HSDP, none but this rank under plain FSDP (there the owner verification and the
+        NaN/spike checks are what runs). The pre-reduction checks and the watchdog span every rank; the shard
+        peers (None unless sharded) are distributed Muon's owners and the ranks whose verified digests
+        together describe a checkpoint."""
+        from lagoon.parallel.mesh import REPLICATE, SHARD
+
+        if self._replicas_override is not None:
+            return self._replicas_override, self._replicas_override, None
         mesh = next((p.device_mesh for p in ctx.model.parameters() if hasattr(p, "device_mesh")), None)
         if mesh is None:
-            return ReplicaGroup.from_group(ctx.group, self.config.timeout_s)
-        if "replicate" not in (mesh.mesh_dim_names or ()):
-            raise LagoonError("sdc: the parameters are sharded over every rank (FSDP without a \"replicate\" mesh "
-                              "dimension), so no two ranks hold the same weights to compare; set sdc.enabled = false")
-        return ReplicaGroup.from_mesh(mesh, "replicate", self.config.timeout_s)
+            replicas = ReplicaGroup.from_group(ctx.group, self.config.timeout_s)
+            return replicas, replicas, None
+        names = list(mesh.mesh_dim_names or ())
+        assert SHARD in names, f"a sharded model's mesh names its shard dimension: {names}"
+        replicas = (ReplicaGroup.from_mesh(mesh, REPLICATE, self.config.timeout_s) if REPLICATE in names
+                    else ReplicaGroup.single())
+        return replicas, ReplicaGroup.from_group(ctx.group, self.config.timeout_s), \
+            ReplicaGroup.from_mesh(mesh, SHARD, self.config.timeout_s)
 
     def _say(self, message: str) -> None:
         if self.rank == 0:
@@ -223,7 +254,8 @@ class SDCHooks(Hooks):
         if policy == "log":
             return
         if escalate:
-            self.pending = Escalation(step, result.gathered, parameters, suspects)
+            first = {s: r for s, r in self.precheck.rows.items() if s > self.last_checkpoint}
+            self.pending = Escalation(step, result.gathered, parameters, suspects, first)
             self._rollback(ctx, f"no majority after step {step}; replaying from step {self.last_checkpoint} to tell "
                                 f"a transient fault from a persistent one")
             return
@@ -235,17 +267,24 @@ class SDCHooks(Hooks):
         step, verdict = pending.step, result.verdict
         if verdict.agreed:
             changed = compare_runs(pending.gathered, result.gathered)
-            ranks, hosts = self._ranks(changed)
+            origin, evidence = self._transient_origin(pending, changed)
+            ranks, hosts = self._ranks(origin)
             self.events.record("sdc_transient", step, ranks=ranks, hosts=hosts, parameters=pending.parameters,
                                action=self.config.policy, digest=table_hash(result.local),
-                               replicas_reproduced=self.replicas.size - len(changed))
-            what = (f"the replay of step {step} agrees on every replica: the earlier disagreement was a transient "
-                    f"fault on {self.replicas.names(changed)} ({_listed(pending.parameters)})")
+                               replicas_reproduced=self.replicas.size - len(changed),
+                               localized=evidence is not None, detail=evidence or _UNLOCALIZED)
+            if evidence is not None:
+                what = (f"the replay of step {step} agrees on every replica: the earlier disagreement was a transient "
+                        f"fault on {self.replicas.names(origin)} ({_listed(pending.parameters)}; {evidence})")
+            else:
+                what = (f"the replay of step {step} agrees on every replica: the earlier disagreement was a transient "
+                        f"fault ({_listed(pending.parameters)}), but {_UNLOCALIZED}; suspects: "
+                        f"{self.replicas.names(origin)}")
             self._say(what)
             self.verified = (step, result.names, result.local)
             if self.config.policy == "fail":
-                raise SDCError(f"{what}; exclude the node", ranks=ranks, hosts=hosts,
-                               parameters=pending.parameters, step=step)
+                advice = "exclude the node" if evidence is not None else "test every suspect node"
+                raise SDCError(f"{what}; {advice}", ranks=ranks, hosts=hosts, parameters=pending.parameters, step=step)
             return
         faulty = verdict.faulty_replicas() if verdict.resolved else {}
         positions = list(faulty) if faulty else verdict.suspects()
@@ -257,6 +296,16 @@ class SDCHooks(Hooks):
         raise SDCError(f"persistent silent data corruption: the replay of step {step} disagrees again; {who} "
                        f"({_listed(parameters)}); exclude the suspect node(s)", ranks=ranks, hosts=hosts,
                        parameters=parameters, step=step)
+
+    def _transient_origin(self, pending: Escalation, changed: list[int]) -> tuple[list[int], str | None]:
+        """Replica positions a transient fault began on, and the evidence (None: the replicas cannot tell)."""
+        found = first_divergence(pending.pre_reduction, self.precheck.rows)
+        if found is not None:
+            step, positions = found
+            return positions, f"its own loss and gradients before the reduction first differed from the replay in step {step}"
+        if changed and len(changed) < self.replicas.size:
+            return changed, "its weights alone differed from the replay"
+        return changed or list(range(self.replicas.size)), None
 
     def _rollback(self, ctx: HookContext, reason: str) -> None:
         if self.last_checkpoint is None:
@@ -284,6 +333,7 @@ class SDCHooks(Hooks):
         self._setup(ctx)
         step = ctx.step
         self.last_checkpoint = step
+        self.precheck.forget_through(step)
         if not self.config.enabled:
             return
         if self.verified is None or self.verified[0] != step:
@@ -297,7 +347,7 @@ class SDCHooks(Hooks):
                 raise SDCError(f"refusing to write checkpoint step {step}: the replicas disagree in "
                                f"{len(result.verdict.votes)} parameter(s)", step=step)
         if self.verified is not None and self.verified[0] == step:
-            ctx.sdc_digest = encode_digest(self.verified[1], self.verified[2])
+            ctx.sdc_digest = self._digest(self.verified[1], self.verified[2], step)
         else:
             ctx.sdc_digest = None
         self.watchdog.progress(step)
@@ -313,10 +363,11 @@ class SDCHooks(Hooks):
             return
         result = self.checker.check(ctx.model, step)
         self.checks += 1
-        if ctx.sdc_digest:
+        stored = self._stored_digest(ctx.sdc_digest, step)
+        if stored:
             stored_ok = []
             for position in range(self.replicas.size):
-                differs = differing_parameters(result.names, result.gathered[position], ctx.sdc_digest)
+                differs = differing_parameters(result.names, result.gathered[position], stored)
                 stored_ok.append(differs)
             mismatched = [p for p, differs in enumerate(stored_ok) if differs]
             if mismatched:
@@ -337,6 +388,27 @@ class SDCHooks(Hooks):
                            f"({self.replicas.names(suspects)})", ranks=ranks, hosts=hosts, step=step)
         self.verified = (step, result.names, result.local)
         self.watchdog.progress(step)
+
+
+    def _digest(self, names: list[str], local: torch.Tensor, step: int) -> str:
+        """The verified digest a checkpoint stores: this replica's, or under sharding every shard's, joined by
+        "|" in shard order (each rank fingerprints only the rows it holds)."""
+        if self.shards is None:
+            return encode_digest(names, local)
+        tables = self.shards.all_gather(local, "checkpoint digest", step)
+        return "|".join(encode_digest(names, table) for table in tables)
+
+    def _stored_digest(self, digest: str | None, step: int) -> str | None:
+        """The part of a stored digest this rank's shard must reproduce; None when there is nothing to compare:
+        no digest, or one written by another sharding (a resume across layouts re-verifies across replicas)."""
+        if not digest:
+            return None
+        parts = digest.split("|")
+        count = 1 if self.shards is None else self.shards.size
+        if len(parts) != count:
+            self.events.record("sdc_digest_layout_changed", step, stored_shards=len(parts), shards=count)
+            return None
+        return parts[0 if self.shards is None else self.shards.position]
 
 
 def sdc_hooks(config: Any) -> list[Hooks]:

@@ -1,7 +1,7 @@
 """Owner verification: a second rank recomputes sampled Newton–Schulz results of distributed Muon.
 
-Distributed Muon (``optim.distributed = "ddp"``) orthogonalizes each matrix once, on its owner rank, and
-copies the result to every replica. A wrong result there (a defective ALU on the owner) reaches every
+Distributed Muon (``ddp`` mode, or ``fsdp2`` mode within the shard group) orthogonalizes each matrix once,
+on its owner rank, and copies the result to every replica (or sends every rank its rows). A wrong result there (a defective ALU on the owner) reaches every
 replica identically, so the replica fingerprints still agree: only recomputing the owner's work
 elsewhere can catch it.
 
@@ -69,8 +69,9 @@ class OwnerVerifier:
     @classmethod
     def attach(cls, optimizer: Any, config: SDCConfig, replicas: ReplicaGroup, injector: FaultInjector | None,
                step: int) -> "OwnerVerifier | None":
-        """Wrap a distributed Muon in ``ddp`` mode; None for any other optimizer (nothing to verify)."""
-        if getattr(optimizer, "mode", None) != "ddp" or not hasattr(optimizer, "_orthogonalize") or replicas.size < 2:
+        """Wrap a distributed Muon (``ddp`` or ``fsdp2`` mode, `replicas` its data-parallel group); None for any
+        other optimizer (nothing to verify)."""
+        if getattr(optimizer, "mode", None) not in ("ddp", "fsdp2") or not hasattr(optimizer, "_orthogonalize") or replicas.size < 2:
             return None
         verifier = cls(config=config, replicas=replicas, injector=injector, optimizer=optimizer,
                        fingerprinter=Fingerprinter(config.lanes, config.kernel), step=step + 1)
@@ -82,7 +83,9 @@ class OwnerVerifier:
             verifier._pending = (direction, out) if direction is not None else None
             return out
 
-        def observed_start_to_all(bucket: Any, updates_mRC: torch.Tensor):
+        def observed_start_to_all(bucket: Any, updates_mRC: torch.Tensor, **options):
+            if options:   # momenta travelling for a sharded state dict, not Newton–Schulz results
+                return start_to_all(bucket, updates_mRC, **options)
             verifier._observe(bucket, updates_mRC)
             return start_to_all(bucket, updates_mRC)
 

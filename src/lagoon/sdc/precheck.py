@@ -23,6 +23,10 @@ With ``skip_spikes``, a step flagged for non-finite gradients or a loss spike is
 not applied (the optimizer reports ``skipped = 1``) and the batch is dropped. Running means start after
 ``spike_warmup`` steps and never absorb a flagged value.
 
+The gathered statistics of every step since the last checkpoint are kept (`rows`): they are each rank's
+own state *before* the reduction mixes it with the others', which is what tells, after a replay, on which
+replica a transient fault began (`first_divergence`, used by `lagoon.sdc.hooks`).
+
 The monitor attaches to the live optimizer by wrapping its ``step`` method (and, under DDP, registering
 the communication hook), so the optimizer needs no SDC-specific code.
 """
@@ -59,6 +63,9 @@ class PreReductionMonitor:
         self._optimizer = None
         self._real_step = None
         self._step_index = 0
+        self.rows: dict[int, torch.Tensor] = {}
+        """step → [W, 3] float64: every replica's [non-finite flag, squared local gradient norm, local loss] of
+        that step, as gathered (kept from the last checkpoint on; `forget_through` drops older steps)."""
 
     @property
     def enabled(self) -> bool:
@@ -140,6 +147,7 @@ class PreReductionMonitor:
     def _decide(self, stats_W3: torch.Tensor, step: int) -> bool:
         """Record events for step `step`'s statistics; True when its update should be skipped."""
         config = self.config
+        self.rows[step] = stats_W3.detach().to(torch.float64).clone()
         rows = stats_W3.tolist()
         names = self.replicas
         skip = False
@@ -183,9 +191,31 @@ class PreReductionMonitor:
         events, self.pending = self.pending, []
         return events
 
+    def forget_through(self, step: int) -> None:
+        """Drop the statistics of steps up to `step` (a checkpoint at `step` makes them unnecessary)."""
+        self.rows = {s: r for s, r in self.rows.items() if s > step}
+
     def at_step(self, step: int) -> None:
         """Restart the count at `step` (after a checkpoint load), dropping anything in flight."""
         if self._in_flight is not None:
             self._in_flight[0]()
             self._in_flight = None
         self._step_index = step
+
+
+def first_divergence(first: dict[int, torch.Tensor], replay: dict[int, torch.Tensor]) -> tuple[int, list[int]] | None:
+    """The first step whose pre-reduction statistics differ, bit for bit, between a run and its replay, and the
+    replica positions that differ there; None when every step both have agrees.
+
+    A replay from a verified checkpoint recomputes each step exactly (lagoon's resume is bit-exact), so the
+    first difference shows where a transient fault first changed a replica's *own* computation: at that
+    step only the faulty replica's local loss and gradients differ; from the next step on the gradient
+    reduction has carried the fault to every replica."""
+    for step in sorted(set(first) & set(replay)):
+        a, b = first[step], replay[step]
+        if a.shape != b.shape:
+            continue
+        differs_W = (a.contiguous().view(torch.int64) != b.contiguous().view(torch.int64)).any(dim=1)
+        if bool(differs_W.any()):
+            return step, differs_W.nonzero().flatten().tolist()
+    return None

@@ -1,20 +1,26 @@
 """Checkpoint directories: written atomically, verified by a SHA-256 manifest, pruned to `keep_last`.
 
-The contract (DESIGN.md, "Checkpoint directory"):
+The contract (docs/INTERFACES.md, "Checkpoint directory"; written by `lagoon.parallel.checkpoint.save`, collectively):
 
     DIR/checkpoints/step_00000200/
-        config.json  model.safetensors  lagoon_model.json     Hugging Face Laguna weights (lagoon.model)
+        config.json  lagoon_model.json                        the architecture (lagoon.model.from_pretrained)
         tokenizer.json  tokenizer_config.json  ...            the shard set's tokenizer files
+        dcp/                                                  torch.distributed.checkpoint, one file per rank:
+            .metadata  __0_0.distcp  ...                      model.<name> (fp32 master weights) and
+                                                              optim.step / optim.muon.* / optim.adamw.*
         train_state/
             state.json            step, tokens seen, world size, sdc_digest, last metrics, resolved config
-            optimizer.pt          the optimizer's state_dict() (world-size independent form)
             loader.json           the data loader's position in the global stream (world-size independent)
             rng_rank{r}.json      each rank's torch / CUDA / numpy / python RNG states
         manifest.json             SHA-256 and size of every other file; written last
 
+Weights and optimizer state are stored once, sharded as the writing job held them, with global shapes and
+layout-independent keys: any world size and layout (DDP, FSDP, HSDP) resumes from any other. The directory
+loads with ``lagoon.model.from_pretrained`` (which reads ``dcp/``) and ``lagoon export hf`` converts it,
+tensor by tensor, to a Hugging Face directory.
+
 A checkpoint is staged in ``checkpoints/.step_NNNNNNNN.tmp-<pid>`` and renamed into place only when
 complete, so a killed writer leaves either nothing or a staging directory that the next run removes.
-The directory loads with ``lagoon.model.from_pretrained`` and exports with ``lagoon export hf``.
 Resuming takes the newest checkpoint whose manifest verifies and reports why it skipped any newer one.
 """
 
@@ -32,15 +38,13 @@ from typing import Any
 
 import torch
 
-from lagoon.model import LagunaForCausalLM
-from lagoon.model.hf import write_checkpoint_files
 
 MANIFEST = "manifest.json"
 TRAIN_STATE = "train_state"
 STATE_FILE = "state.json"
-OPTIMIZER_FILE = "optimizer.pt"
 LOADER_FILE = "loader.json"
-FORMAT = "lagoon-checkpoint/1"
+FORMAT = "lagoon-checkpoint/2"
+DCP_METADATA = "dcp/.metadata"
 
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _STAGING_DIR = re.compile(r"^\.step_(\d{8,})\.tmp-\d+$")
@@ -117,8 +121,10 @@ def verify(directory: Path) -> str | None:
         files = manifest["files"]
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         return "manifest.json is not a valid lagoon manifest"
-    for required in ("config.json", "model.safetensors", f"{TRAIN_STATE}/{STATE_FILE}", f"{TRAIN_STATE}/{OPTIMIZER_FILE}",
-                     f"{TRAIN_STATE}/{LOADER_FILE}", f"{TRAIN_STATE}/rng_rank0.json"):
+    if manifest.get("format") != FORMAT:
+        return f"written by another lagoon checkpoint format ({manifest.get('format')}, this one reads {FORMAT})"
+    for required in ("config.json", DCP_METADATA, f"{TRAIN_STATE}/{STATE_FILE}", f"{TRAIN_STATE}/{LOADER_FILE}",
+                     f"{TRAIN_STATE}/rng_rank0.json"):
         if required not in files:
             return f"manifest.json does not list {required}"
     for name, entry in sorted(files.items()):
@@ -160,43 +166,18 @@ def _fsync_dir(directory: Path) -> None:
         os.close(descriptor)
 
 
-def save_checkpoint(run_dir: Path, model: LagunaForCausalLM, state: CheckpointState, optimizer_state: dict[str, Any],
-                    loader_state: dict[str, Any], rank_rngs: list[dict[str, Any]], tokenizer_dir: Path | None,
-                    keep_last: int) -> Path:
-    """Write checkpoint `state.step` atomically (rank 0 only), then delete all but the newest `keep_last`.
-
-    `loader_state` is the loader's `state_dict()` (global, JSON); `rank_rngs` holds every rank's
-    `capture_rng()`, in rank order."""
-    root = checkpoints_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    name = step_dir_name(state.step)
-    staging = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        write_checkpoint_files(model, staging, tokenizer_dir=tokenizer_dir)
-        train_state = staging / TRAIN_STATE
-        train_state.mkdir()
-        torch.save(optimizer_state, train_state / OPTIMIZER_FILE)
-        (train_state / LOADER_FILE).write_text(json.dumps(loader_state, default=_json_default))
-        for rank, rng in enumerate(rank_rngs):
-            (train_state / f"rng_rank{rank}.json").write_text(json.dumps(rng))
-        (train_state / STATE_FILE).write_text(json.dumps(state.to_json(), indent=2, default=_json_default) + "\n")
-        _fsync_tree(staging)
-        write_manifest(staging, state.step)
-        target = root / name
-        if target.exists():  # a rollback re-writes a step: swap the old one out only once the new one is whole
-            old = root / f".{name}.old-{os.getpid()}"
-            target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
-        _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    prune(root, keep_last)
+def publish(staging: Path, target: Path, step: int) -> Path:
+    """Make the complete staging directory durable, write its manifest, and rename it to `target` atomically."""
+    _fsync_tree(staging)
+    write_manifest(staging, step)
+    if target.exists():  # a rollback re-writes a step: swap the old one out only once the new one is whole
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(target)
+    _fsync_dir(target.parent)
     return target
 
 
@@ -252,10 +233,6 @@ def newest_verified(run_dir: Path, say: Callable[[str], None]) -> Path | None:
 
 def read_state(path: Path) -> CheckpointState:
     return CheckpointState.from_json(json.loads((path / TRAIN_STATE / STATE_FILE).read_text()))
-
-
-def read_optimizer_state(path: Path) -> dict[str, Any]:
-    return torch.load(path / TRAIN_STATE / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
 
 
 def read_loader_state(path: Path) -> dict[str, Any]:

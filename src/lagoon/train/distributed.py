@@ -77,6 +77,14 @@ def all_sum(values: list[float], dist_info: Distributed, device: torch.device) -
     return tensor.tolist()
 
 
+def all_max(value: float, dist_info: Distributed, device: torch.device) -> float:
+    """The largest `value` over ranks."""
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist_info.group is not None:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=dist_info.group)
+    return tensor.item()
+
+
 def gather_objects(obj, dist_info: Distributed) -> list | None:
     """Every rank's `obj` on rank 0 (None elsewhere); [obj] when single-process."""
     if dist_info.group is None:

@@ -27,7 +27,6 @@ import torch
 
 from lagoon.configio import dumps_toml, to_dict
 from lagoon.errors import ConfigError, LagoonError
-from lagoon.model import LagunaForCausalLM
 from lagoon.train import checkpoint as ckpt
 from lagoon.train.distributed import Distributed, setup
 from lagoon.train.hooks import Hooks, call_hooks
@@ -62,7 +61,6 @@ class _Inputs:
 
     shards: Any
     mixture: Any
-    model: LagunaForCausalLM
     config: Any
 
 
@@ -105,21 +103,21 @@ def _check_batch(config: Any, world_size: int) -> None:
                                               f"{train.grad_accum} micro-batches")
 
 
-def _build_model(config: Any, shards: Any) -> tuple[LagunaForCausalLM, Any]:
-    """The starting model (fresh or `init_from`) and the config with [model] resolved against the tokenizer."""
-    from lagoon.model import from_pretrained
+def _resolve_model(config: Any, shards: Any) -> tuple[Any, Path | None, Any]:
+    """The model config (fresh, or `init_from`'s), the directory to load weights from (None: initialise) and the
+    config with [model] resolved against the tokenizer. Reads config files only: no weights yet."""
+    from lagoon.model.hf import read_config
 
     train = config.train
     vocab = len(shards.token_bytes)
-    torch.manual_seed(train.seed)
     if train.init_from:
         if not Path(train.init_from).is_dir():
             raise ConfigError("train.init_from", f"checkpoint directory {train.init_from} does not exist")
-        model = from_pretrained(train.init_from, dtype=torch.float32)
-        if model.config.vocab_size < vocab:
-            raise ConfigError("train.init_from", f"the checkpoint's vocabulary ({model.config.vocab_size}) is smaller "
+        model_config = read_config(Path(train.init_from))
+        if model_config.vocab_size < vocab:
+            raise ConfigError("train.init_from", f"the checkpoint's vocabulary ({model_config.vocab_size}) is smaller "
                                                  f"than the shard set's tokenizer ({vocab} tokens)")
-        return model, dataclasses.replace(config, model=model.config)
+        return model_config, Path(train.init_from), dataclasses.replace(config, model=model_config)
     model_config = config.model
     if train.vocab_from_data:
         model_config = dataclasses.replace(model_config, vocab_size=vocab)
@@ -127,7 +125,7 @@ def _build_model(config: Any, shards: Any) -> tuple[LagunaForCausalLM, Any]:
     elif model_config.vocab_size < vocab:
         raise ConfigError("model.vocab_size", f"{model_config.vocab_size} is smaller than the shard set's tokenizer "
                                               f"({vocab} tokens); set it to {vocab} or train.vocab_from_data = true")
-    return LagunaForCausalLM(model_config), dataclasses.replace(config, model=model_config)
+    return model_config, None, dataclasses.replace(config, model=model_config)
 
 
 def _seed_everything(seed: int) -> None:
@@ -147,7 +145,8 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
     Under torchrun every rank calls this; rank 0 alone writes metrics and checkpoints.
     """
     from lagoon.data.loader import MixtureLoader
-    from lagoon.optim import DataParallel, build_optimizer
+    from lagoon.parallel.engine import Engine, optimizer_mode
+    from lagoon.parallel.mesh import ParallelDims
 
     hooks = list(hooks or [])
     if not any(type(hook).__name__ == "SDCHooks" for hook in hooks):
@@ -166,33 +165,23 @@ def run_training(config: Any, run_dir: str | os.PathLike, hooks: list[Hooks] | N
             if name not in shards.eval_groups:
                 raise ConfigError("train.eval_groups", f"no held-out set for group {name!r} in the shard set "
                                                        f"(it has {', '.join(shards.eval_groups)})")
-    model, config = _build_model(config, shards)
+    model_config, source, config = _resolve_model(config, shards)
+    optimizer_mode(ParallelDims.resolve(config.parallel, world_size), config.optim.distributed)  # a bad layout: now
 
     dist_info = setup(train.device)
     try:
         _check_batch(config, dist_info.world_size)
-        model.to(dist_info.device).train()
         data = config.data
         loader = MixtureLoader(shards, mixture, seq_len=data.seq_len, global_batch_size=data.global_batch_size,
                                seed=data.seed, rank=dist_info.rank, world_size=dist_info.world_size,
                                repetition_cap=data.repetition_cap)
-        data_parallel = DataParallel.from_group(dist_info.group) if dist_info.world_size > 1 else None
-        if config.optim.distributed == "fsdp2" and data_parallel is not None:
-            # Distributed Muon over FSDP2 shards: shard before the optimizer sees the parameters.
-            from lagoon.optim.fsdp import shard_model
-
-            if any(isinstance(hook, Hooks) and type(hook).__name__ == "SDCHooks" for hook in hooks):
-                raise ConfigError("sdc.enabled", "FSDP2 (optim.distributed = \"fsdp2\") holds no replicated weights "
-                                                 "for the SDC replica check to compare; set sdc.enabled = false or use "
-                                                 "optim.distributed = \"ddp\"")
-            shard_model(model, data_parallel, dist_info.device.type)
-        optimizer = build_optimizer(model, config.optim, data_parallel=data_parallel)
+        engine = Engine.build(model_config, config.parallel, config.optim, dist_info, source=source, seed=train.seed)
         _seed_everything(train.seed)
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
         dist_info.barrier()
         metrics = MetricsWriter(run_dir, active=dist_info.is_main)
-        trainer = Trainer(config, run_dir, dist_info, model, optimizer, loader, shards, hooks, metrics,
+        trainer = Trainer(config, run_dir, dist_info, engine, loader, shards, hooks, metrics,
                           lambda message: _say(dist_info, message))
         try:
             return _run(trainer)

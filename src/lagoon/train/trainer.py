@@ -1,12 +1,13 @@
 """One training run's moving parts and its step: micro-batches, DDP, the update, evaluation, checkpoints.
 
-`Trainer` owns the model, the (possibly DDP-wrapped) module the loop calls, the optimizer, the loader and
-the counters; `lagoon.train.loop.run_training` builds it and drives it. Each optimizer step:
+`Trainer` drives an engine (`lagoon.parallel.engine`: the model as this rank holds it — whole, DDP-wrapped,
+or FSDP2/HSDP-sharded — and its optimizer) with the loader and the counters; `lagoon.train.loop.run_training`
+builds it and drives it. Each optimizer step:
 
     1. take this rank's slice of the global batch and split it into `grad_accum` micro-batches;
     2. forward/backward each one, weighting its mean loss by its share of the global batch's targets
        (so the gradient is the global token-mean's, for any world size and accumulation);
-       DDP synchronises only on the last micro-batch;
+       gradients are reduced only on the last micro-batch (DDP no_sync, FSDP2's deferred reduce-scatter);
     3. one optimizer step (clipping inside), zero the gradients, the router-bias step;
     4. the hooks' quiet point, then metrics, evaluation and checkpoint as scheduled.
 
@@ -24,11 +25,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
+from lagoon.configio import to_dict
 from lagoon.errors import LagoonError
-from lagoon.model import IGNORE_INDEX, LagunaForCausalLM
-from lagoon.optim.fsdp import FullWeights, is_sharded, load_full_state_dict, unsharded_copy
+from lagoon.model import IGNORE_INDEX
 from lagoon.train import checkpoint as ckpt
 from lagoon.train.distributed import Distributed, all_sum, broadcast_object, gather_objects
 from lagoon.train.evaluate import evaluate_bpb
@@ -43,14 +43,15 @@ class TrainingDiverged(LagoonError):
 
 
 class Trainer:
-    def __init__(self, config: Any, run_dir: Path, dist_info: Distributed, model: LagunaForCausalLM, optimizer: Any,
-                 loader: Any, shards: Any, hooks: list[Hooks], metrics: MetricsWriter, say):
+    def __init__(self, config: Any, run_dir: Path, dist_info: Distributed, engine: Any, loader: Any, shards: Any,
+                 hooks: list[Hooks], metrics: MetricsWriter, say):
         self.config = config
         self.train = config.train
         self.run_dir = run_dir
         self.dist = dist_info
-        self.model = model
-        self.optimizer = optimizer
+        self.engine = engine
+        self.model = engine.model
+        self.optimizer = engine.optimizer
         self.loader = loader
         self.shards = shards
         self.hooks = hooks
@@ -63,12 +64,7 @@ class Trainer:
         self.last_row: dict[str, Any] = {}
         self.rollbacks = 0
         self.autocast_dtype = autocast_dtype(self.train.dtype, dist_info.device)
-        self.wrapped: nn.Module = model
-        if dist_info.group is not None and not getattr(optimizer, "reduces_gradients", False):
-            # Distributed Muon reduces gradients itself; otherwise DDP averages them across ranks.
-            self.wrapped = DistributedDataParallel(
-                model, device_ids=[dist_info.device.index] if dist_info.device.type == "cuda" else None,
-                process_group=dist_info.group, forward_sync_buffers=False)
+        self.wrapped: nn.Module = engine.wrapped
 
     # ----------------------------------------------------------------------------------------------
     def context(self, metrics: dict[str, Any] | None = None) -> HookContext:
@@ -82,11 +78,6 @@ class Trainer:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
-
-    def _no_sync(self, last: bool):
-        if last or not isinstance(self.wrapped, DistributedDataParallel):
-            return contextlib.nullcontext()
-        return self.wrapped.no_sync()
 
     # ----------------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
@@ -107,18 +98,20 @@ class Trainer:
         aux_sum = torch.zeros((), dtype=torch.float64, device=device)
         for index, (input_ids_BT, targets_BT, document_ids_BT) in enumerate(pieces):
             last = index == len(pieces) - 1
-            with self._no_sync(last):
+            with self.engine.micro_batch(last):
                 with self._autocast():
                     output = self.wrapped(input_ids_BT.to(device, non_blocking=True),
                                           targets=targets_BT.to(device, non_blocking=True),
                                           document_ids=document_ids_BT.to(device, non_blocking=True))
-                # DDP (and distributed Muon) average gradients over ranks, hence the world-size factor.
+                # DDP, FSDP2 and distributed Muon average gradients over ranks, hence the world-size factor.
                 share = counts[index] * self.dist.world_size / global_count
                 aux = sum(output.aux_losses.values(), torch.zeros((), device=device))
                 (output.lm_loss * share + aux / len(pieces)).backward()
             loss_sum += output.lm_loss.detach().double() * counts[index]
             aux_sum += aux.detach().double() / len(pieces)
 
+        # What this rank holds at its peak of training state (gradients present), measured once.
+        memory = {f"state_bytes/{k}": v for k, v in self.engine.state_bytes().items()} if self.step == 0 else {}
         scale = lr_scale(train, self.step)
         self.optimizer.set_lr_scale(scale)
         stats = self.optimizer.step(max_grad_norm=train.max_grad_norm or None)
@@ -137,7 +130,7 @@ class Trainer:
             row["aux_loss"] = aux_total / self.dist.world_size
         row.update(lr=self.base_lr() * scale, lr_scale=scale)
         row.update({key: float(value) for key, value in (stats or {}).items()})   # the optimizer's lr wins
-        row.update(tokens=self.tokens_seen, tokens_per_s=step_tokens / elapsed, **load)
+        row.update(tokens=self.tokens_seen, tokens_per_s=step_tokens / elapsed, **load, **memory)
         if not math.isfinite(loss):
             self.metrics.write(row)
             raise TrainingDiverged(f"the training loss is {loss} at step {self.step}; lower optim.lr or raise "
@@ -153,7 +146,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         train = self.train
         # FSDP2's forward is a collective; each rank evaluates its own batches on a gathered, unsharded copy.
-        model = unsharded_copy(self.model) if is_sharded(self.model) else self.model
+        model = self.engine.unsharded_copy()
         results = evaluate_bpb(model, self.shards, groups=train.eval_groups, max_tokens=train.eval_tokens,
                                seq_len=self.config.data.seq_len, batch_size=train.eval_batch_size, device=self.dist.device,
                                autocast_dtype=self.autocast_dtype, group=self.dist.group)
@@ -166,20 +159,12 @@ class Trainer:
         ctx = self.context()
         call_hooks(self.hooks, "before_checkpoint_save", ctx)
         self.sdc_digest = ctx.sdc_digest
-        optimizer_state = self.optimizer.state_dict()   # a collective for distributed Muon
-        weights = FullWeights(self.model) if is_sharded(self.model) else self.model   # FSDP2: a collective gather
-        rank_rngs = gather_objects(capture_rng(), self.dist)
-        path = None
-        if self.dist.is_main:
-            from lagoon.configio import to_dict
-
-            state = ckpt.CheckpointState(step=self.step, tokens_seen=self.tokens_seen, world_size=self.dist.world_size,
-                                         sdc_digest=self.sdc_digest, last_metrics=self.summary(),
-                                         config=to_dict(self.config))
-            path = ckpt.save_checkpoint(self.run_dir, weights, state, optimizer_state, self.loader.state_dict(),
-                                        rank_rngs, self.shards.tokenizer_dir, self.train.keep_last)
+        state = ckpt.CheckpointState(step=self.step, tokens_seen=self.tokens_seen, world_size=self.dist.world_size,
+                                     sdc_digest=self.sdc_digest, last_metrics=self.summary(), config=to_dict(self.config))
+        path = self.engine.save(self.run_dir, state, self.loader.state_dict(), capture_rng(), self.shards.tokenizer_dir,
+                                self.train.keep_last)
+        if path is not None:
             self.metrics.event("checkpoint", step=self.step, path=str(path.relative_to(self.run_dir)))
-        self.dist.barrier()
         return path
 
     def summary(self) -> dict[str, Any]:
@@ -188,26 +173,8 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         """Load checkpoint `path` into the model, optimizer, loader and RNGs (every rank)."""
-        from lagoon.model.hf import from_hub_state_dict, read_weights
-
         state = ckpt.read_state(path)
-        weights = from_hub_state_dict(read_weights(path))
-        if self.model.config.tie_word_embeddings:
-            weights.pop("lm_head.weight", None)
-        expected = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
-        found = {name: tuple(t.shape) for name, t in weights.items()}
-        if self.model.config.tie_word_embeddings:
-            expected.pop("lm_head.weight", None)
-        if expected != found:
-            raise LagoonError(f"checkpoint {path} holds a different model than [model] describes; "
-                              f"use a new --run-dir or the checkpoint's architecture")
-        with torch.no_grad():
-            if is_sharded(self.model):  # FSDP2: each rank keeps its rows of the full tensors
-                load_full_state_dict(self.model, weights)
-            for name, tensor in self.model.state_dict().items():
-                if name in weights and not is_sharded(self.model):
-                    tensor.copy_(weights[name])
-        self.optimizer.load_state_dict(ckpt.read_optimizer_state(path))
+        self.engine.load(path)   # refuses a checkpoint of another model shape, naming it
         self.loader.load_state_dict(ckpt.read_loader_state(path))
         restore_rng(ckpt.read_rng_state(path, self.dist.rank))
         self.step, self.tokens_seen, self.sdc_digest = state.step, state.tokens_seen, state.sdc_digest

@@ -16,7 +16,7 @@ written while servers may still read the previous one):
                      i64 data offset, i64 data bytes, i64 version being written (-2: abandoned),
                      i64 bytes of the data region written so far for it (in index order)
     offset 64        the index, UTF-8 JSON: ``{"tensors": [[name, dtype, shape, offset, nbytes], ...]}`` in
-                     `lagoon.infer.weight_sync.sync_tensors` order (sorted runtime names, a tied head left out)
+                     `lagoon.weights.tensors.ordered_tensors` order (sorted runtime names, a tied head left out)
     data offset      the tensors' raw bytes, each at a 64-byte aligned offset (relative to the data offset),
                      the data offset itself 4096-aligned
 
@@ -40,7 +40,6 @@ import struct
 import sys
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ import torch
 from torch import nn
 
 from lagoon.errors import LagoonError
-from lagoon.infer.weight_sync import layout_problem, sync_tensors
+from lagoon.weights.tensors import WeightSource, layout_problem, ordered_tensors
 
 MAGIC = b"LAGOONSW"
 LAYOUT_VERSION = 1
@@ -175,17 +174,17 @@ class SharedWeightWriter:
     def path(self, slot: int) -> Path:
         return self.root / f"slot-{slot}.bin"
 
-    def streamable(self, source: nn.Module | Mapping[str, torch.Tensor]) -> bool:
+    def streamable(self, source: WeightSource) -> bool:
         """Whether the next `write` of `source` reuses mapped files, so servers may open the slot and wait
         for it before the write starts."""
-        signature = [(name, t.dtype, tuple(t.shape)) for name, t in sync_tensors(source)]
+        signature = [(name, t.dtype, tuple(t.shape)) for name, t in ordered_tensors(source)]
         return self._layout is not None and self._layout[0] == signature and len(self._maps) == self.slots
 
-    def write(self, source: nn.Module | Mapping[str, torch.Tensor], version: int) -> SharedWrite:
+    def write(self, source: WeightSource, version: int) -> SharedWrite:
         """Copy every weight of `source` into the slot of `version`; returns where and how long it took."""
         assert version >= 0
         started = time.perf_counter()
-        tensors = sync_tensors(source)
+        tensors = list(ordered_tensors(source))
         signature = [(name, t.dtype, tuple(t.shape)) for name, t in tensors]
         if self._layout is None or self._layout[0] != signature:
             # A new layout gets new files (new inodes), so readers holding the old mapping notice.
@@ -330,12 +329,12 @@ class SharedSegment:
                                   f"(it holds {done}, and {writing} is being written)")
             time.sleep(POLL_S)
 
-    def copy_into(self, model: nn.Module | Mapping[str, torch.Tensor], version: int, wait_s: float = 0.0) -> int:
+    def copy_into(self, model: WeightSource, version: int, wait_s: float = 0.0) -> int:
         """Copy every tensor into `model` (casting to its dtypes), each as soon as the writer has written it
         (waiting up to `wait_s` for the writer); raises if the writer changed the slot meanwhile. Returns the
         bytes read."""
         self.wait_for(version, 0, wait_s)
-        targets = dict(sync_tensors(model))
+        targets = dict(ordered_tensors(model))
         total = 0
         with torch.no_grad():
             for entry in self.entries:

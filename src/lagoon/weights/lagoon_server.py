@@ -4,7 +4,7 @@
     POST /v1/weights/load     {"path": CKPT_DIR, "version": int}
     POST /v1/weights/receive  {"master_addr", "master_port", "world_size", "rank", "version", "backend"}
     POST /v1/weights/load_shared {"path": SEGMENT_FILE, "version": int, "wait_s": float = 0}
-                                      (same machine: lagoon.infer.shared_weights; wait_s > 0: copy while written)
+                                      (same machine: lagoon.weights.shared_memory; wait_s > 0: copy while written)
     POST /v1/weights/resume
     GET  /v1/weights          {"policy_version", "digest", "paused", "complete", "last_update", ...}
 
@@ -134,7 +134,7 @@ def load_checkpoint(state: ServerState, path: str, version: int) -> dict[str, An
 def load_shared(state: ServerState, path: str, version: int, wait_s: float = 0.0) -> dict[str, Any]:
     """Copy a shared-memory segment's tensors straight into the served model (blocking); with `wait_s` > 0
     the version may still be being written: each tensor is copied once the writer has passed it."""
-    from lagoon.infer.shared_weights import SegmentCache
+    from lagoon.weights.shared_memory import SegmentCache
 
     started = time.perf_counter()
     if state.segments is None:
@@ -165,7 +165,7 @@ def load_shared(state: ServerState, path: str, version: int, wait_s: float = 0.0
 
 def receive_broadcast(state: ServerState, body: dict[str, Any], version: int) -> dict[str, Any]:
     """Join the trainer's weight group and receive its broadcast into the served model (blocking)."""
-    from lagoon.infer.weight_sync import WeightGroup, receive_buckets, receive_header
+    from lagoon.weights.broadcast import WeightGroup, receive_buckets, receive_header
 
     fields = {}
     for name, kind in (("master_addr", str), ("master_port", int), ("world_size", int), ("rank", int)):

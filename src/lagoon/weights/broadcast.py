@@ -1,4 +1,4 @@
-"""Moving weights from an RL trainer into running inference servers, and checking they arrived intact.
+"""Weights into running `lagoon serve` servers over torch.distributed (lagoon's own wire protocol).
 
 Two ways in (both behind the server's ``/v1/weights/*`` endpoints):
 
@@ -20,19 +20,15 @@ Wire protocol of one broadcast, in order:
      from rank 0; two staging buffers per side let one bucket be packed or unpacked while the next is in flight;
   4. a MAX all-reduce of one int: each server's verdict after copying the weights in.
 
-`weights_digest` is the SHA-256 over, for every tensor in the same sorted order, its name, dtype, shape
-and raw bytes; the server reports it at ``GET /v1/weights`` and the trainer computes it with the same
-function (pass ``dtype=`` to hash the cast the server holds).
+The order, names and digest are `lagoon.weights.tensors`'; the server reports the digest at ``GET /v1/weights``.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,6 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lagoon.errors import LagoonError
+from lagoon.weights.tensors import WeightSource, layout_problem, ordered_tensors
 
 # Bucket sizes by backend. Gloo over TCP moved the `small` preset 2-7x faster in 1-8 MiB buckets than in
 # 64 MiB+ ones on the development machine (docs/LOG.md, 2026-11-29); NCCL favours large messages.
@@ -63,38 +60,6 @@ class TransferStats:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-# ----------------------------------------------------------------------------------------------------
-# The tensors, their order and their digest
-
-
-def sync_tensors(source: nn.Module | Mapping[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every weight in the fixed transfer/digest order: sorted by name, tied head left out."""
-    state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
-    head, embed = state.get("lm_head.weight"), state.get("model.embed_tokens.weight")
-    if head is not None and embed is not None and head.data_ptr() == embed.data_ptr():
-        del state["lm_head.weight"]
-    return sorted((name, tensor.detach()) for name, tensor in state.items())
-
-
-def _raw_bytes(tensor: torch.Tensor) -> memoryview:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy())
-
-
-def weights_digest(source: nn.Module | Mapping[str, torch.Tensor], dtype: torch.dtype | None = None) -> str:
-    """SHA-256 hex digest of every weight's name, dtype, shape and bytes, in `sync_tensors` order.
-
-    `dtype` casts floating-point tensors first (e.g. a trainer with fp32 weights checking a bf16 server).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sync_tensors(source):
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        digest.update(f"{name}|{str(tensor.dtype).removeprefix('torch.')}|{list(tensor.shape)}\n".encode())
-        digest.update(_raw_bytes(tensor))
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +159,7 @@ def _numel(shape: list[int]) -> int:
 # Trainer side
 
 
-def broadcast_weights(source: nn.Module | Mapping[str, torch.Tensor], group: WeightGroup, version: int,
+def broadcast_weights(source: WeightSource, group: WeightGroup, version: int,
                       bucket_bytes: int | None = None) -> TransferStats:
     """Rank 0: send every weight of `source` to the other ranks (see the module docstring for the protocol).
 
@@ -202,7 +167,7 @@ def broadcast_weights(source: nn.Module | Mapping[str, torch.Tensor], group: Wei
     """
     assert group.rank == 0, "the trainer broadcasts from rank 0"
     bucket_bytes = bucket_bytes or DEFAULT_BUCKET_BYTES[group.backend]
-    tensors = sync_tensors(source)
+    tensors = list(ordered_tensors(source))
     entries = [(name, str(t.dtype).removeprefix("torch."), list(t.shape)) for name, t in tensors]
     header = json.dumps({"version": version, "tensors": entries, "bucket_bytes": bucket_bytes}).encode()
     group.broadcast(torch.tensor([len(header)], dtype=torch.int64, device=group.device))
@@ -276,24 +241,9 @@ def _header_problem(incoming: IncomingWeights, model: nn.Module) -> str | None:
     return layout_problem({name: shape for name, _, shape in incoming.entries}, model)
 
 
-def layout_problem(theirs: dict[str, Any], model: nn.Module) -> str | None:
-    """Why tensors named and shaped as `theirs` cannot be copied into `model`'s `sync_tensors` (None if they can)."""
-    ours = {name: list(t.shape) for name, t in sync_tensors(model)}
-    theirs = {name: list(shape) for name, shape in theirs.items()}
-    missing, unexpected = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
-    if missing:
-        return f"missing {missing[:3]}"
-    if unexpected:
-        return f"unexpected {unexpected[:3]}"
-    for name, shape in theirs.items():
-        if ours[name] != shape:
-            return f"{name} has shape {shape}, the served model has {ours[name]}"
-    return None
-
-
 def receive_buckets(group: WeightGroup, model: nn.Module, incoming: IncomingWeights) -> TransferStats:
     """Rank ≥ 1: receive every bucket and copy it into `model` (casting to the model's dtypes)."""
-    targets = dict(sync_tensors(model))
+    targets = dict(ordered_tensors(model))
     buckets = _buckets(incoming.entries, incoming.bucket_bytes)
     started = time.perf_counter()
     total, failed = 0, None
@@ -341,7 +291,7 @@ def receive_buckets(group: WeightGroup, model: nn.Module, incoming: IncomingWeig
 # Trainer-side client: tell servers to receive, then broadcast
 
 
-def push_weights(source: nn.Module | Mapping[str, torch.Tensor], server_urls: list[str], version: int, *,
+def push_weights(source: WeightSource, server_urls: list[str], version: int, *,
                  master_addr: str = "127.0.0.1", master_port: int = 0, backend: str = "gloo",
                  bucket_bytes: int | None = None, timeout_s: float = 300.0) -> TransferStats:
     """Broadcast `source` to every server in `server_urls` (``http://host:port``) as policy `version`.
