@@ -54,6 +54,11 @@ def test_run_validate_and_report_end_to_end(shard_dir, tmp_path):
     assert set(validation["mixes"]) == {"optimized", "natural", "uniform"}
     for mix in validation["mixes"].values():
         assert len(mix["objective"]["values"]) == 2 and mix["objective"]["std"] >= 0
+    for baseline in ("natural", "uniform"):  # paired per-group changes, losses included
+        for group in shards.groups:
+            change = validation["changes"][baseline][group]
+            assert change["mean"] == pytest.approx(validation["mixes"]["optimized"]["groups"][group]["mean"]
+                                                   - validation["mixes"][baseline]["groups"][group]["mean"])
     assert validation["compute"]["model_ratio"] == pytest.approx(2.0, rel=0.25)
     assert validation["compute"]["sweep_flops"] > 0 and validation["compute"]["validation_run_flops"] > 0
     runs = [run for mix in ("optimized", "natural", "uniform") for run in (out / "validation").glob(f"{mix}-*/seed*")]
@@ -66,6 +71,15 @@ def test_run_validate_and_report_end_to_end(shard_dir, tmp_path):
     page = (out / "report.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", page)) == 4  # scatter, heatmap, mixtures, validation bars
     assert "Validation at a larger scale" in page and "<script" not in page and "http" not in page
+    assert "optimized − baseline" in page
+
+
+def test_a_loss_is_reported_as_a_loss():
+    from lagoon.automix.validation import verdict
+
+    assert verdict({"values": [-0.01, -0.02, -0.001]}) == "better in every seed"
+    assert verdict({"values": [0.01, 0.02, 0.001]}) == "worse in every seed"
+    assert verdict({"values": [-0.01, 0.02, -0.001]}) == "better in 2 of 3 seeds"
 
 
 def test_user_mistakes_are_one_line_errors(shard_dir, tmp_path, capsys):

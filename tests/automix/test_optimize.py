@@ -93,3 +93,96 @@ def test_the_trust_region_bounds_the_divergence_from_the_prior(method):
     assert bounded.value >= free.value - 1e-9  # the bound costs predicted loss, never gains it
     if method == "slsqp":
         assert bounded.kl == pytest.approx(0.1, abs=1e-4)  # a linear objective presses against the boundary
+
+
+def disagreeing_members(coefficients, unsure_leaf, count=24, spread=3.0):
+    """Bootstrap-like members that agree on every leaf but one, about which they disagree widely."""
+    rng = np.random.default_rng(5)
+    members = []
+    for _ in range(count):
+        member = np.asarray(coefficients, dtype=float).copy()
+        member[unsure_leaf] += rng.normal(0, spread)
+        members.append({"g": LinearSurrogate(coefficients=member)})
+    return members
+
+
+def test_the_uncertainty_term_keeps_weight_off_leaves_the_members_disagree_about():
+    # Point estimate: code/high (leaf 0) helps most, web/high (leaf 2) a little less; the members are sure
+    # about web/high and not about code/high.
+    coefficients = [0.0, 3.0, 0.5, 4.0, 3.0]
+    members = disagreeing_members(coefficients, unsure_leaf=0)
+    chosen = {}
+    for kappa in (0.0, 2.0):
+        objective = Objective({"g": LinearSurrogate(coefficients=np.asarray(coefficients))}, {"g": 1.0}, SPACE.prior,
+                              0.05, members, kappa)
+        chosen[kappa] = optimize_mixture(objective, SPACE, "slsqp", np.random.default_rng(0), candidates=2000).weights
+        assert SPACE.feasible(chosen[kappa])
+    prior = SPACE.prior
+    assert chosen[0.0][0] > prior[0] + 0.2  # trusting the point estimate: onto code/high
+    assert abs(chosen[2.0][0] - prior[0]) < 0.5 * abs(chosen[0.0][0] - prior[0])  # unsure: little moved there
+    assert chosen[2.0][2] > chosen[0.0][2]  # … and onto the leaf the members agree on instead
+    spread = Objective({"g": LinearSurrogate(coefficients=np.asarray(coefficients))}, {"g": 1.0}, prior, 0.0,
+                       members, 1.0).spread(np.stack([prior, chosen[0.0]]))
+    assert spread[0] == pytest.approx(0.0, abs=1e-12) and spread[1] > 0.1  # no doubt about staying put
+
+
+def test_the_gradient_with_the_uncertainty_term_matches_finite_differences():
+    members = disagreeing_members([0.0, 3.0, 0.5, 4.0, 3.0], unsure_leaf=0)
+    objective = Objective({"g": LinearSurrogate(coefficients=np.array([0.0, 3.0, 0.5, 4.0, 3.0]))}, {"g": 1.0},
+                          SPACE.prior, 0.1, members, 1.5)
+    w_K, eps = np.array([0.3, 0.2, 0.25, 0.15, 0.1]), 1e-6
+    numeric_K = [(objective.value(w_K + eps * e)[0] - objective.value(w_K - eps * e)[0]) / (2 * eps) for e in np.eye(5)]
+    assert np.allclose(objective.gradient(w_K), numeric_K, atol=1e-5)
+
+
+def test_with_two_references_the_result_is_confidently_no_worse_than_either():
+    # The members are unsure about code/high; the second reference has the prior's share of it (0.2), so
+    # moving to it costs no confidence, and the optimum's worst pessimistic change is at most zero.
+    coefficients = np.array([0.0, 3.0, 0.5, 4.0, 3.0])
+    members = disagreeing_members(coefficients, unsure_leaf=0)
+    uniform = np.array([0.2, 0.25, 0.25, 0.15, 0.15])
+    assert SPACE.feasible(uniform) and uniform[0] == pytest.approx(SPACE.prior[0])
+    objective = Objective({"g": LinearSurrogate(coefficients=coefficients)}, {"g": 1.0}, SPACE.prior, 0.0, members,
+                          2.0, [SPACE.prior, uniform])
+    for method in ("slsqp", "topk"):
+        result = optimize_mixture(objective, SPACE, method, np.random.default_rng(0), candidates=3000, top_k=20)
+        bounds_R = objective.bounds(result.weights)[:, 0]
+        assert bounds_R.max() <= 1e-6 and SPACE.feasible(result.weights)
+        assert objective.loss(result.weights)[0] <= min(objective.loss(SPACE.prior)[0], objective.loss(uniform)[0])
+    single = Objective({"g": LinearSurrogate(coefficients=coefficients)}, {"g": 1.0}, SPACE.prior, 0.0, members, 2.0)
+    w_K = uniform
+    assert single.value(w_K)[0] == pytest.approx(single.loss(w_K)[0] + 2.0 * single.spread(w_K)[0])
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_bootstrap_ensemble_keeps_weight_off_a_leaf_the_proxies_never_varied(seed):
+    # The sweep holds code/high at its prior share (± 0.005), so the proxies cannot tell what more or less of it
+    # does; its true effect is nil. The point fit's slope for it is noise, and trusting it (κ = 0) sends the
+    # leaf to a bound — to its cap for one draw of the noise, to zero for another. Refits on bootstrap
+    # resamples disagree about that slope, so the pessimistic bound (κ = 2) leaves the leaf at its prior
+    # share and moves weight only among the leaves the proxies did vary.
+    from lagoon.automix.selection import Candidate, bootstrap_ensemble
+    from lagoon.automix.surrogate import SurrogateOptions
+
+    rng = np.random.default_rng(seed)
+    varied_NK = sample_mixtures(SPACE, 40, rng, (0.3, 5.0), 0.5)
+    pinned_N = SPACE.prior[0] + rng.uniform(-0.005, 0.005, len(varied_NK))
+    rest_NK = varied_NK[:, 1:] / varied_NK[:, 1:].sum(1, keepdims=True) * (1 - pinned_N)[:, None]
+    weights_NK = np.concatenate([pinned_N[:, None], rest_NK], axis=1)
+    truth = LogLinearSurrogate(floor=0.0, slopes=np.array([0.0, 0.8, 0.2, 1.0, -0.5]))
+    targets_N = truth.predict(weights_NK) + rng.normal(0, 0.01, len(weights_NK))
+    form = Candidate("loglinear", 1e-3, "leaf", "none")
+    point = form.fit(SurrogateOptions(), None, weights_NK, targets_N)
+    members = bootstrap_ensemble({"g": form}, SurrogateOptions(), None, weights_NK, {"g": targets_N}, 24, seed=0)
+    assert np.std([member["g"].slopes[0] for member in members]) > 0.1  # the members disagree about leaf 0
+    moved = {}
+    for kappa in (0.0, 2.0):
+        objective = Objective({"g": point}, {"g": 1.0}, SPACE.prior, 0.0, members, kappa)
+        result = optimize_mixture(objective, SPACE, "slsqp", np.random.default_rng(0), candidates=2000)
+        assert SPACE.feasible(result.weights)
+        moved[kappa] = result.weights - SPACE.prior
+    assert abs(moved[0.0][0]) > 0.15  # trusting the point fit: leaf 0 pushed to a bound
+    assert abs(moved[2.0][0]) < 0.02  # unsure: left where it was
+    assert moved[2.0][2] > 0.2 and moved[2.0][3] < -0.1  # … while web/high replaces web/low, as every member agrees
+    true_loss = truth.predict(np.stack([SPACE.prior, SPACE.prior + moved[2.0]]))
+    assert true_loss[1] < true_loss[0]

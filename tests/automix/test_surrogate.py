@@ -133,3 +133,19 @@ def test_the_profiled_log_linear_fit_matches_a_generic_optimizer():
     test_NK = mixtures(200, 15)
     reference_model = LogLinearSurrogate(floor=reference.x[0], slopes=reference.x[1:])
     assert np.abs(fast.predict(test_NK) - reference_model.predict(test_NK)).max() < 0.01
+
+
+def test_a_ridge_path_fits_every_lambda_as_a_single_fit_would():
+    """The batched path the inner cross-validation uses against one `fit_fixed` per λ."""
+    from lagoon.automix.surrogate import LogLinearSurrogate
+
+    weights_NK = mixtures(40, 16)
+    targets_N = law(weights_NK) + np.random.default_rng(17).normal(0, 0.01, 40)
+    options = SurrogateOptions(leaf_domains=(0, 0, 1, 1, 2, 2, 3, 3), feature_domains=(0, 0, 1, 1, 2, 2, 3, 3),
+                               log_features="domain")
+    ridges = [1e-4, 1e-2, 1.0]
+    path = LogLinearSurrogate(options).fit_path(weights_NK, targets_N, ridges)
+    for ridge, fitted in zip(ridges, path):
+        single = LogLinearSurrogate(options, ridge=ridge).fit_fixed(weights_NK, targets_N)
+        assert fitted.ridge == ridge and fitted.floor == pytest.approx(single.floor)
+        assert np.allclose(fitted.slopes, single.slopes)

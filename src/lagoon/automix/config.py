@@ -1,20 +1,22 @@
 """The ``[automix]`` config section: the proxy sweep, the surrogates, the optimizer and the validation.
 
     [automix]
-    num_proxies = 60              # proxy models, one per sampled mixture
+    num_proxies = 56              # proxy models, one per sampled mixture
+    noise_seeds = 4               # + proxies at the natural mix with other seeds: the sweep's noise
     max_epochs = 4.0              # repetition cap: no leaf is seen more often by the target run
     target_tokens = 0             # token budget repetition is matched to (0: the validation run's)
     concentration = [0.1, 5.0]    # Dirichlet concentration per leaf, drawn log-uniformly (RegMix)
     objective = {code = 1.0, math = 1.0, stem = 1.0, general = 1.0}
     backend = "process"           # or "ray"
     workers = 2
+    gpus_per_run = -1             # auto: 1 per run where runs train on CUDA (Ray num_gpus; pool: cuda:i per worker)
 
     [automix.proxy]               # overrides of [model], [train], [optim] for the proxies
     model = {preset = "tiny", hidden_size = 64, num_hidden_layers = 2}
     train = {steps = 300}
 
-    [automix.surrogate]           # kind = "loglinear" | "linear" | "lightgbm", folds = 5
-    [automix.optimizer]           # method = "slsqp" | "topk", kl_strength = 0.05
+    [automix.surrogate]           # kind, folds (outer) / inner_folds, the candidate forms, bootstrap = 32
+    [automix.optimizer]           # method = "slsqp" | "topk", kl_strength, uncertainty_weight = 1.0
     [automix.validation]          # scale = 4.0 (parameters), token_scale, seeds = [0, 1, 2]
 
 The proxies and validation runs are ordinary `lagoon train` runs: each takes the run's ``[model]``,
@@ -47,19 +49,33 @@ class ProxyConfig:
 
 @dataclass
 class SurrogateConfig:
-    """The per-group regressors from mixture to loss."""
+    """The per-group regressors from mixture to loss, the choice of their form, and their uncertainty."""
 
-    kind: Literal["loglinear", "linear", "lightgbm"] = "loglinear"
-    """loglinear: y = exp(c) + exp(tᵀw) (Data Mixing Laws / Olmix); linear: y = βᵀw; lightgbm: boosted
-    trees (RegMix)."""
+    kind: Literal["auto", "loglinear", "additive", "linear", "lightgbm"] = "auto"
+    """loglinear: y = exp(c) + exp(tᵀw + sᵀu) with optional log-share features u (Data Mixing Laws / Olmix,
+    BiMix); additive: y = βᵀw + Σ_d k_d (S_d + ε)^(−α_d), a power law per domain of the group's held-out set;
+    linear: y = βᵀw; lightgbm: boosted trees (RegMix); auto: the loglinear and additive candidates together,
+    the choice made per group like every other hyper-parameter."""
     folds: int = 5
-    """K of the K-fold cross-validation that scores each surrogate on held-out proxies."""
+    """K of the outer K-fold cross-validation that scores each group's surrogate on held-out proxies."""
+    inner_folds: int = 4
+    """K of the inner cross-validation that, inside every outer fold and then on all proxies, chooses each
+    group's form among the candidates below (nested cross-validation)."""
     ridge: list[float] = field(default_factory=lambda: [1e-4, 1e-3, 1e-2, 1e-1, 1.0])
-    """Candidate strengths of the shrinkage of each leaf's coefficient toward its domain's mean (log-linear
-    and linear kinds); with several, each fit picks one by an inner cross-validation on its own proxies."""
-    shrink_to_domain: bool = True
-    """Shrink toward the leaf's domain mean (leaves are domain × quality bucket); false: toward the mean of
-    all leaves."""
+    """Candidate strengths λ of the shrinkage of the leaf coefficients (log-linear and linear kinds)."""
+    shrink: list[Literal["domain", "leaf"]] = field(default_factory=lambda: ["domain", "leaf"])
+    """Candidate shrinkage targets: each leaf's coefficient toward its domain's mean (buckets of a domain act
+    alike), or toward the mean of all leaves (quality buckets may differ: leaf-level effects)."""
+    log_features: list[Literal["none", "leaf", "domain"]] = field(default_factory=lambda: ["none", "leaf", "domain"])
+    """Candidate log-share features of the log-linear kind: none (the Data Mixing Laws form), log of each
+    leaf's share, or log of each domain's share (a power law in a share, BiMix)."""
+    log_offsets: list[float] = field(default_factory=lambda: [0.003, 0.03])
+    """Candidate ε of log(share + ε) (loglinear) and of (share + ε)^(−α) (additive)."""
+    power_domains: list[Literal["own", "all"]] = field(default_factory=lambda: ["own"])
+    """Candidate domains of the additive kind's power laws: those of the group's held-out set, or all."""
+    bootstrap: int = 32
+    """Bootstrap refits of every group's chosen form; their spread is the uncertainty the optimizer avoids
+    (0: no ensemble, the optimizer trusts the point fit)."""
     lightgbm_estimators: int = 400
     """Boosting rounds (lightgbm)."""
     lightgbm_learning_rate: float = 0.03
@@ -71,8 +87,15 @@ class SurrogateConfig:
 
     def validate(self) -> None:
         check(self.folds >= 2, "folds", f"must be at least 2, got {self.folds}")
+        check(self.inner_folds >= 2, "inner_folds", f"must be at least 2, got {self.inner_folds}")
         check(len(self.ridge) >= 1 and all(r >= 0 for r in self.ridge), "ridge",
               f"must list at least one value >= 0, got {self.ridge}")
+        check(len(self.shrink) >= 1, "shrink", "must list at least one of \"domain\", \"leaf\"")
+        check(len(self.log_features) >= 1, "log_features", "must list at least one of \"none\", \"leaf\", \"domain\"")
+        check(len(self.log_offsets) >= 1 and all(0 < e < 1 for e in self.log_offsets), "log_offsets",
+              f"must list at least one value in (0, 1), got {self.log_offsets}")
+        check(len(self.power_domains) >= 1, "power_domains", "must list at least one of \"own\", \"all\"")
+        check(self.bootstrap == 0 or self.bootstrap >= 2, "bootstrap", f"must be 0 or at least 2, got {self.bootstrap}")
         check(self.lightgbm_estimators >= 1, "lightgbm_estimators", "must be positive")
         check(self.lightgbm_learning_rate > 0, "lightgbm_learning_rate", "must be positive")
         check(self.lightgbm_num_leaves >= 2, "lightgbm_num_leaves", "must be at least 2")
@@ -92,6 +115,12 @@ class OptimizerConfig:
     kl_quantile: float | None = 0.5
     """Trust region: the optimized mix's KL to the prior may not exceed this quantile of the proxies' KLs
     (0.5: no further from the natural mix than half the proxies were); none: no bound."""
+    uncertainty_weight: float = 1.0
+    """κ: the optimizer minimises, over the reference mixes, the worst predicted change of the objective plus
+    κ standard deviations of its bootstrap spread (a pessimistic bound), so it moves weight only where the
+    surrogates agree that moving it beats every reference; 0: the point prediction alone."""
+    references: list[Literal["natural", "uniform"]] = field(default_factory=lambda: ["natural", "uniform"])
+    """Mixes the optimized one must beat with confidence (the ones `lagoon automix validate` compares)."""
     candidates: int = 20000
     """Feasible mixtures sampled for topk (and to seed slsqp's starting points)."""
     top_k: int = 100
@@ -99,6 +128,8 @@ class OptimizerConfig:
 
     def validate(self) -> None:
         check(self.kl_strength >= 0, "kl_strength", f"must be >= 0, got {self.kl_strength}")
+        check(len(self.references) >= 1, "references", "must name at least one of \"natural\", \"uniform\"")
+        check(self.uncertainty_weight >= 0, "uncertainty_weight", f"must be >= 0, got {self.uncertainty_weight}")
         check(self.kl_quantile is None or 0 < self.kl_quantile <= 1, "kl_quantile",
               f"must be in (0, 1] (or left out for no bound), got {self.kl_quantile}")
         check(self.candidates >= 10, "candidates", "must be at least 10")
@@ -157,6 +188,10 @@ class AutomixConfig:
     measured against it. 0: the validation run's token budget."""
     objective: dict[str, float] = field(default_factory=dict)
     """Weight of each capability group's bits per byte in the objective; empty: every group, weight 1."""
+    noise_seeds: int = 0
+    """Extra proxies trained at the natural mixture with other seeds (train and data seed s = 1 … n): the
+    seed-to-seed noise of every group's loss, set beside the spread across the sweep's mixtures (the
+    sweep's signal-to-noise) in the report. They count toward the sweep's compute."""
     backend: Literal["process", "ray"] = "process"
     """Where proxies train: a local process pool, or Ray tasks (a local instance, or `ray_address`)."""
     workers: int = 2
@@ -166,6 +201,17 @@ class AutomixConfig:
     ray_address: str = ""
     """Ray cluster to join (e.g. "auto" or "ray://head:10001"); empty starts a local Ray instance. On a
     cluster, the output directory and the shard set must be on storage every node can read."""
+    gpus_per_run: float = -1.0
+    """GPUs each proxy or validation run asks for. Ray reserves this many per task (its ``num_gpus``; a
+    fraction packs several small runs onto one GPU) and shows the task only the GPUs it was given; the
+    process pool gives each worker one GPU, round robin over `cuda_devices`. -1 (auto): 1 when the runs train
+    on CUDA (``train.device`` "cuda", or "auto" with a GPU on the driver or in the Ray cluster), else 0."""
+    cuda_devices: list[str] | None = None
+    """GPUs the process pool spreads its workers over (ids as ``CUDA_VISIBLE_DEVICES`` writes them); none:
+    every GPU the driver sees. Worker i trains on ``cuda_devices[i % len]``."""
+    ray_resources: dict[str, float] = field(default_factory=dict)
+    """Further Ray resources each run reserves, e.g. ``{proxy_slot = 1}`` against nodes started with
+    ``--resources '{"proxy_slot": 4}'`` to cap the runs per node."""
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     """Proxy model and budget."""
     surrogate: SurrogateConfig = field(default_factory=SurrogateConfig)
@@ -188,7 +234,15 @@ class AutomixConfig:
         for group, weight in self.objective.items():
             check(weight >= 0, f"objective.{group}", f"must be >= 0, got {weight}")
         check(not self.objective or sum(self.objective.values()) > 0, "objective", "needs a positive weight")
+        check(self.noise_seeds == 0 or self.noise_seeds >= 2, "noise_seeds",
+              f"must be 0 or at least 2 (a spread needs two), got {self.noise_seeds}")
         check(self.workers >= 1, "workers", f"must be at least 1, got {self.workers}")
         check(self.threads_per_worker >= 1, "threads_per_worker", f"must be at least 1, got {self.threads_per_worker}")
+        check(self.gpus_per_run == -1 or self.gpus_per_run >= 0, "gpus_per_run",
+              f"must be >= 0 (or -1 for auto), got {self.gpus_per_run}")
+        check(self.cuda_devices is None or all(str(d).strip() for d in self.cuda_devices), "cuda_devices",
+              "must list device ids (or be left out for every visible GPU)")
+        for name, amount in self.ray_resources.items():
+            check(amount >= 0, f"ray_resources.{name}", f"must be >= 0, got {amount}")
         check(self.optimizer.method != "slsqp" or self.surrogate.kind != "lightgbm", "optimizer.method",
               "slsqp needs a differentiable surrogate; use topk (or auto) with lightgbm")

@@ -1,11 +1,18 @@
-"""From the sweep table to a mixture: cross-validate and fit the surrogates, optimize, explain.
+"""From the sweep table to a mixture: choose, cross-validate and fit the surrogates, optimize, explain.
 
-    OUT/fit.json          surrogate kind, per-group held-out Spearman / MAE with out-of-fold predictions,
-                          the fitted surrogates, the objective weights
+    OUT/fit.json          per group: the surrogate form chosen, the nested cross-validation's held-out
+                          Spearman / MAE with out-of-fold predictions and each fold's choice, the fitted
+                          surrogates and their bootstrap members, the objective weights
     OUT/mixture.toml      the optimized mixture (`lagoon.data.Mixture` format; ``[data] mixture = ...``)
-    OUT/optimized.json    its weights, predicted per-group bits per byte next to the natural and uniform
-                          mixes', the KL to the prior, and the interaction matrix
+    OUT/optimized.json    its weights, predicted per-group bits per byte (with the bootstrap spread of the
+                          change from the natural mix) next to the natural and uniform mixes', the KL to
+                          the prior, the interaction matrix, and the sweep's signal-to-noise per group
     OUT/interactions.csv  group × leaf: Δ predicted bits per byte when 10% of the prior moves to the leaf
+
+Per group, the form (log features, shrinkage target, λ) is chosen by an inner cross-validation on all
+proxies (`lagoon.automix.selection`); the score reported for it comes from the nested cross-validation,
+which repeats that choice inside every outer fold (`lagoon.automix.crossval`). The noise runs
+(`lagoon.automix.noise`) are not fit on: they measure the noise.
 
 This stage takes seconds, so it is recomputed whenever its settings (surrogate, optimizer, objective) or
 the sweep change, and skipped otherwise.
@@ -21,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from lagoon.automix.crossval import cross_validate
+from lagoon.automix.crossval import nested_cross_validate
+from lagoon.automix.noise import read_noise, signal_to_noise
 from lagoon.automix.optimize import INTERACTION_STEP, Objective, interaction_matrix, optimize_mixture
+from lagoon.automix.selection import bootstrap_ensemble, candidate_grid, candidate_to_dict, select
 from lagoon.automix.space import MixtureSpace, kl_divergence
-from lagoon.automix.surrogate import SurrogateOptions, dumps, make_surrogate
+from lagoon.automix.surrogate import SurrogateOptions, dumps
 from lagoon.automix.sweep import Plan, read_table, write_json
 from lagoon.errors import ConfigError, LagoonError
 
@@ -45,19 +54,40 @@ def objective_weights(automix: Any, groups: list[str]) -> dict[str, float]:
     return {group: float(automix.objective[group]) for group in groups if automix.objective.get(group, 0) > 0}
 
 
-def surrogate_options(automix: Any, plan: Plan) -> SurrogateOptions:
+def surrogate_options(automix: Any) -> SurrogateOptions:
     s = automix.surrogate
-    domains = sorted(set(plan.domains))
-    leaf_domains = tuple(domains.index(d) for d in plan.domains) if s.shrink_to_domain else None
-    return SurrogateOptions(ridge=tuple(s.ridge), leaf_domains=leaf_domains, lightgbm_estimators=s.lightgbm_estimators,
+    return SurrogateOptions(ridge=tuple(s.ridge), lightgbm_estimators=s.lightgbm_estimators,
                             lightgbm_learning_rate=s.lightgbm_learning_rate, lightgbm_num_leaves=s.lightgbm_num_leaves,
                             lightgbm_min_child_samples=s.lightgbm_min_child_samples, seed=automix.seed)
 
 
-def _fingerprint(automix: Any, weights_NK: np.ndarray, bpb: dict[str, np.ndarray]) -> str:
+def leaf_domain_indices(plan: Plan) -> tuple[int, ...]:
+    domains = sorted(set(plan.domains))
+    return tuple(domains.index(d) for d in plan.domains)
+
+
+def group_options(automix: Any, plan: Plan, group: str) -> SurrogateOptions:
+    """The options of `group`'s surrogates: the shared ones plus the domains of the group's leaves (its
+    held-out set is drawn from the same domains), for the additive kind's power laws."""
+    from dataclasses import replace
+
+    indices = leaf_domain_indices(plan)
+    own = sorted({indices[k] for k, leaf in enumerate(plan.space.leaves) if leaf in set(plan.groups.get(group, []))})
+    return replace(surrogate_options(automix), group_domains=tuple(own))
+
+
+def surrogate_candidates(settings: Any) -> list[Any]:
+    """The candidate forms of `[automix.surrogate]` (kind auto: the log-linear and the additive ones)."""
+    kinds = ["loglinear", "additive"] if settings.kind == "auto" else [settings.kind]
+    return [candidate for kind in kinds for candidate in candidate_grid(
+        kind, list(settings.ridge), list(settings.shrink), list(settings.log_features), list(settings.log_offsets),
+        have_domains=True, power_domains=list(settings.power_domains))]
+
+
+def _fingerprint(automix: Any, weights_NK: np.ndarray, bpb: dict[str, np.ndarray], noise: Any) -> str:
     settings = {"surrogate": asdict(automix.surrogate), "optimizer": asdict(automix.optimizer),
                 "objective": automix.objective, "seed": automix.seed, "concentration": automix.concentration,
-                "prior_temperature": automix.prior_temperature}
+                "prior_temperature": automix.prior_temperature, "noise": noise}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(weights_NK).tobytes())
     for group in sorted(bpb):
@@ -74,18 +104,25 @@ def fit_and_optimize(out_dir: Path, plan: Plan, automix: Any) -> dict[str, Any]:
         raise LagoonError(f"only {len(proxies)} proxies finished; {automix.surrogate.folds}-fold cross-validation "
                           "needs at least as many")
     lambdas = objective_weights(automix, groups)
-    fingerprint = _fingerprint(automix, weights_NK, bpb)
+    noise = read_noise(out_dir)
+    fingerprint = _fingerprint(automix, weights_NK, bpb, noise)
     stored = out_dir / OPTIMIZED_FILE
     if stored.is_file() and (out_dir / MIXTURE_FILE).is_file():
         previous = json.loads(stored.read_text())
         if previous.get("fingerprint") == fingerprint:
             return previous
 
-    kind = automix.surrogate.kind
-    options = surrogate_options(automix, plan)
+    settings = automix.surrogate
+    domains = leaf_domain_indices(plan)
+    options = {group: group_options(automix, plan, group) for group in lambdas}
+    candidates = surrogate_candidates(settings)
     targets = {group: bpb[group] for group in lambdas}
-    scores = cross_validate(kind, weights_NK, targets, automix.surrogate.folds, automix.seed, options)
-    surrogates = {group: make_surrogate(kind, options).fit(weights_NK, targets[group]) for group in lambdas}
+    scores = nested_cross_validate(candidates, weights_NK, targets, settings.folds, settings.inner_folds,
+                                   automix.seed, options, domains)
+    chosen = {group: select(candidates, options[group], domains, weights_NK, targets[group], settings.inner_folds,
+                            automix.seed).chosen for group in lambdas}
+    surrogates = {group: chosen[group].fit(options[group], domains, weights_NK, targets[group]) for group in lambdas}
+    ensemble = bootstrap_ensemble(chosen, options, domains, weights_NK, targets, settings.bootstrap, automix.seed)
 
     # β in the objective's own units: kl_strength standard deviations of the sweep's objective per nat.
     measured_objective_N = sum(weight * targets[group] for group, weight in lambdas.items())
@@ -93,38 +130,51 @@ def fit_and_optimize(out_dir: Path, plan: Plan, automix: Any) -> dict[str, Any]:
     sweep_kl_N = kl_divergence(weights_NK, space.prior)
     quantile = automix.optimizer.kl_quantile
     max_kl = float(np.quantile(sweep_kl_N, quantile)) if quantile is not None else None
-    objective = Objective(surrogates, lambdas, space.prior, beta)
+    references = [{"natural": space.prior, "uniform": space.uniform}[name] for name in automix.optimizer.references]
+    objective = Objective(surrogates, lambdas, space.prior, beta, ensemble, automix.optimizer.uncertainty_weight,
+                          references)
     method = automix.optimizer.method
     if method == "auto":
         method = "slsqp" if objective.differentiable else "topk"
     rng = np.random.default_rng(automix.seed)
     concentration = (automix.concentration[0], automix.concentration[1])
-    chosen = optimize_mixture(objective, space, method, rng, automix.optimizer.candidates, automix.optimizer.top_k,
-                              concentration, automix.prior_temperature, max_kl)
+    optimized = optimize_mixture(objective, space, method, rng, automix.optimizer.candidates, automix.optimizer.top_k,
+                                 concentration, automix.prior_temperature, max_kl)
     matrix_GK = interaction_matrix(surrogates, space.prior)
 
-    compared = {"optimized": chosen.weights, "natural": space.prior, "uniform": space.uniform}
+    compared = {"optimized": optimized.weights, "natural": space.prior, "uniform": space.uniform}
     predicted = {name: {g: float(v[0]) for g, v in objective.predict(w).items()} for name, w in compared.items()}
+    spread = {name: float(objective.spread(w)[0]) for name, w in compared.items()}
+    spread_vs_uniform = float(objective.spread(optimized.weights, space.uniform)[0])
+    noise_figures = None
+    if noise is not None:
+        noise_figures = {group: signal_to_noise(targets[group], noise["noise_sd"][group]) for group in lambdas
+                         if group in noise["noise_sd"]}
     summary = {
         "fingerprint": fingerprint,
-        "surrogate": kind, "method": method, "kl_strength": automix.optimizer.kl_strength, "kl_beta": beta,
-        "max_kl": max_kl, "ridge": {group: getattr(s, "ridge", None) for group, s in surrogates.items()},
-        "objective_weights": lambdas, "proxies": len(proxies),
-        "cv": {group: {"spearman": s.spearman, "mae": s.mae, "fold_spearman": s.fold_spearman}
-               for group, s in scores.items()},
-        "weights": space.as_dict(chosen.weights),
+        "surrogate": settings.kind, "method": method, "kl_strength": automix.optimizer.kl_strength, "kl_beta": beta,
+        "max_kl": max_kl, "uncertainty_weight": automix.optimizer.uncertainty_weight, "bootstrap": len(ensemble),
+        "chosen": {group: candidate_to_dict(c) for group, c in chosen.items()},
+        "candidates": len(candidates), "objective_weights": lambdas, "proxies": len(proxies),
+        "cv": {group: {"spearman": s.spearman, "mae": s.mae, "fold_spearman": s.fold_spearman,
+                       "fold_choices": s.fold_choices} for group, s in scores.items()},
+        "noise": noise_figures, "noise_runs": noise,
+        "weights": space.as_dict(optimized.weights),
         "mixes": {name: space.as_dict(w) for name, w in compared.items()},
         "predicted": predicted,
         "predicted_objective": {name: float(objective.loss(w)[0]) for name, w in compared.items()},
-        "kl_to_prior": chosen.kl, "epochs": space.as_dict(space.epochs(chosen.weights)),
+        "predicted_spread": spread, "predicted_spread_vs_uniform": spread_vs_uniform,
+        "references": list(automix.optimizer.references),
+        "kl_to_prior": optimized.kl, "epochs": space.as_dict(space.epochs(optimized.weights)),
         "interactions": {"groups": list(surrogates), "leaves": list(space.leaves), "matrix": matrix_GK.tolist(),
                          "step": INTERACTION_STEP},
     }
     write_json(out_dir / FIT_FILE, {
-        "surrogate": kind, "folds": automix.surrogate.folds, "proxies": proxies,
-        "cv": {group: s.to_dict() for group, s in scores.items()},
-        "surrogates": json.loads(dumps(surrogates)), "objective_weights": lambdas})
-    write_mixture(out_dir / MIXTURE_FILE, space, chosen.weights)
+        "surrogate": settings.kind, "folds": settings.folds, "inner_folds": settings.inner_folds, "proxies": proxies,
+        "chosen": summary["chosen"], "cv": {group: s.to_dict() for group, s in scores.items()},
+        "surrogates": json.loads(dumps(surrogates)), "objective_weights": lambdas,
+        "ensemble": [json.loads(dumps(member)) for member in ensemble]})
+    write_mixture(out_dir / MIXTURE_FILE, space, optimized.weights)
     _write_interactions(out_dir / INTERACTIONS_FILE, list(surrogates), space, matrix_GK)
     write_json(stored, summary)
     return summary

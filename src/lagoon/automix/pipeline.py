@@ -102,6 +102,7 @@ def run(config: Any, out_dir: str | Path, show_progress: bool = True) -> dict[st
     """Sweep → surrogates → optimized mixture → report (see the module docstring); returns the summary
     of OUT/optimized.json plus the paths written."""
     from lagoon.automix.fit import MIXTURE_FILE, fit_and_optimize
+    from lagoon.automix.noise import run_noise
     from lagoon.automix.report import write_report
     from lagoon.automix.sweep import run_sweep
 
@@ -110,9 +111,31 @@ def run(config: Any, out_dir: str | Path, show_progress: bool = True) -> dict[st
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = settle_plan(out_dir, prepared.plan)
     run_sweep(out_dir, plan, prepared.proxy_config, prepared.proxy_params, config.automix, show_progress)
+    run_noise(out_dir, plan, prepared.proxy_config, prepared.proxy_params, config.automix, show_progress)
     summary = fit_and_optimize(out_dir, plan, config.automix)
     report = write_report(out_dir, force=False)
     return {**summary, "mixture_file": str(out_dir / MIXTURE_FILE), "report": str(report)}
+
+
+def noise(config: Any, out_dir: str | Path, seeds: int | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Train `seeds` (default ``automix.noise_seeds``) proxies at the natural mixture with other seeds and
+    return OUT/noise.json's summary: every group's seed-to-seed standard deviation (see `lagoon.automix.noise`).
+    Needs no sweep; proxy 0 joins the runs once the sweep has trained it."""
+    import dataclasses
+
+    from lagoon.automix.noise import run_noise
+    from lagoon.automix.sweep import settle_plan
+
+    automix = config.automix if seeds is None else dataclasses.replace(config.automix, noise_seeds=seeds)
+    if automix.noise_seeds < 2:
+        raise ConfigError("automix.noise_seeds", f"needs at least 2 seeds to measure a spread, got {automix.noise_seeds}")
+    out_dir = Path(out_dir)
+    prepared = prepare(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = settle_plan(out_dir, prepared.plan)
+    summary = run_noise(out_dir, plan, prepared.proxy_config, prepared.proxy_params, automix, show_progress)
+    assert summary is not None
+    return summary
 
 
 def validate(config: Any, out_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:

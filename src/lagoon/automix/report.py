@@ -1,6 +1,7 @@
 """OUT/report.html: the AutoMixer run on one self-contained page (figures as base64 PNG, no scripts).
 
-Sections: the summary (held-out surrogate quality per group, predicted losses of the compared mixes),
+Sections: the summary (held-out surrogate quality and chosen form per group, predicted losses of the
+compared mixes with their bootstrap spread, and the sweep's signal-to-noise when noise runs exist),
 predicted vs measured on held-out folds, the leaf × group interaction heatmap, the mixtures compared,
 and, once `lagoon automix validate` ran, the larger-scale results with their spread over seeds,
 predicted vs actual at proxy scale, and the sweep's compute next to the validated run's.
@@ -17,7 +18,7 @@ import numpy as np
 
 from lagoon.automix.fit import FIT_FILE, OPTIMIZED_FILE
 from lagoon.automix.sweep import PLAN_FILE
-from lagoon.automix.validation import MIXES, VALIDATION_FILE
+from lagoon.automix.validation import MIXES, VALIDATION_FILE, verdict
 from lagoon.errors import LagoonError
 from lagoon.report.blocks import Section, Table, Text, new_figure, render
 
@@ -68,24 +69,51 @@ def _summary(plan: dict[str, Any], fit: dict[str, Any], optimized: dict[str, Any
     for group in groups:
         cv = optimized["cv"][group]
         folds = cv["fold_spearman"]
-        rows.append([group, _f(cv["spearman"], 3), *([f"{min(folds):.2f} … {max(folds):.2f}" if folds else "–"]
-                                                     if per_fold else []),
-                     _f(cv["mae"]), f"{optimized['objective_weights'][group]:g}",
+        fold_range = [f"{min(folds):.2f} … {max(folds):.2f}" if folds else "–"] if per_fold else []
+        rows.append([group, _f(cv["spearman"], 3), *fold_range,
+                     _f(cv["mae"]), optimized.get("chosen", {}).get(group, {}).get("label", optimized["surrogate"]),
+                     f"{optimized['objective_weights'][group]:g}",
                      *[_f(optimized["predicted"][mix][group]) for mix in MIXES]])
-    rows.append(["objective", "", *([""] if per_fold else []), "", "",
-                 *[_f(optimized["predicted_objective"][mix]) for mix in MIXES]])
+    blank = [""] * (5 if per_fold else 4)
+    rows.append(["objective", *blank, *[_f(optimized["predicted_objective"][mix]) for mix in MIXES]])
+    spread = optimized.get("predicted_spread")
+    if spread:
+        rows.append(["± spread vs natural", *blank, *[_f(spread[mix]) for mix in MIXES]])
     text = (f"{optimized['proxies']} proxies of {plan['proxy_tokens']:,} tokens each, over {len(plan['leaves'])} leaves, "
             f"repetition matched to a target run of {plan['target_tokens']:,} tokens (cap {plan['max_epochs']:g} epochs). "
-            f"Surrogate: {optimized['surrogate']} per group, {fit['folds']}-fold cross-validated; optimizer: "
-            f"{optimized['method']} with a KL pull of {optimized['kl_beta']:.3g} per nat"
+            f"Surrogate form chosen per group among {optimized.get('candidates', 1)} candidates by "
+            f"{fit.get('inner_folds', '')}-fold inner cross-validation; held-out figures from the "
+            f"{fit['folds']}-fold nested cross-validation (the choice repeated inside every outer fold). Optimizer: "
+            f"{optimized['method']} on the predicted objective plus {optimized.get('uncertainty_weight', 0):g} × the "
+            f"spread of {optimized.get('bootstrap', 0)} bootstrap refits, with a KL pull of "
+            f"{optimized['kl_beta']:.3g} per nat"
             + (f" inside a trust region of KL ≤ {optimized['max_kl']:.3f} nats" if optimized.get("max_kl") is not None else "")
             + f" (KL of the chosen mix to the prior: {optimized['kl_to_prior']:.3f} nats).")
-    table = Table(["group", "held-out Spearman", *(["per fold"] if per_fold else []), "held-out MAE", "λ",
-                   *[f"predicted {mix}" for mix in MIXES]], rows,
-                  "Surrogate quality on held-out folds, and predicted bits per byte (proxy scale) of each mix"
+    table = Table(["group", "held-out Spearman", *(["per fold"] if per_fold else []), "held-out MAE", "form",
+                   "λ_group", *[f"predicted {mix}" for mix in MIXES]], rows,
+                  "Surrogate quality on held-out folds, and predicted bits per byte (proxy scale) of each mix; "
+                  "the spread row is the bootstrap standard deviation of each mix's predicted objective change "
+                  "from the natural mix"
                   + ("" if per_fold else f" (no per-fold Spearman: each of the {fit['folds']} folds holds fewer than 3 "
                                          "proxies)"))
-    return Section("Summary", [Text(text), table])
+    blocks: list[Any] = [Text(text), table]
+    if optimized.get("noise"):
+        blocks.append(_noise_table(optimized))
+    return Section("Summary", blocks)
+
+
+def _noise_table(optimized: dict[str, Any]) -> Table:
+    runs = optimized["noise_runs"]
+    count = len(next(iter(runs["bpb"].values())))
+    rows = []
+    for group, figures in optimized["noise"].items():
+        rows.append([group, _f(figures["sweep_sd"]), _f(figures["noise_sd"]), f"{figures['snr']:.1f}",
+                     _f(figures["spearman_ceiling"], 3), _f(optimized["cv"][group]["spearman"], 3)])
+    return Table(["group", "sd across the sweep (signal)", "sd across seeds (noise)", "SNR",
+                  "Spearman ceiling", "held-out Spearman"], rows,
+                 f"The sweep's signal-to-noise: {count} proxies at the natural mix with different training and data "
+                 "seeds give the noise; SNR = (signal² − noise²) / noise²; the ceiling is the Spearman a perfect "
+                 "surrogate would reach against losses this noisy (noise assumed alike at every mixture)")
 
 
 def _scatter(fit: dict[str, Any]) -> Section:
@@ -163,11 +191,11 @@ def _validation(validation: dict[str, Any]) -> Section:
     mixes = validation["mixes"]
     seeds = validation["seeds"]
     blocks: list[Any] = []
-    verdict = "beats" if validation["optimized_beats_both_in_every_seed"] else "does NOT beat"
+    beats = "beats" if validation["optimized_beats_both_in_every_seed"] else "does NOT beat"
     compute = validation.get("compute", {})
     blocks.append(Text(
         f"At {compute.get('model_ratio', float('nan')):.1f}× the proxy's parameters and "
-        f"{compute.get('token_ratio', float('nan')):g}× its tokens, over seeds {seeds}: the optimized mix {verdict} "
+        f"{compute.get('token_ratio', float('nan')):g}× its tokens, over seeds {seeds}: the optimized mix {beats} "
         "both the natural and the uniform mix on the objective in every seed."))
     rows = []
     for mix in MIXES:
@@ -180,6 +208,12 @@ def _validation(validation: dict[str, Any]) -> Section:
                   "yes" if validation["wins"]["natural"][i] else "no", "yes" if validation["wins"]["uniform"][i] else "no"]
                  for i, seed in enumerate(seeds)]
     blocks.append(Table(["seed", *[f"objective {m}" for m in MIXES], "beats natural", "beats uniform"], seed_rows))
+    if validation.get("changes"):
+        change_rows = [[f"vs {baseline}", key, f"{change['mean']:+.4f} ± {change['std']:.4f}", verdict(change)]
+                       for baseline, changes in validation["changes"].items() for key, change in changes.items()]
+        blocks.append(Table(["baseline", "", "optimized − baseline", "optimized is"], change_rows,
+                            "Paired by seed: the optimized mix's bits per byte minus the baseline's, mean ± std over "
+                            "seeds (negative: lower loss); a group where it is worse is a loss, shown as one"))
 
     figure, axes = new_figure(len(groups) + 1, width=4.2, height=3.2)
     for axis, key in zip(axes, ["objective", *groups]):
@@ -209,10 +243,10 @@ def _validation(validation: dict[str, Any]) -> Section:
         blocks.append(Table(["quantity", "value"], [
             ["proxy tokens / validation tokens / target tokens",
              f"{compute['proxy_tokens']:,} / {compute['validation_tokens']:,} / {compute['target_tokens']:,}"],
-            ["sweep compute (6·N·D, all proxies)", f"{compute['sweep_flops']:.3e} FLOPs"],
+            ["sweep compute (6·N·D, all proxies and noise runs)", f"{compute['sweep_flops']:.3e} FLOPs"],
             ["one validation run", f"{compute['validation_run_flops']:.3e} FLOPs"],
             ["sweep as a share of one validation run", f"{compute['sweep_share_of_validation_run']:.0%}"],
-            ["sweep wall time (summed over proxies)", f"{compute['sweep_wall_s']:.0f} s"],
+            ["sweep wall time (summed over proxies and noise runs)", f"{compute['sweep_wall_s']:.0f} s"],
             ["one validation run, wall time", f"{compute['validation_run_wall_s']:.0f} s"],
         ], "Compute"))
     return Section("Validation at a larger scale", blocks)

@@ -164,11 +164,12 @@ def train_run(spec: RunSpec) -> dict[str, Any]:
     shards = _open_shards(config.data.shards).subset(spec.leaf_fraction)
     run_dir = Path(spec.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     with open(run_dir / "train.log", "a") as log, contextlib.redirect_stderr(log):
         result = run_training(config, run_dir, shards=shards)
     return {
-        "worker": _worker_kind(),
+        "worker": _worker_kind(), **_placement_seen(),
+        "started_at": started_at, "finished_at": time.time(),
         "name": spec.name, "run_dir": str(run_dir), "bpb": dict(result.eval_bpb), "train_loss": result.loss,
         "steps": result.step, "tokens": token_budget(config), "wall_s": time.perf_counter() - started,
         "already_finished": result.already_finished, **spec.params,
@@ -176,6 +177,21 @@ def train_run(spec: RunSpec) -> dict[str, Any]:
         "flops": 6.0 * spec.params["params_compute"] * token_budget(config),
         "pid": os.getpid(),
     }
+
+
+def _placement_seen() -> dict[str, Any]:
+    """The GPUs this run could see (``CUDA_VISIBLE_DEVICES``; under Ray, the GPU ids Ray gave its task)."""
+    import sys
+
+    seen: dict[str, Any] = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            seen["ray_gpu_ids"] = [str(i) for i in ray.get_gpu_ids()]
+            with contextlib.suppress(AssertionError):  # only a Ray worker has assigned resources
+                seen["ray_resources"] = dict(ray.get_runtime_context().get_assigned_resources())
+    return seen
 
 
 def _worker_kind() -> str:

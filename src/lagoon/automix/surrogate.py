@@ -1,22 +1,31 @@
 """Surrogates: regressors from a mixture (weights over leaves) to one capability group's loss.
 
-Three kinds, one per capability group each:
+Four kinds, one per capability group each:
 
-- ``loglinear`` (default): ``y = exp(c) + exp(tᵀw)``, the data mixing law of Ye et al. 2024 ("Data Mixing
-  Laws", Eq. 5: L(r) = c + k·exp(Σ t_j r_j)) in the parameterisation Olmix uses, where exp(c) is the loss no
-  mixture removes and the scale k is absorbed into t because the weights sum to one. Positive t_j: more of
-  leaf j raises the group's loss.
+- ``loglinear`` (default): ``y = exp(c) + exp(tᵀw + sᵀu(w))``. With no ``u`` this is the data mixing law of
+  Ye et al. 2024 ("Data Mixing Laws", Eq. 5: L(r) = c + k·exp(Σ t_j r_j)) in the parameterisation Olmix uses,
+  where exp(c) is the loss no mixture removes and the scale k is absorbed into t because the weights sum to
+  one. Positive t_j: more of leaf j raises the group's loss. The optional log features u are log shares,
+  ``u_j = log(w_j + ε)`` per leaf or ``u_d = log(W_d + ε)`` per domain (W_d: the domain's total weight), which
+  make the law a power law in each share near zero, ``y − exp(c) ∝ Π (w_j + ε)^{s_j}``: the form of BiMix
+  (Ge et al. 2024, "BiMix: A Bivariate Data Mixing Law", Eq. 3: L_i ∝ r_i^{−α_i}) and of RegMix's
+  observation that returns diminish in a domain's own share. A group whose loss explodes when its data is
+  absent needs them; one that moves smoothly does not, and the selection (`lagoon.automix.selection`)
+  decides per group.
+- ``additive``: ``y = βᵀw + Σ_d k_d (S_d + ε)^(−α_d)``, a power law per domain of the group's held-out set
+  plus linear leaf effects (`lagoon.automix.additive`): a sum where the log-linear kind has a product.
 - ``linear``: ``y = βᵀw`` (no intercept: Σw = 1 makes it redundant).
 - ``lightgbm``: gradient-boosted trees, as RegMix (Liu et al. 2024, §3) uses.
 
-Leaves are domain × quality bucket, and buckets of one domain act alike, so the log-linear and linear
-surrogates shrink each leaf's coefficient toward the mean of its domain's (a ridge penalty on the
-within-domain deviations; with no domains given, toward the mean of all leaves). With ~60 proxies and ~18
-leaves this is what keeps a 19-parameter fit from chasing noise. The penalty's strength is chosen per fit
-by an inner K-fold cross-validation on the fit's own training mixtures, so an outer cross-validation that
-calls `fit` stays honest.
+Leaves are domain × quality bucket, and buckets of one domain often act alike, so the log-linear and
+linear surrogates can shrink each leaf's coefficient toward the mean of its domain's (a ridge penalty on the
+within-domain deviations) or, to express leaf-level effects (a code group that cares which quality bucket
+its code comes from), toward the mean of all leaves. The strength λ, the shrinkage target and the log
+features are hyper-parameters: `lagoon.automix.selection` chooses them per group by cross-validation on the
+fit's own training mixtures, so an outer cross-validation stays honest. `fit` alone (a fixed form) picks
+only λ, by an inner K-fold cross-validation.
 
-Shape legend: N mixtures, K leaves.
+Shape legend: N mixtures, K leaves, D domains, M log features (0, K or D), F = K + M features.
 """
 
 from __future__ import annotations
@@ -28,7 +37,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import least_squares
 
-SurrogateKind = Literal["loglinear", "linear", "lightgbm"]
+SurrogateKind = Literal["loglinear", "additive", "linear", "lightgbm"]
+LogFeatures = Literal["none", "leaf", "domain"]
 
 # Fractions of the smallest observed loss tried as the irreducible part exp(c) of a log-linear fit (the
 # floor is profiled over this grid, then refined; 0.99 allows losses that vary little across mixtures).
@@ -48,6 +58,17 @@ class SurrogateOptions:
     """Candidate shrinkage strengths λ (one value: used as is; several: chosen by inner cross-validation)."""
     leaf_domains: tuple[int, ...] | None = None
     """Domain index of every leaf (coefficients shrink toward their domain's mean), or None."""
+    log_features: LogFeatures = "none"
+    """Log-share features of the log-linear kind: none, one per leaf, or one per domain (needs
+    `feature_domains`)."""
+    log_offset: float = 0.01
+    """ε in log(w + ε): the share below which a leaf (or domain) counts as absent."""
+    feature_domains: tuple[int, ...] | None = None
+    """Domain index of every leaf for the per-domain log features (independent of the shrinkage target)."""
+    power_domains: tuple[int, ...] = ()
+    """Domains with a power-law term in the additive kind (`lagoon.automix.additive`)."""
+    group_domains: tuple[int, ...] = ()
+    """Domains of the capability group being fit (its held-out set's), for candidates that use only those."""
     lightgbm_estimators: int = 400
     lightgbm_learning_rate: float = 0.03
     lightgbm_num_leaves: int = 8
@@ -88,6 +109,56 @@ def shrinkage_matrix(k: int, leaf_domains: tuple[int, ...] | None) -> np.ndarray
     return np.concatenate([within_KK, np.sqrt(DOMAIN_PULL) * between_KK])
 
 
+def log_feature_map(weights_NK: np.ndarray, options: SurrogateOptions) -> np.ndarray:
+    """[N, M] the log-share features, scaled by 1 / log(1/ε) so they run from −1 (absent) to about 0 (all)."""
+    if options.log_features == "none":
+        return np.zeros((len(weights_NK), 0))
+    scale = np.log(1.0 / options.log_offset)
+    return np.log(_shares(weights_NK, options) + options.log_offset) / scale
+
+
+def log_feature_jacobian(weights_K: np.ndarray, options: SurrogateOptions) -> np.ndarray:
+    """[M, K] ∂u/∂w at one mixture."""
+    k = len(weights_K)
+    if options.log_features == "none":
+        return np.zeros((0, k))
+    scale = np.log(1.0 / options.log_offset)
+    shares_M = _shares(weights_K[None], options)[0]
+    if options.log_features == "leaf":
+        return np.diag(1.0 / ((shares_M + options.log_offset) * scale))
+    return _domain_onehot(k, options).T / ((shares_M + options.log_offset) * scale)[:, None]
+
+
+def _domain_onehot(k: int, options: SurrogateOptions) -> np.ndarray:
+    """[K, D] leaf → domain indicator for the per-domain features."""
+    assert options.feature_domains is not None and len(options.feature_domains) == k, "domain features need domains"
+    domains = np.asarray(options.feature_domains)
+    return (domains[:, None] == np.arange(domains.max() + 1)[None, :]).astype(np.float64)
+
+
+def _shares(weights_NK: np.ndarray, options: SurrogateOptions) -> np.ndarray:
+    """[N, M] the shares the log features take: each leaf's, or each domain's total."""
+    if options.log_features == "leaf":
+        return weights_NK
+    return weights_NK @ _domain_onehot(weights_NK.shape[1], options)
+
+
+def feature_penalty(k: int, options: SurrogateOptions) -> np.ndarray:
+    """[R, F] the penalty rows over (t, s): leaf coefficients shrink by `shrinkage_matrix`, per-leaf log
+    coefficients likewise, per-domain ones toward their mean (and, weakly, toward zero: a domain no proxy
+    left out would otherwise be unconstrained)."""
+    leaf_RK = shrinkage_matrix(k, options.leaf_domains)
+    if options.log_features == "none":
+        return leaf_RK
+    if options.log_features == "leaf":
+        log_RM = shrinkage_matrix(k, options.leaf_domains)
+    else:
+        d = _domain_onehot(k, options).shape[1]
+        log_RM = np.concatenate([np.eye(d) - 1.0 / d, np.sqrt(DOMAIN_PULL) * np.eye(d)])
+    m = log_RM.shape[1]
+    return np.block([[leaf_RK, np.zeros((len(leaf_RK), m))], [np.zeros((len(log_RM), k)), log_RM]])
+
+
 def _choose_ridge(make: Any, options: SurrogateOptions, weights_NK: np.ndarray, targets_N: np.ndarray) -> float:
     """The candidate λ with the lowest inner cross-validated squared error (ties: the larger λ)."""
     candidates = sorted(options.ridge)
@@ -109,15 +180,15 @@ def _choose_ridge(make: Any, options: SurrogateOptions, weights_NK: np.ndarray, 
 
 @dataclass
 class LogLinearSurrogate(Surrogate):
-    """``y = exp(c) + exp(tᵀw)``.
+    """``y = exp(c) + exp(θᵀx)`` with x = (w, u(w)): the weights and the optional log-share features.
 
-    Fit, for a given λ, of ``mean_i ((ŷ_i − y_i) / sd(y))² + λ · mean_r (P t)_r²`` (P from `shrinkage_matrix`):
+    Fit, for a given λ, of ``mean_i ((ŷ_i − y_i) / sd(y))² + λ · mean_r (P θ)_r²`` (P from `feature_penalty`):
 
     1. Profile the floor: for each fraction q in `LOGLINEAR_FLOOR_GRID`, exp(c) = q·min(y) makes the model
-       linear in log space, ``log(y − exp(c)) = tᵀw``; weighting each proxy by (y − exp(c))² turns that log
-       residual into (to first order) its residual in y, so t is a closed-form weighted ridge solution.
-       Keep the q whose (c, t) has the lowest exact objective.
-    2. Refine (c, t) jointly by trust-region nonlinear least squares (scipy ``least_squares``, analytic
+       linear in log space, ``log(y − exp(c)) = θᵀx``; weighting each proxy by (y − exp(c))² turns that log
+       residual into (to first order) its residual in y, so θ is a closed-form weighted ridge solution.
+       Keep the q whose (c, θ) has the lowest exact objective.
+    2. Refine (c, θ) jointly by trust-region nonlinear least squares (scipy ``least_squares``, analytic
        Jacobian) from there (`fit` only; the inner cross-validation that picks λ uses step 1 alone).
     """
 
@@ -125,7 +196,7 @@ class LogLinearSurrogate(Surrogate):
     floor: float = 0.0
     """c: log of the irreducible loss."""
     slopes: np.ndarray | None = None
-    """[K] t."""
+    """[F] θ = (t over leaves, s over log features)."""
     ridge: float | None = None
     """The λ the fit used."""
     kind: SurrogateKind = "loglinear"
@@ -137,52 +208,84 @@ class LogLinearSurrogate(Surrogate):
         ridge = _choose_ridge(lambda r: LogLinearSurrogate(self.options, ridge=r), self.options, weights_NK, targets_N)
         return LogLinearSurrogate(self.options, ridge=ridge).fit_fixed(weights_NK, targets_N, into=self, refine=True)
 
+    def features(self, weights_NK: np.ndarray) -> np.ndarray:
+        """[N, F] x = (w, u(w))."""
+        weights_NK = np.asarray(weights_NK, dtype=np.float64)
+        return np.concatenate([weights_NK, log_feature_map(weights_NK, self.options)], axis=1)
+
     def fit_fixed(self, weights_NK, targets_N, into: "LogLinearSurrogate | None" = None,
                   refine: bool = False) -> "LogLinearSurrogate":
-        n, k = weights_NK.shape
-        scale = max(float(targets_N.std()), 1e-3 * float(np.abs(targets_N).mean())) * np.sqrt(n)
-        penalty_RK = shrinkage_matrix(k, self.options.leaf_domains) * np.sqrt((self.ridge or 0.0) / k)
-        penalty_KK = penalty_RK.T @ penalty_RK + 1e-12 * np.eye(k)
-
-        def residuals(theta):
-            c, t_K = theta[0], theta[1:]
-            fitted_N = np.exp(c) + np.exp(weights_NK @ t_K)
-            return np.concatenate([(fitted_N - targets_N) / scale, penalty_RK @ t_K])
-
-        def jacobian(theta):
-            c, t_K = theta[0], theta[1:]
-            varying_N = np.exp(weights_NK @ t_K)
-            fit_rows = np.concatenate([np.full((n, 1), np.exp(c)), varying_N[:, None] * weights_NK], axis=1) / scale
-            penalty_rows = np.concatenate([np.zeros((len(penalty_RK), 1)), penalty_RK], axis=1)
-            return np.concatenate([fit_rows, penalty_rows])
-
-        best_theta, best_cost = None, np.inf
-        for fraction in LOGLINEAR_FLOOR_GRID:
-            floor = max(fraction * targets_N.min(), 1e-6 * targets_N.min())
-            remaining_N = targets_N - floor
-            weighted_NK = weights_NK * (remaining_N / scale)[:, None]
-            slopes_K = np.linalg.solve(weighted_NK.T @ weighted_NK + penalty_KK,
-                                       weighted_NK.T @ (np.log(remaining_N) * remaining_N / scale))
-            theta = np.concatenate([[np.log(floor)], slopes_K])
-            cost = float((residuals(theta) ** 2).sum())
-            if cost < best_cost:
-                best_theta, best_cost = theta, cost
-        if refine:
-            best_theta = least_squares(residuals, best_theta, jac=jacobian, method="trf", max_nfev=200).x
+        fitted = self.fit_path(weights_NK, targets_N, [self.ridge or 0.0], refine)[0]
         target = into if into is not None else self
-        target.ridge = self.ridge
-        target.floor, target.slopes = float(best_theta[0]), best_theta[1:].copy()
+        target.options, target.ridge, target.floor, target.slopes = fitted.options, self.ridge, fitted.floor, fitted.slopes
         return target
 
+    def fit_path(self, weights_NK, targets_N, ridges: list[float], refine: bool = False) -> list["LogLinearSurrogate"]:
+        """One fit per λ in `ridges` (this surrogate's form), the floor profile of every (λ, floor) pair
+        solved in one batched call: the inner cross-validation fits dozens of forms on every fold."""
+        features_NF = self.features(weights_NK)
+        targets_N = np.asarray(targets_N, dtype=np.float64)
+        n, k = np.shape(weights_NK)
+        f = features_NF.shape[1]
+        scale = max(float(targets_N.std()), 1e-3 * float(np.abs(targets_N).mean())) * np.sqrt(n)
+        shape_RF = feature_penalty(k, self.options)
+        ridges_L = np.asarray(ridges, dtype=np.float64)
+        penalty_LFF = (ridges_L / k)[:, None, None] * (shape_RF.T @ shape_RF)[None] + 1e-12 * np.eye(f)[None]
+
+        floors_Q = np.maximum(np.asarray(LOGLINEAR_FLOOR_GRID) * targets_N.min(), 1e-6 * targets_N.min())
+        remaining_QN = targets_N[None] - floors_Q[:, None]
+        weighted_QNF = features_NF[None] * (remaining_QN / scale)[:, :, None]
+        gram_QFF = np.einsum("qnf,qng->qfg", weighted_QNF, weighted_QNF)
+        rhs_QF = np.einsum("qnf,qn->qf", weighted_QNF, np.log(remaining_QN) * remaining_QN / scale)
+        slopes_LQF = np.linalg.solve(gram_QFF[None] + penalty_LFF[:, None], np.broadcast_to(
+            rhs_QF[None, :, :, None], (len(ridges_L), *rhs_QF.shape, 1)))[..., 0]
+        fitted_LQN = floors_Q[None, :, None] + np.exp(np.einsum("nf,lqf->lqn", features_NF, slopes_LQF))
+        penalty_LQ = np.einsum("lqf,lfg,lqg->lq", slopes_LQF, penalty_LFF, slopes_LQF)
+        cost_LQ = (((fitted_LQN - targets_N) / scale) ** 2).sum(-1) + penalty_LQ
+        cost_LQ = np.where(np.isfinite(cost_LQ), cost_LQ, np.inf)
+        best_L = cost_LQ.argmin(1)
+
+        fits = []
+        for index, ridge in enumerate(ridges):
+            theta = np.concatenate([[np.log(floors_Q[best_L[index]])], slopes_LQF[index, best_L[index]]])
+            if refine:
+                theta = self._refine(features_NF, targets_N, scale, shape_RF * np.sqrt(ridge / k), theta)
+            fits.append(LogLinearSurrogate(self.options, floor=float(theta[0]), slopes=theta[1:].copy(), ridge=ridge))
+        return fits
+
+    @staticmethod
+    def _refine(features_NF, targets_N, scale, penalty_RF, theta):
+        """(c, θ) refined jointly by trust-region least squares with the analytic Jacobian."""
+        n = len(targets_N)
+
+        def residuals(theta):
+            c, slopes_F = theta[0], theta[1:]
+            fitted_N = np.exp(c) + np.exp(features_NF @ slopes_F)
+            return np.concatenate([(fitted_N - targets_N) / scale, penalty_RF @ slopes_F])
+
+        def jacobian(theta):
+            c, slopes_F = theta[0], theta[1:]
+            varying_N = np.exp(features_NF @ slopes_F)
+            fit_rows = np.concatenate([np.full((n, 1), np.exp(c)), varying_N[:, None] * features_NF], axis=1) / scale
+            penalty_rows = np.concatenate([np.zeros((len(penalty_RF), 1)), penalty_RF], axis=1)
+            return np.concatenate([fit_rows, penalty_rows])
+
+        return least_squares(residuals, theta, jac=jacobian, method="trf", max_nfev=200).x
+
     def predict(self, weights_NK):
-        weights_NK = np.asarray(weights_NK, dtype=np.float64)
-        return np.exp(self.floor) + np.exp(weights_NK @ self.slopes)
+        return np.exp(self.floor) + np.exp(self.features(weights_NK) @ self.slopes)
 
     def gradient(self, weights_K):
-        return np.exp(np.asarray(weights_K) @ self.slopes) * self.slopes
+        weights_K = np.asarray(weights_K, dtype=np.float64)
+        k = len(weights_K)
+        varying = float(np.exp(self.features(weights_K[None])[0] @ self.slopes))
+        jacobian_FK = np.concatenate([np.eye(k), log_feature_jacobian(weights_K, self.options)])
+        return varying * (self.slopes @ jacobian_FK)
 
     def to_dict(self):
-        return {"kind": self.kind, "floor": self.floor, "slopes": self.slopes.tolist(), "ridge": self.ridge}
+        return {"kind": self.kind, "floor": self.floor, "slopes": self.slopes.tolist(), "ridge": self.ridge,
+                "log_features": self.options.log_features, "log_offset": self.options.log_offset,
+                "feature_domains": list(self.options.feature_domains) if self.options.feature_domains else None}
 
 
 @dataclass
@@ -262,6 +365,10 @@ def make_surrogate(kind: SurrogateKind, options: SurrogateOptions | None = None)
         return LinearSurrogate(options)
     if kind == "lightgbm":
         return LightGBMSurrogate(options)
+    if kind == "additive":
+        from lagoon.automix.additive import AdditiveSurrogate
+
+        return AdditiveSurrogate(options)
     raise AssertionError(f"unknown surrogate kind {kind!r}")
 
 
@@ -269,14 +376,22 @@ def surrogate_from_dict(data: dict[str, Any]) -> Surrogate:
     """Rebuild a fitted surrogate written by `Surrogate.to_dict`."""
     kind = data["kind"]
     if kind == "loglinear":
-        return LogLinearSurrogate(floor=float(data["floor"]), slopes=np.asarray(data["slopes"], dtype=np.float64),
-                                  ridge=data.get("ridge"))
+        domains = data.get("feature_domains")
+        options = SurrogateOptions(log_features=data.get("log_features", "none"),
+                                   log_offset=float(data.get("log_offset", 0.01)),
+                                   feature_domains=tuple(domains) if domains else None)
+        return LogLinearSurrogate(options, floor=float(data["floor"]),
+                                  slopes=np.asarray(data["slopes"], dtype=np.float64), ridge=data.get("ridge"))
     if kind == "linear":
         return LinearSurrogate(coefficients=np.asarray(data["coefficients"], dtype=np.float64), ridge=data.get("ridge"))
     if kind == "lightgbm":
         import lightgbm
 
         return LightGBMSurrogate(booster=lightgbm.Booster(model_str=data["model"]))
+    if kind == "additive":
+        from lagoon.automix.additive import AdditiveSurrogate
+
+        return AdditiveSurrogate.from_dict(data)
     raise AssertionError(f"unknown surrogate kind {kind!r}")
 
 

@@ -108,6 +108,10 @@ def summarize(optimized: dict[str, Any], results: dict[str, dict[str, Any]], see
         per_mix[mix] = {"groups": groups, "objective": _spread([objective(run["bpb"]) for run in runs])}
     wins = {baseline: [per_mix["optimized"]["objective"]["values"][i] < per_mix[baseline]["objective"]["values"][i]
                        for i in range(len(seeds))] for baseline in ("natural", "uniform")}
+    # Per group and baseline, paired by seed: optimized − baseline (negative: the optimized mix is better there).
+    changes = {baseline: {key: _spread([a - b for a, b in zip(_values(per_mix["optimized"], key),
+                                                                _values(per_mix[baseline], key))])
+                          for key in ["objective", *lambdas]} for baseline in ("natural", "uniform")}
     proxy_scale = {}
     for mix in MIXES:
         measured = results.get(f"proxy-scale {mix}")
@@ -118,12 +122,27 @@ def summarize(optimized: dict[str, Any], results: dict[str, dict[str, Any]], see
     predicted_order = sorted(MIXES, key=lambda m: optimized["predicted_objective"][m])
     measured_order = sorted(MIXES, key=lambda m: per_mix[m]["objective"]["mean"])
     return {
-        "seeds": seeds, "objective_weights": lambdas, "mixes": per_mix, "wins": wins,
+        "seeds": seeds, "objective_weights": lambdas, "mixes": per_mix, "wins": wins, "changes": changes,
         "optimized_beats_both_in_every_seed": all(all(v) for v in wins.values()),
         "proxy_scale": proxy_scale,
         "ranking": {"predicted": predicted_order, "measured_at_scale": measured_order},
         "runs": results,
     }
+
+
+def _values(entry: dict[str, Any], key: str) -> list[float]:
+    return entry["objective"]["values"] if key == "objective" else entry["groups"][key]["values"]
+
+
+def verdict(change: dict[str, Any]) -> str:
+    """"better in every seed", "worse in every seed" or "better in k of n seeds" for paired changes."""
+    values = change["values"]
+    better = sum(v < 0 for v in values)
+    if better == len(values):
+        return "better in every seed"
+    if better == 0:
+        return "worse in every seed"
+    return f"better in {better} of {len(values)} seeds"
 
 
 def _spread(values: list[float]) -> dict[str, Any]:
@@ -132,17 +151,18 @@ def _spread(values: list[float]) -> dict[str, Any]:
             "values": array.tolist()}
 
 
-def _sweep_flops(out_dir: Path, plan: Plan) -> float:
+def _sweep_results(out_dir: Path, plan: Plan) -> list[dict[str, Any]]:
+    """Every finished run of the sweep: the proxies and the noise runs (they are part of its compute)."""
     from lagoon.automix.backends import read_result
     from lagoon.automix.sweep import proxy_dir
 
-    results = [read_result(proxy_dir(out_dir, i)) for i in range(len(plan.mixtures))]
-    return float(sum(r["flops"] for r in results if r is not None))
+    runs = [proxy_dir(out_dir, i) for i in range(len(plan.mixtures))] + sorted((out_dir / "noise").glob("seed*"))
+    return [r for r in map(read_result, runs) if r is not None]
+
+
+def _sweep_flops(out_dir: Path, plan: Plan) -> float:
+    return float(sum(r["flops"] for r in _sweep_results(out_dir, plan)))
 
 
 def _sweep_wall(out_dir: Path, plan: Plan) -> float:
-    from lagoon.automix.backends import read_result
-    from lagoon.automix.sweep import proxy_dir
-
-    results = [read_result(proxy_dir(out_dir, i)) for i in range(len(plan.mixtures))]
-    return float(sum(r["wall_s"] for r in results if r is not None))
+    return float(sum(r["wall_s"] for r in _sweep_results(out_dir, plan)))
