@@ -94,6 +94,8 @@ def test_ray_tasks_reserve_gpus_and_custom_resources(shard_dir, tmp_path):
         # only the GPU Ray gave it.
         config, prepared = placement_config(shard_dir, tmp_path / "gpus", 3, backend="ray", workers=3)
         results = sweep(config, prepared, tmp_path / "gpus" / "out")
+        assert len(results) == 3 and all(0 < r["bpb"]["code"] < 20 for r in results)   # real runs, in Ray workers
+        assert all(r["pid"] != os.getpid() for r in results)
         for result in results:
             assert result["worker"].startswith("ray:") and len(result["ray_gpu_ids"]) == 1
             assert result["cuda_visible_devices"] == result["ray_gpu_ids"][0]

@@ -65,28 +65,3 @@ def test_an_interrupted_sweep_resumes_without_retraining(shard_dir, tmp_path):
     outputs = {path: path.stat().st_mtime_ns for path in out.glob("*.*")}
     assert automix.run(load_config(config), out, show_progress=False)["weights"] == summary["weights"]
     assert finished(out) == done_after and {path: path.stat().st_mtime_ns for path in out.glob("*.*")} == outputs
-
-
-@pytest.mark.timeout(600)
-def test_ray_backend_runs_a_small_sweep_on_a_local_instance(shard_dir, tmp_path):
-    ray = pytest.importorskip("ray")
-    from lagoon.automix.pipeline import prepare
-    from lagoon.automix.sweep import run_sweep, settle_plan
-    from lagoon.config import load_config
-
-    config = load_config(write_config(tmp_path / "run.toml", automix_config(
-        shard_dir, num_proxies=3, backend="ray", workers=2)))
-    prepared = prepare(config)
-    out = tmp_path / "out"
-    out.mkdir()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        plan = settle_plan(out, prepared.plan)
-        table = run_sweep(out, plan, prepared.proxy_config, prepared.proxy_params, config.automix, show_progress=False)
-    finally:
-        ray.shutdown()
-    assert table.num_rows == 3
-    results = [json.loads((out / "proxies" / f"p{i:03d}" / RESULT_FILE).read_text()) for i in range(3)]
-    assert all(r["worker"].startswith("ray:") for r in results)
-    assert all(r["pid"] != os.getpid() for r in results)
-    assert all(0 < r["bpb"]["code"] < 20 for r in results)
