@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Tiny tensors on 2 cores shared by several processes per test (ranks, servers, actors): one OpenMP thread per
+# process, inherited by every subprocess a test starts, avoids oversubscribing the cores (tests/optim ran
+# 1.4-1.7x faster in wall time with it, at load 5-10). Set before torch is imported, so torch starts with it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -86,7 +86,8 @@ def _loss(model, seed):
 
 
 def test_adamw_groups_equal_torch_adamw():
-    """name = "adamw": decayed matrices and undecayed vectors match torch.optim.AdamW bit for bit."""
+    """name = "adamw": decayed matrices and undecayed vectors match torch.optim.AdamW to one ulp (the two clip
+    norms reduce in different orders, which moves a weight near 1.0 by one float32 step at some thread counts)."""
     model = _tiny_model()
     reference_model = copy.deepcopy(model)
     config = OptimConfig(name="adamw", adamw_lr=1e-3, weight_decay=0.1)
@@ -107,7 +108,7 @@ def test_adamw_groups_equal_torch_adamw():
         reference.zero_grad()
         assert metrics["clip_coef"] < 1.0
     for (name, a), b in zip(model.named_parameters(), reference_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+        torch.testing.assert_close(a, b, rtol=2**-23, atol=1e-7, msg=name)
 
 
 def test_step_metrics_clipping_and_nonfinite_gradients():
