@@ -20,16 +20,17 @@ tests/parallel/test_expert.py: EP = 2 with each EP rank's experts FSDP2-sharded 
 distributed Muon's ``fsdp2`` mode on that layout; a DCP checkpoint from EP = 4 loaded at EP = 2; the backward
 when some experts receive no tokens, which once hung the engine).
 
-STEPS = 8 (a checkpoint at 4, the kill after 6) where the engine's layout tests run 20: the correction biases
-move at every step and a layout's arithmetic differs from the first update on, so 8 steps (4 after a resume)
-show what 20 did; the one failure that took many steps to appear (a rank whose experts the router stopped
-choosing) is set up directly in tests/parallel/test_expert.py.
+STEPS = 20 (a checkpoint at 10, the kill after 14), as in the engine's layout tests: the correction biases
+move at every step and a layout's arithmetic differs from the first update on. Most of each launch is start-up
+(~34 s for five processes importing torch at load ~10, against ~0.8 s a step), so the steps cost little; the one
+failure that took many steps to appear (a rank whose experts the router stopped choosing) is set up directly in
+tests/parallel/test_expert.py.
 
 Tolerance: EP computes the same float32 arithmetic as one process in a different order only — an expert's GEMM
 also holds other ranks' rows and its weight gradient sums every rank's tokens in one GEMM (the bound and its
 derivation: tests/parallel/test_expert.py, ≈ 9·10⁻⁵ relative per step at these widths); the rest is FSDP2's
 reduction order, as in every sharded layout. LOSS_TOLERANCE (1e-4, tests/train/test_engine_layouts.py) covers
-both; measured: ≤ 6e-7 over these 8 steps, ≤ 1.2e-6 over 20. The correction biases move by ±γ from integer
+both; measured: ≤ 1.2e-6 over 20 steps (≤ 6e-7 over 8). The correction biases move by ±γ from integer
 expert counts summed over every rank, so the same routing gives the same biases exactly, whatever the layout.
 """
 
@@ -54,7 +55,7 @@ from tests.train.test_engine_layouts import (
 )
 from tests.train.test_engine_layouts import _config as _layout_config
 
-STEPS, CHECKPOINT, KILL_AFTER_STEP = 8, 4, 6
+STEPS, CHECKPOINT, KILL_AFTER_STEP = 20, 10, 14
 EP4 = {"dp_replicate": 1, "dp_shard": -1, "ep": 4}           # 4 ranks, one expert each
 HSDP_EP2 = {"dp_replicate": 2, "dp_shard": 2, "ep": 2}        # 2 replicas × 2 EP ranks of two experts
 BIAS = "e_score_correction_bias"
