@@ -1,6 +1,6 @@
 """Helpers shared by the benchmark scripts: timing, spreads, environment notes and appending to RESULTS.md.
 
-How a benchmark measures (STYLE.md habit 9, and issue 21): both sides in the same run, interleaved round by
+How a benchmark measures: both sides in the same run, interleaved round by
 round (the order alternates between rounds, so neither side always runs first), after untimed warm-up
 calls, over enough rounds to resolve the goal; the figure is a ratio, reported with its spread over the
 rounds (median and min–max of the per-round ratios). `record` appends the run to RESULTS.md with its
