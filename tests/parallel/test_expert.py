@@ -43,17 +43,6 @@ STEPS = 4
 PARAM_ATOL = 2e-5  # distributed Muon vs one process after several steps (tests/optim/test_distributed_muon.py)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread for this module's in-process work: on 2 cores shared with other jobs each tiny op's
-    thread team waits for a thread the scheduler has set aside (the reference gradients took 16 s with 2
-    threads at load 9, 0.2 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tolerance(reference: torch.Tensor, n: int = 128, depth: int = LAYERS + 1) -> float:
     """2·depth·γ_n·max|reference| (see the module docstring)."""
     u = 2.0**-24

@@ -82,17 +82,6 @@ def _run_and_kill(config_path: Path, run_dir: Path) -> list[tuple[int, float]]:
     return logged
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread for this module's in-process work: on 2 cores shared with other jobs each tiny op's
-    thread team waits for a thread the scheduler has set aside (the reference gradients took 16 s with 2
-    threads at load 9, 0.2 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference_run(shard_dir, tmp_path_factory) -> Path:
     """One process, uninterrupted, in this process (the same code path as the CLI)."""
