@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 import shlex
+import socket
 import statistics
 import sys
 import time
@@ -26,6 +27,54 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 # The machine's 1-minute load average when the benchmark module was imported (its start).
 START_LOAD = os.getloadavg()[0]
+
+
+def demo_pretraining(work: Path, shards: str | None) -> tuple[Path, Path]:
+    """(config, shard set) for timing `lagoon train` on the main job's pretraining: the [model], [data], [optim],
+    [train] and [sdc] sections of configs/demo.toml written to WORK/pretrain.toml, and `shards`, or the
+    embedded shard set built into WORK/shards when `shards` is None."""
+    import subprocess
+    import tomllib
+
+    from lagoon.configio import dumps_toml
+
+    root = Path(__file__).resolve().parents[1]
+    built = Path(shards) if shards else work / "shards"
+    if not shards:
+        subprocess.run([sys.executable, "-m", "lagoon", "data", "build", str(root / "configs" / "data_embedded.toml"),
+                        "--out", str(built), "--quiet"],
+                       cwd=root, check=True, env={**os.environ, "PYTHONPATH": str(root / "src")})
+    demo = tomllib.loads((root / "configs" / "demo.toml").read_text())
+    config = work / "pretrain.toml"
+    config.write_text(dumps_toml({key: demo[key] for key in ("model", "data", "optim", "train", "sdc")}))
+    return config, built
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a gloo rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _gloo_entry(rank: int, world_size: int, port: int, threads: int, worker: Callable[..., None], args: tuple) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(minutes=10))
+    try:
+        worker(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn_gloo(worker: Callable[..., None], world_size: int, *args, threads: int = 1) -> None:
+    """Run ``worker(rank, world_size, *args)`` in `world_size` processes joined by a gloo process group, each
+    with `threads` torch threads; `worker` must be a module-level function (it is pickled)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_entry, args=(world_size, free_port(), threads, worker, args), nprocs=world_size, join=True)
 
 
 def time_it(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:

@@ -34,8 +34,6 @@ all of them, not the best. Newton–Schulz runs in ``--ns-dtype`` (bf16 by defau
 from __future__ import annotations
 
 import argparse
-import datetime
-import socket
 import statistics
 import tempfile
 import time
@@ -43,9 +41,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from benchmarks.common import median, record, spread, table_row
+from benchmarks.common import median, record, spawn_gloo, spread, table_row
 from lagoon.model import LagunaForCausalLM, preset_config
 from lagoon.optim import DataParallel, OptimConfig, build_optimizer
 from lagoon.optim.functional import adamw_update, muon_direction, muon_scale
@@ -56,21 +53,6 @@ SCHEMES = ("distributed", "replicated", "keller_jordan", "sharded_adamw")
 EP_SCHEMES = ("distributed_ep", "communication_only_ep")
 
 
-def _entry(rank: int, world_size: int, port: int, args: tuple) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(minutes=10))
-    try:
-        worker(rank, world_size, *args)
-    finally:
-        dist.destroy_process_group()
-
-
-def spawn(world_size: int, *args) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(_entry, args=(world_size, port, args), nprocs=world_size, join=True)
 
 
 def make_model(layers: int) -> LagunaForCausalLM:
@@ -236,7 +218,7 @@ def main() -> None:
         found = summary[world_size] = {"ratio": [], "balance": [], "hidden": []}
         for run_index in range(args.runs):
             with tempfile.TemporaryDirectory() as directory:
-                spawn(world_size, args.layers, args.steps, directory, args.ep, args.ns_dtype)
+                spawn_gloo(worker, world_size, args.layers, args.steps, directory, args.ep, args.ns_dtype)
                 ranks = [torch.load(Path(directory) / f"rank{r}.pt") for r in range(world_size)]
             base = _figures(ranks, "distributed", "communication_only")
             if args.ep:

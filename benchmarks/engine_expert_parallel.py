@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import ratios, record, spread, table_row
+from benchmarks.common import demo_pretraining, ratios, record, spread, table_row
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = {"fsdp": ["parallel.ep=1"], "ep4": ["parallel.ep=4"], "ep2": ["parallel.ep=2"]}
@@ -71,18 +71,7 @@ def main() -> None:
         parser.error("--steps must be at least 4 (the first 3 steps are warm-up)")
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="engine-ep-"))
-    shards = Path(args.shards) if args.shards else work / "shards"
-    if not args.shards:
-        subprocess.run([sys.executable, "-m", "lagoon", "data", "build", str(ROOT / "configs" / "data_embedded.toml"),
-                        "--out", str(shards), "--quiet"],
-                       cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    import tomllib
-
-    from lagoon.configio import dumps_toml
-
-    demo = tomllib.loads((ROOT / "configs" / "demo.toml").read_text())
-    config = work / "pretrain.toml"
-    config.write_text(dumps_toml({key: demo[key] for key in ("model", "data", "optim", "train", "sdc")}))
+    config, shards = demo_pretraining(work, args.shards)
     base = [f"data.shards=\"{shards}\"", "sdc.faults=[]", f"parallel.dp_shard={RANKS}", "parallel.dp_replicate=1"]
     times: dict[str, list[float]] = {name: [] for name in ARMS}
     state: dict[str, dict] = {}

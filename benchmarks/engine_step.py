@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import RESULTS, command, machine, ratios, spread, table_row
+from benchmarks.common import RESULTS, command, demo_pretraining, machine, ratios, spread, table_row
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 15
@@ -73,19 +73,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="engine-step-"))
-    shards = Path(args.shards) if args.shards else work / "shards"
-    if not args.shards:
-        subprocess.run([sys.executable, "-m", "lagoon", "data", "build", str(ROOT / "configs" / "data_embedded.toml"),
-                        "--out", str(shards), "--quiet"],
-                       cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     # The demo's pretraining sections only (both trees read them; the RL sections changed with the engine).
-    import tomllib
-
-    from lagoon.configio import dumps_toml
-
-    demo = tomllib.loads((ROOT / "configs" / "demo.toml").read_text())
-    config = work / "pretrain.toml"
-    config.write_text(dumps_toml({key: demo[key] for key in ("model", "data", "optim", "train", "sdc")}))
+    config, shards = demo_pretraining(work, args.shards)
     base = [f"data.shards=\"{shards}\"", "sdc.faults=[]"]
     tokens = 16 * 256
     arms = {"baseline": (Path(args.baseline_src), []), "engine": (ROOT / "src", []),

@@ -25,9 +25,7 @@ loop, forward + backward); both stated.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -35,10 +33,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import lagoon.parallel.expert as expert_parallel
-from benchmarks.common import ratios, record, spread, table_row
+from benchmarks.common import ratios, record, spawn_gloo, spread, table_row
 from lagoon.model import preset_config
 from lagoon.model.moe import MoE
 from lagoon.parallel.expert import apply_expert_parallel
@@ -46,14 +43,6 @@ from lagoon.parallel.expert import apply_expert_parallel
 SCHEMES = ("replicated", "ep", "replicated_loop", "ep_loop")
 
 
-def _entry(rank: int, world_size: int, port: int, args: tuple) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(minutes=10))
-    try:
-        worker(rank, world_size, *args)
-    finally:
-        dist.destroy_process_group()
 
 
 class _Layer(torch.nn.Module):
@@ -159,10 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     W = args.world_size
     with tempfile.TemporaryDirectory() as directory:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        mp.spawn(_entry, args=(W, port, (args.tokens, args.rounds, directory)), nprocs=W, join=True)
+        spawn_gloo(worker, W, args.tokens, args.rounds, directory)
         ranks = [torch.load(Path(directory) / f"rank{r}.pt") for r in range(W)]
     slowest = {name: {key: max(r[name][key] for r in ranks) for key in ("compute", "sync", "step")} for name in SCHEMES}
     config = preset_config("small")

@@ -10,7 +10,9 @@ median of the per-round ratios with their range:
   vs lagoon's `orthogonalize_grouped` (matrices of one P×Q shape, tall ones transposed, stacked into one
   batched call per shape; bf16 products computed as `optim.ns_matmul = "auto"` chooses on this machine);
 - batching alone: lagoon's `newton_schulz` one matrix at a time vs the batched call, both with the same
-  GEMMs — what stacking itself is worth, apart from the choice of GEMM;
+  GEMMs — what stacking itself is worth, apart from the choice of GEMM; both sides are also timed with 0
+  steps (conversion, normalization and the batched side's stacking copies, no products), which splits each
+  side's time into the products and the rest;
 - the whole Muon step on those matrices (momentum, orthogonalization, decay, update):
   ``torch.optim.Muon.step`` vs lagoon's `LocalOptimizer.step`.
 
@@ -21,6 +23,7 @@ in fp32 (MKL), which is what decides the figure on a CPU without bf16 matrix ins
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections import Counter
 
@@ -89,7 +92,7 @@ def main() -> None:
     kernel = resolve_matmul(config.ns_matmul, torch.bfloat16, torch.device("cpu"))
     lines = ["| preset | threads | matrices | shapes | what | baseline s | lagoon s | speed-up (per round) |",
              "|---|---|---|---|---|---|---|---|"]
-    profiles, summary = [], {}
+    profiles, summary, fixed = [], {}, {}
     for threads in args.threads:
         torch.set_num_threads(threads)
         for preset in args.presets:
@@ -116,12 +119,22 @@ def main() -> None:
                 }, rounds=args.rounds, warmup=args.warmup)
                 summary[(threads, preset, "ns")] = row("Newton–Schulz", "torch.optim.Muon's loop", times)
             if "batching" in args.parts:  # batching alone: the same GEMMs one matrix at a time
+                # With 0 steps both sides do everything but the products (bf16 conversion, normalization and,
+                # batched, the stacking and splitting copies): what batching costs outside the GEMMs.
+                no_products = dataclasses.replace(config, ns_steps=0)
                 times = interleaved({
                     "baseline": lambda: [newton_schulz(g, 5, "quintic", "bfloat16", kernel) for g in grads],
                     "lagoon": lambda: orthogonalize_grouped(entries, config),
+                    "baseline_fixed": lambda: [newton_schulz(g, 0, "quintic", "bfloat16", kernel) for g in grads],
+                    "lagoon_fixed": lambda: orthogonalize_grouped(entries, no_products),
                 }, rounds=args.rounds, warmup=args.warmup)
                 summary[(threads, preset, "batching")] = row("batching alone",
                                                              f"lagoon one at a time, {kernel} GEMMs", times)
+                fixed[(threads, preset)] = (f"- `{preset}`, {threads} thread(s): outside the products (0 steps) one "
+                                            f"at a time {median(times['baseline_fixed']):.3f} s, batched "
+                                            f"{median(times['lagoon_fixed']):.3f} s; the products (5 steps less "
+                                            f"0) one at a time {median(times['baseline']) - median(times['baseline_fixed']):.3f} s, "
+                                            f"batched {median(times['lagoon']) - median(times['lagoon_fixed']):.3f} s.")
             if "step" not in args.parts:
                 continue
             # The whole Muon step over the same matrices.
@@ -150,6 +163,8 @@ def main() -> None:
     lines += ["", f"bf16 products on this machine: `ns_matmul = \"auto\"` → {kernel} GEMMs "
                   "(fp32 GEMMs on the bf16 values, each product rounded to bf16, where the CPU has no bf16 matrix "
                   "instructions; torch's bf16 GEMM where it has).", "", "Profile:", *profiles, "",
+              *(["Batching alone, split into what is not a product and what is (medians):", *fixed.values(), ""]
+                if fixed else []),
               f"Seconds are median (min–max) per call over {args.rounds} rounds after {args.warmup} warm-up call(s); "
               f"speed-ups are baseline ÷ lagoon per round. Goal: ≥ {GOAL}× torch.optim.Muon.", ""]
     if "ns" in args.parts:

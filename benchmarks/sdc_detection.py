@@ -21,7 +21,6 @@ import copy
 import datetime
 import json
 import random
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -30,15 +29,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks.common import record
+from benchmarks.common import free_port, record
 
 MODEL = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def corrupt(tensor: torch.Tensor, kind: str, chooser: random.Random) -> None:

@@ -24,7 +24,6 @@ import argparse
 import datetime
 import math
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -34,15 +33,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmarks.common import quartiles, record, table_row
+from benchmarks.common import free_port, quartiles, record, table_row
 
 GOAL_PERCENT = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, args, out: Path) -> None:
