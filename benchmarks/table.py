@@ -102,7 +102,7 @@ ROWS = [
         "and the simpler level 1, 3 seeds (RL)",
         "rl_heldout"),
     Row("automix_mixture.surrogate", "AutoMixer surrogate CV Spearman, 60 proxies (AutoMixer)", "automix_mixture"),
-    Row("automix_mixture.validation", "optimized mix vs natural / uniform at 4× parameters, 3 seeds (AutoMixer)",
+    Row("automix_mixture.validation", "optimized mix vs natural / uniform at ≥ 4× parameters, 3 seeds (AutoMixer)",
         "automix_mixture"),
     Row("automix_mixture.compute", "sweep compute ÷ one validated run (AutoMixer)", "automix_mixture"),
 ]
