@@ -53,8 +53,6 @@ SCHEMES = ("distributed", "replicated", "keller_jordan", "sharded_adamw")
 EP_SCHEMES = ("distributed_ep", "communication_only_ep")
 
 
-
-
 def make_model(layers: int) -> LagunaForCausalLM:
     torch.manual_seed(0)
     return LagunaForCausalLM(preset_config("small", num_hidden_layers=layers))

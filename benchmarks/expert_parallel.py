@@ -43,8 +43,6 @@ from lagoon.parallel.expert import apply_expert_parallel
 SCHEMES = ("replicated", "ep", "replicated_loop", "ep_loop")
 
 
-
-
 class _Layer(torch.nn.Module):
     """A sparse layer with the decoder's `config`, so `apply_expert_parallel` can check it."""
 
